@@ -1,0 +1,78 @@
+# The front door. `make help` lists the targets.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTHON := $(BIN)/python
+DALI_CUDA ?= 130
+STAMP := $(VENV)/.installed-$(DALI_CUDA)
+
+DATASET ?= synthetic
+SRC ?=
+OUT ?= data/$(DATASET)
+DATA ?= $(OUT)
+MODEL ?= i3d_resnet50
+GPUS ?= 1
+NODES ?= 1
+NODE_RANK ?= 0
+MASTER ?= 127.0.0.1:29500
+CLIPS ?= 1
+CROPS ?= 1
+CKPT ?=
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: help install test test-quick demo prep train eval bench-prep bench-data bench-models clean
+
+help:
+	@echo "make install                       create .venv with the pinned versions of requirements.txt"
+	@echo "make demo                          synthetic dataset -> prep -> train -> eval, on whatever device is present"
+	@echo "make test | test-quick             the whole suite on the CPU | without the slow end-to-end tests"
+	@echo "make prep DATASET=ssv2|kinetics400|synthetic SRC=... OUT=..."
+	@echo "make train MODEL=i3d_resnet50 DATA=... [GPUS=8 NODES=1 NODE_RANK=0 MASTER=host:port ARGS=...]"
+	@echo "make eval CKPT=... [DATA=...] CLIPS=3 CROPS=3"
+	@echo "make bench-prep | bench-data | bench-models"
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	sed 's/^nvidia-dali-cuda130==/nvidia-dali-cuda$(DALI_CUDA)==/' requirements.txt > $(VENV)/requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check -r $(VENV)/requirements.lock 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/pip check >/dev/null || { $(BIN)/pip check; exit 1; }
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
+	$(PYTHON) -c "import torch, nvidia.dali, timm, lmdb, pyarrow, av, PIL, tqdm, yaml"
+	rm -f $(VENV)/.installed-* && touch $@
+
+test: install
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
+
+test-quick: install
+	$(PYTHON) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+
+demo: install
+	$(PYTHON) -m train.demo $(ARGS)
+
+prep: install
+	$(PYTHON) -m prep $(DATASET) $(if $(SRC),--root $(SRC)) --out $(OUT) $(ARGS)
+
+train: install
+	$(BIN)/torchrun --nnodes $(NODES) --node-rank $(NODE_RANK) --nproc-per-node $(GPUS) \
+	  $(if $(filter 1,$(NODES)),--standalone,--rdzv-backend c10d --rdzv-endpoint $(MASTER)) \
+	  -m train --model $(MODEL) --data $(DATA) $(ARGS)
+
+eval: install
+	$(BIN)/torchrun --standalone --nproc-per-node $(GPUS) -m eval $(if $(CKPT),--ckpt $(CKPT)) \
+	  $(if $(DATA),--data $(DATA)) --clips $(CLIPS) --crops $(CROPS) $(ARGS)
+
+bench-prep: install
+	$(PYTHON) -m bench.prep $(ARGS)
+
+bench-data: install
+	$(PYTHON) -m bench.data $(ARGS)
+
+bench-models: install
+	$(PYTHON) -m bench.models $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

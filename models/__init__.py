@@ -1,0 +1,12 @@
+"""Model zoo: every family registers itself on import (as in timm)."""
+from .registry import (  # noqa: F401
+    InputContract,
+    create_model,
+    is_model,
+    list_models,
+    register_alias,
+    register_model,
+)
+
+# registration by import
+from . import temporal2d, sifar, resnet3d, slowfast, x3d, s3d, sts, aim, ila  # noqa: F401,E402

@@ -1,0 +1,122 @@
+"""python -m prep {videos,ssv2,kinetics400,synthetic,merge,verify} ...  (see --help of each)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+
+from .decode import DecodeOptions
+from .runner import JobOptions, merge, parse_part, run_prep
+from .tasks import kinetics_tasks, number_tasks, parse_video_lists, ssv2_tasks
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)B?", text.strip().upper())
+    if not m:
+        raise argparse.ArgumentTypeError(f"size must look like 1G, 500M or 1048576, got {text!r}")
+    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " "))
+
+
+def _job_args(p: argparse.ArgumentParser, short_side: int = 256) -> None:
+    p.add_argument("--out", required=True, help="output folder (shards, manifest, rejects)")
+    p.add_argument("--format", choices=("lmdb", "arrow"), default="lmdb")
+    p.add_argument("--store", choices=("frames", "video"), default="frames",
+                   help="JPEG frames (default) or the encoded video bytes (GPU-decode path)")
+    p.add_argument("--short-side", type=int, default=short_side, help="resize the short side to this (0: keep)")
+    p.add_argument("--fps", type=float, default=None, help="keep about this many frames per second (default: all)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    p.add_argument("--min-frames", type=int, default=4, help="reject videos with fewer clean frames")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--part", type=parse_part, default=(0, 1), metavar="I/N",
+                   help="do only part I of N (0-based): one per machine or Slurm array task")
+    p.add_argument("--shard-size", type=parse_size, default=parse_size("1G"), help="cap per shard file")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m prep", description="Decode videos once into shards.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("videos", help="a video list: lines 'relative/path label'")
+    p.add_argument("--list", action="append", required=True, metavar="[SPLIT=]LIST",
+                   help="repeatable; the split defaults to train/val/test from the file name")
+    p.add_argument("--root", required=True, help="folder the list's paths are relative to")
+    p.add_argument("--classes", help="class names, one per line (line = label); default: from the lists")
+    _job_args(p)
+    for name, helptext in (("ssv2", "Something-Something v2 (labels.json, train.json, validation.json)"),
+                           ("kinetics400", "Kinetics-400 (CSV: label,youtube_id,time_start,time_end,split)")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--root", required=True)
+        p.add_argument("--videos", help="video folder if not under --root")
+        _job_args(p)
+    p = sub.add_parser("synthetic", help="generate the built-in synthetic dataset and prep it")
+    p.add_argument("--root", help="where the generated videos go (default OUT/source)")
+    p.add_argument("--videos", type=int, default=400)
+    p.add_argument("--frames", type=int, default=24)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--codec", choices=("h264", "vp9"), default="h264")
+    p.add_argument("--seed", type=int, default=0)
+    _job_args(p, short_side=0)
+    p = sub.add_parser("merge", help="join the manifests of the parts of a --part job")
+    p.add_argument("out")
+    p = sub.add_parser("verify", help="decode every stored frame and check checksums")
+    p.add_argument("out")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    return parser
+
+
+def _tasks_for(args):
+    if args.command == "videos":
+        return parse_video_lists(args.list, args.root, args.classes)
+    if args.command == "ssv2":
+        return ssv2_tasks(args.root, args.videos)
+    if args.command == "kinetics400":
+        return kinetics_tasks(args.root, args.videos)
+    from .synthetic import generate
+
+    root = args.root or os.path.join(args.out, "source")
+    made = generate(root, videos=args.videos, frames=args.frames, size=args.size, codec=args.codec,
+                    seed=args.seed, workers=args.workers, progress=not args.no_progress)
+    classes_file = os.path.join(root, "classes.txt")
+    return parse_video_lists([f"train={made['train']}", f"val={made['val']}"], root, classes_file)
+
+
+def _prep(args) -> dict:
+    tasks, classes = _tasks_for(args)
+    if not tasks:
+        raise ValueError("no videos to prep: the lists or annotation files are empty")
+    decode = DecodeOptions(short_side=args.short_side, fps=args.fps, quality=args.quality,
+                           store=args.store, min_frames=args.min_frames)
+    job = JobOptions(fmt=args.format, shard_bytes=args.shard_size, workers=args.workers, part=args.part,
+                     progress=not args.no_progress)
+    return run_prep(number_tasks(tasks), classes, args.out, decode, job)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "merge":
+            summary = merge(args.out)
+        elif args.command == "verify":
+            from .verify import verify
+
+            bad = verify(args.out, workers=args.workers)
+            for vid, shard, reason in bad:
+                print(f"DAMAGED {vid} ({shard}): {reason}")
+            print(f"verify: {len(bad)} damaged entr{'y' if len(bad) == 1 else 'ies'}")
+            return 1 if bad else 0
+        else:
+            summary = _prep(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"prep: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

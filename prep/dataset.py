@@ -1,0 +1,80 @@
+"""The training-time reader: trivial on purpose (the heavy work happened once, in prep)."""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+
+from .runner import read_jsonl
+from .store import DamagedEntry, ShardReader
+
+__all__ = ["PreppedDataset", "open_dataset", "DamagedEntry"]
+
+
+class PreppedDataset:
+    """A prepped OUT folder, optionally restricted to one split. Picklable and fork-safe."""
+
+    def __init__(self, root: str, split: str | None = None):
+        manifest = os.path.join(root, "manifest.jsonl")
+        if not os.path.exists(manifest):
+            raise FileNotFoundError(f"{root} is not a prepped dataset (no manifest.jsonl; unfinished prep or "
+                                    "parts not merged: `python -m prep merge {root}`)")
+        rows = read_jsonl(manifest)
+        if split is not None:
+            splits = sorted({r["split"] for r in rows})
+            if split not in splits:
+                raise ValueError(f"{root} has no split {split!r} (it has {', '.join(splits)})")
+            rows = [r for r in rows if r["split"] == split]
+        with open(os.path.join(root, "classes.json")) as f:
+            self.classes: list[str] = json.load(f)
+        self.root, self.split, self.rows = root, split, rows
+        self.reader = ShardReader(os.path.join(root, "shards"))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return f"PreppedDataset({self.root!r}, split={self.split!r}, videos={len(self)}, classes={len(self.classes)})"
+
+    @property
+    def store(self) -> str:
+        return self.rows[0]["store"] if self.rows else "frames"
+
+    @property
+    def labels(self) -> list[int]:
+        return [r["label"] for r in self.rows]
+
+    def record(self, i: int) -> dict:
+        return dict(self.rows[i])
+
+    def frames(self, i: int, indices, verify: bool = False) -> list[bytes]:
+        """JPEG bytes of the chosen frames; with `verify`, raises DamagedEntry unless each matches its CRC."""
+        row = self.rows[i]
+        n = row["num_frames"]
+        indices = [int(j) for j in indices]
+        bad = [j for j in indices if not 0 <= j < n]
+        if bad:
+            raise IndexError(f"video {row['id']}: frame indices {bad[:5]} outside 0..{n - 1}")
+        data = self.reader.frames(row["shard"], row["key"], indices)
+        if verify:
+            crcs = self.reader.meta(row["shard"], row["key"])["frame_crc"]
+            for j, blob in zip(indices, data):
+                if zlib.crc32(blob) != crcs[j]:
+                    raise DamagedEntry(f"video {row['id']} ({row['shard']}): frame {j} fails its checksum")
+        return data
+
+    def video(self, i: int, verify: bool = False) -> bytes:
+        """The encoded video bytes (datasets prepped with --store video)."""
+        row = self.rows[i]
+        if row["store"] != "video":
+            raise ValueError(f"{self.root} stores JPEG frames, not videos (prep with --store video)")
+        data = self.reader.video(row["shard"], row["key"])
+        if verify:
+            import hashlib
+            if hashlib.sha1(data).hexdigest() != row["checksum"]:
+                raise DamagedEntry(f"video {row['id']} ({row['shard']}): bytes fail their checksum")
+        return data
+
+
+def open_dataset(root: str, split: str | None = None) -> PreppedDataset:
+    return PreppedDataset(root, split)
