@@ -36,6 +36,8 @@ class DecodeOptions:
     short_side: int = 256  # 0 keeps the original size
     fps: float | None = None  # None keeps every frame
     quality: int = 90
+    # 4:4:4 by default: resized small frames with sharp colour edges lose ~6 dB to 4:2:0 chroma at quality 90
+    chroma: str = "444"
     store: str = "frames"  # "frames" (JPEG) or "video" (the encoded bytes as they are)
     min_frames: int = MIN_FRAMES_DEFAULT
     threads: int = 1
@@ -97,7 +99,7 @@ def _decode_stream(path: str, container, stream, opts: DecodeOptions) -> Decoded
                 width, height = frame.width, frame.height
                 out_w, out_h = target_size(width, height, opts.short_side)
             times.append(frame.time if frame.time is not None else len(times) / rate)
-            frames.append(_encode_jpeg(frame, out_w, out_h, opts.quality) if opts.store == "frames" else None)
+            frames.append(_encode_jpeg(frame, out_w, out_h, opts) if opts.store == "frames" else None)
     except av.error.FFmpegError as e:
         notes.append(f"decode error after {len(frames)} frames ({_short(e)}): kept those")
     except MemoryError:
@@ -135,10 +137,14 @@ def _meta(num_frames, fps, orig_size, size, blobs) -> dict:
             "size": list(size), "checksum": digest.hexdigest()}
 
 
-def _encode_jpeg(frame, width: int, height: int, quality: int) -> bytes:
+_SUBSAMPLING = {"444": 0, "422": 1, "420": 2}
+
+
+def _encode_jpeg(frame, width: int, height: int, opts: DecodeOptions) -> bytes:
     rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
     buf = io.BytesIO()
-    Image.fromarray(rgb.to_ndarray()).save(buf, format="JPEG", quality=quality)
+    Image.fromarray(rgb.to_ndarray()).save(buf, format="JPEG", quality=opts.quality,
+                                           subsampling=_SUBSAMPLING[opts.chroma])
     return buf.getvalue()
 
 

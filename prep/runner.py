@@ -81,8 +81,10 @@ def _decode_all(todo, writer, rejects, decode, job, already) -> dict:
     frames = done = 0
     start = time.time()
     results = _results(todo, decode, job.workers)
+    delay = float(os.environ.get("VIDKIT_PREP_DELAY", 0))  # tests: slow the writer so a kill lands mid-run
     try:
         for task, result in results:
+            time.sleep(delay)
             if isinstance(result, Decoded):
                 meta = dict(result.meta, id=task.id, split=task.split, label=task.label, label_name=task.label_name)
                 writer.add(task.key, meta, frames=result.frames, video=result.video)
