@@ -66,6 +66,8 @@ eval: install
 	  $(if $(DATA),--data $(DATA)) --clips $(CLIPS) --crops $(CROPS) $(ARGS)
 
 bench-prep: install
+	@command -v ffmpeg >/dev/null || { echo "installing Debian's ffmpeg for the baseline"; \
+	  apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null; }
 	$(PYTHON) -m bench.prep $(ARGS)
 
 bench-data: install

@@ -28,7 +28,8 @@ def _job_args(p: argparse.ArgumentParser, short_side: int = 256) -> None:
     p.add_argument("--short-side", type=int, default=short_side, help="resize the short side to this (0: keep)")
     p.add_argument("--fps", type=float, default=None, help="keep about this many frames per second (default: all)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality")
-    p.add_argument("--chroma", choices=("444", "422", "420"), default="444", help="JPEG chroma subsampling")
+    p.add_argument("--chroma", choices=("auto", "444", "422", "420"), default="auto",
+                   help="JPEG chroma subsampling (auto: 420, or 444 when the short side is under 128 px)")
     p.add_argument("--min-frames", type=int, default=4, help="reject videos with fewer clean frames")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--part", type=parse_part, default=(0, 1), metavar="I/N",

@@ -36,8 +36,9 @@ class DecodeOptions:
     short_side: int = 256  # 0 keeps the original size
     fps: float | None = None  # None keeps every frame
     quality: int = 90
-    # 4:4:4 by default: resized small frames with sharp colour edges lose ~6 dB to 4:2:0 chroma at quality 90
-    chroma: str = "444"
+    # "auto": 4:2:0 (the source's own sampling) unless the stored short side is under 128 px, where
+    # halving the chroma of sharp colour edges costs ~6 dB PSNR at quality 90
+    chroma: str = "auto"
     store: str = "frames"  # "frames" (JPEG) or "video" (the encoded bytes as they are)
     min_frames: int = MIN_FRAMES_DEFAULT
     threads: int = 1
@@ -142,9 +143,11 @@ _SUBSAMPLING = {"444": 0, "422": 1, "420": 2}
 
 def _encode_jpeg(frame, width: int, height: int, opts: DecodeOptions) -> bytes:
     rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
+    chroma = opts.chroma if opts.chroma != "auto" else ("420" if min(width, height) >= 128 else "444")
     buf = io.BytesIO()
+    # optimize: per-image Huffman tables, ~14% fewer bytes for ~0.6 ms per 256p frame
     Image.fromarray(rgb.to_ndarray()).save(buf, format="JPEG", quality=opts.quality,
-                                           subsampling=_SUBSAMPLING[opts.chroma])
+                                           subsampling=_SUBSAMPLING[chroma], optimize=True)
     return buf.getvalue()
 
 

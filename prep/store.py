@@ -14,6 +14,7 @@ import os
 import zlib
 
 import lmdb
+import numpy as np
 import pyarrow as pa
 
 FORMATS = ("lmdb", "arrow")
@@ -34,6 +35,30 @@ def frame_crcs(frames: list[bytes]) -> list[int]:
     return [zlib.crc32(f) for f in frames]
 
 
+_PACK_MAGIC = b"VKF1"
+
+
+def pack_frames(frames: list[bytes]) -> bytes:
+    """magic, frame count, end offsets (uint64), then the JPEGs back to back."""
+    ends = np.cumsum([len(f) for f in frames], dtype=np.uint64)
+    return b"".join([_PACK_MAGIC, np.uint32(len(frames)).tobytes(), ends.tobytes(), *frames])
+
+
+def unpack_frames(buf, indices) -> list[bytes]:
+    if bytes(buf[:4]) != _PACK_MAGIC:
+        raise DamagedEntry("packed frames have a damaged header")
+    n = int(np.frombuffer(buf, np.uint32, 1, 4)[0])
+    ends = np.frombuffer(buf, np.uint64, n, 8).astype(np.int64)
+    base = 8 + 8 * n
+    if base + (int(ends[-1]) if n else 0) != len(buf):
+        raise DamagedEntry("packed frames have a damaged header")
+    out = []
+    for i in indices:
+        start = base + (int(ends[i - 1]) if i else 0)
+        out.append(bytes(buf[start: base + int(ends[i])]))
+    return out
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -51,8 +76,8 @@ class _LmdbShard:
             txn.put(f"{key}/m".encode(), json.dumps(meta).encode())
             if video is not None:
                 txn.put(f"{key}/v".encode(), video)
-            for i, f in enumerate(frames or []):
-                txn.put(f"{key}/{i:06d}".encode(), f)
+            if frames:  # one value per video: per-frame values would each round up to whole pages
+                txn.put(f"{key}/f".encode(), pack_frames(frames))
         return os.path.getsize(self.path)
 
     def close(self, final: bool) -> None:
@@ -257,11 +282,14 @@ class ShardReader:
         h = self._handle(shard)
         if isinstance(h, _ArrowIndex):
             return h.frames(key, indices)
-        with h.begin() as txn:
-            out = [txn.get(f"{key}/{int(i):06d}".encode()) for i in indices]
-        if any(f is None for f in out):
-            raise DamagedEntry(f"{shard}: frames of {key} missing")
-        return out
+        with h.begin(buffers=True) as txn:  # zero-copy view of the mapped value; only chosen frames are copied
+            packed = txn.get(f"{key}/f".encode())
+            if packed is None:
+                raise DamagedEntry(f"{shard}: frames of {key} missing")
+            try:
+                return unpack_frames(packed, indices)
+            except DamagedEntry as e:
+                raise DamagedEntry(f"{shard}: {key}: {e}") from None
 
     def video(self, shard: str, key: str) -> bytes:
         h = self._handle(shard)

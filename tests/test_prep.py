@@ -221,7 +221,7 @@ def test_resume_after_kill(tmp_path, fmt):
            "--shard-size", "40K"]
     env = dict(os.environ, VIDKIT_PREP_DELAY="0.05")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for_shards(out / "shards", proc, count=2)
+    _wait_for_shards(out / "shards", proc, fmt)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "manifest.jsonl").exists(), "the kill should land mid-run"
@@ -242,10 +242,15 @@ def test_resume_after_kill(tmp_path, fmt):
                           capture_output=True).returncode == 0
 
 
-def _wait_for_shards(shard_dir, proc, count, timeout=60.0):
+def _wait_for_shards(shard_dir, proc, fmt, timeout=60.0):
+    """Until one shard is closed and the next one open, so the kill lands between shards' lifetimes."""
+    closed_suffix, open_suffix = (".lmdb", ".lmdb") if fmt == "lmdb" else (".arrow", ".arrows")
     start = time.time()
     while time.time() - start < timeout:
-        if shard_dir.exists() and len([p for p in shard_dir.iterdir() if not p.name.endswith("-lock")]) >= count:
+        names = [p.name for p in shard_dir.iterdir()] if shard_dir.exists() else []
+        closed = [n for n in names if n.endswith(closed_suffix)]
+        opened = [n for n in names if n.endswith(open_suffix)]
+        if (len(closed) >= 2 if fmt == "lmdb" else closed and opened):
             return
         assert proc.poll() is None, "prep finished before it could be killed"
         time.sleep(0.01)

@@ -1,0 +1,59 @@
+"""python -m eval --ckpt RUN/best.pt [--data PREPPED] [--split val] [--clips 3] [--crops 3]
+
+Multi-view evaluation (CLIPS temporal clips x CROPS spatial crops per video); torchrun-compatible, each
+video scored exactly once across ranks. Writes metrics.json, per_class.csv, predictions.json and
+confusion.png next to the checkpoint (or --out).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", required=True, help="checkpoint written by `python -m train`")
+    p.add_argument("--data", default="", help="prepped dataset (default: the one the run trained on)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--clips", type=int, default=1, help="temporal clips per video")
+    p.add_argument("--crops", type=int, choices=(1, 3, 5, 10), default=1, help="spatial crops per clip")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--py-workers", type=int, default=2)
+    p.add_argument("--amp", choices=("bf16", "fp16", "none"), default="bf16")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
+    p.add_argument("--out", default="", help="report folder")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.clips < 1:
+        print("eval: error: --clips must be at least 1", file=sys.stderr)
+        return 2
+    from train.setup import setup_distributed
+
+    from .run import evaluate
+
+    d = setup_distributed(args.device)
+    try:
+        summary = evaluate(args.ckpt, d, data=args.data, split=args.split, clips=args.clips, crops=args.crops,
+                           batch_size=args.batch_size, out_dir=args.out, amp=args.amp, py_workers=args.py_workers,
+                           use_ema=not args.no_ema, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"eval: error: {e}", file=sys.stderr)
+        return 2
+    if d.main:
+        print(f"{summary['model']}: top-1 {summary['top1']:.2f}  top-5 {summary['top5']:.2f}  "
+              f"mean class {summary['mean_class_acc']:.2f}  ({summary['videos']} videos, "
+              f"{args.clips}x{args.crops} views) -> {summary['out_dir']}")
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

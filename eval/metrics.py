@@ -1,0 +1,52 @@
+"""Accuracy figures from per-video scores."""
+from __future__ import annotations
+
+import csv
+import json
+
+import torch
+
+
+def accuracy_report(scores: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
+    num_classes = scores.shape[1]
+    k = min(5, num_classes)
+    topk = scores.topk(k, dim=1).indices
+    top1 = (topk[:, 0] == labels).float()
+    top5 = (topk == labels.unsqueeze(1)).any(1).float()
+    conf = confusion_matrix(topk[:, 0], labels, num_classes)
+    support = conf.sum(1)
+    per_class = conf.diag().float() / support.clamp(min=1).float()
+    present = support > 0
+    return {
+        "videos": int(labels.numel()),
+        "top1": float(top1.mean()) * 100,
+        "top5": float(top5.mean()) * 100,
+        "mean_class_acc": float(per_class[present].mean()) * 100 if present.any() else 0.0,
+        "per_class": [{"class": classes[c] if c < len(classes) else str(c), "support": int(support[c]),
+                       "accuracy": float(per_class[c]) * 100} for c in range(num_classes)],
+        "confusion": conf,
+    }
+
+
+def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    flat = labels.long() * num_classes + pred.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def write_per_class_csv(report: dict, path: str) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "support", "accuracy"])
+        for row in report["per_class"]:
+            w.writerow([row["class"], row["support"], f"{row['accuracy']:.2f}"])
+
+
+def write_predictions(scores: torch.Tensor, records: list[dict], classes: list[str], path: str, k: int = 5) -> None:
+    top = scores.topk(min(k, scores.shape[1]), dim=1)
+    out = []
+    for rec, vals, idx in zip(records, top.values.tolist(), top.indices.tolist()):
+        out.append({"id": rec["id"], "label": rec["label"], "pred": idx[0],
+                    "top": [{"class": classes[i] if i < len(classes) else str(i), "score": round(v, 5)}
+                            for i, v in zip(idx, vals)]})
+    with open(path, "w") as f:
+        json.dump(out, f)

@@ -1,0 +1,41 @@
+"""python -m train --model NAME --data PREPPED [--config configs/X.yaml] [--key value ...]
+
+torchrun-compatible: `torchrun --nproc-per-node 8 -m train ...` (see `make train`).
+Every TrainConfig field is an option; unknown or ill-typed keys are a one-line error.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from .config import ConfigError, load_config
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        from .config import TrainConfig
+
+        for k, v in TrainConfig().to_dict().items():
+            print(f"  --{k.replace('_', '-')} (default {v!r})")
+        return 0
+    try:
+        cfg = load_config(argv)
+        from .engine import Trainer
+        from .setup import setup_distributed
+
+        trainer = Trainer(cfg, setup_distributed(cfg.device))
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"train: error: {e}", file=sys.stderr)
+        return 2
+    row = trainer.fit()
+    if trainer.d.main:
+        print(json.dumps({"run_dir": trainer.run_dir, **row}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

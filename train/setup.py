@@ -1,0 +1,130 @@
+"""Building the pieces of a run from its config: processes, model, optimizer, schedule, loss, mixup, EMA."""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler, StepLRScheduler
+from timm.utils import ModelEmaV3
+
+import models
+from .config import TrainConfig
+
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device_id(self) -> int | None:
+        return self.device.index if self.device.type == "cuda" else None
+
+
+def setup_distributed(device: str = "auto") -> Dist:
+    """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) when present; a single process otherwise."""
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda asked for, but CUDA is not available")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(rank, world, local, dev)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: TrainConfig, num_classes: int, d: Dist) -> torch.nn.Module:
+    model = models.create_model(cfg.model, num_classes=num_classes, num_frames=cfg.num_frames or None,
+                                 pretrained=cfg.pretrained or None, **cfg.model_args)
+    if cfg.sync_bn and d.world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(d.device)
+    if cfg.channels_last and d.device.type == "cuda":
+        fmt = torch.channels_last_3d if model.input_contract.layout == "NCTHW" else torch.channels_last
+        model.to(memory_format=fmt)
+    return model
+
+
+def wrap_model(model: torch.nn.Module, cfg: TrainConfig, d: Dist) -> torch.nn.Module:
+    if d.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    return model
+
+
+def total_batch(cfg: TrainConfig, d: Dist) -> int:
+    return cfg.batch_size * d.world * cfg.grad_accum
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, d: Dist) -> torch.optim.Optimizer:
+    """Only trainable parameters reach the optimizer (frozen backbones of adapter models stay out)."""
+    lr = cfg.lr * total_batch(cfg, d) / cfg.lr_base_batch if cfg.lr_base_batch else cfg.lr
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"model {cfg.model} has no trainable parameters")
+    # timm groups parameters itself: requires_grad=False ones are left out, norms and biases get no decay
+    kwargs = {"momentum": cfg.momentum, "nesterov": True} if cfg.optimizer == "sgd" else {}
+    return create_optimizer_v2(model, opt=cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay, **kwargs)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
+    """Per-step schedules (warmup and decay measured in optimizer steps); None for a constant rate."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    common = dict(warmup_t=warmup, warmup_lr_init=cfg.warmup_lr, t_in_epochs=False)
+    if cfg.sched == "cosine":
+        return CosineLRScheduler(optimizer, t_initial=total, lr_min=cfg.min_lr, **common)
+    if cfg.sched == "step":
+        return StepLRScheduler(optimizer, decay_t=max(1, int(cfg.decay_epochs * steps_per_epoch)),
+                               decay_rate=cfg.decay_rate, **common)
+    return None
+
+
+def build_mixup(cfg: TrainConfig, num_classes: int):
+    if cfg.mixup <= 0 and cfg.cutmix <= 0:
+        return None
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                 label_smoothing=cfg.label_smoothing, num_classes=num_classes)
+
+
+def mix_clips(mixup: Mixup, clips: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm's Mixup on clips: frames and channels folded into one axis, so CutMix cuts the same box
+    out of every frame (timm indexes the last two axes as H, W)."""
+    if clips.shape[0] % 2:
+        raise ValueError(f"mixup/cutmix need an even batch size, got {clips.shape[0]}")
+    flat = clips.flatten(1, 2)
+    flat, targets = mixup(flat, labels)
+    return flat.view_as(clips), targets
+
+
+def build_loss(cfg: TrainConfig, mixup) -> torch.nn.Module:
+    if mixup is not None:
+        return SoftTargetCrossEntropy()
+    return torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+
+def build_ema(cfg: TrainConfig, model: torch.nn.Module):
+    return ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
