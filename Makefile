@@ -1,5 +1,6 @@
 # The front door. `make help` lists the targets.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -18,7 +19,9 @@ NODE_RANK ?= 0
 MASTER ?= 127.0.0.1:29500
 CLIPS ?= 1
 CROPS ?= 1
-CKPT ?=
+RUN ?= runs/$(MODEL)_$(DATASET)
+CKPT ?= $(RUN)/best.pt
+CONFIG ?= $(wildcard configs/$(MODEL)_$(DATASET).yaml)
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -38,9 +41,11 @@ install: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	sed 's/^nvidia-dali-cuda130==/nvidia-dali-cuda$(DALI_CUDA)==/' requirements.txt > $(VENV)/requirements.lock
-	$(BIN)/pip install -q --disable-pip-version-check -r $(VENV)/requirements.lock 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/pip install -q --disable-pip-version-check -r $(VENV)/requirements.lock 2>&1 | { grep -v "^WARNING: Location" || true; }
 	$(BIN)/pip check >/dev/null || { $(BIN)/pip check; exit 1; }
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
+	@# the project itself, editable (quietly: setuptools warns at length about editable installs)
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . >/dev/null 2>&1 \
+	  || $(BIN)/pip install --no-deps --no-build-isolation -e .
 	$(PYTHON) -c "import torch, nvidia.dali, timm, lmdb, pyarrow, av, PIL, tqdm, yaml"
 	rm -f $(VENV)/.installed-* && touch $@
 
@@ -59,11 +64,11 @@ prep: install
 train: install
 	$(BIN)/torchrun --nnodes $(NODES) --node-rank $(NODE_RANK) --nproc-per-node $(GPUS) \
 	  $(if $(filter 1,$(NODES)),--standalone,--rdzv-backend c10d --rdzv-endpoint $(MASTER)) \
-	  -m train --model $(MODEL) --data $(DATA) $(ARGS)
+	  -m train $(if $(CONFIG),--config $(CONFIG)) --model $(MODEL) --dataset $(DATASET) --data $(DATA) $(ARGS)
 
 eval: install
-	$(BIN)/torchrun --standalone --nproc-per-node $(GPUS) -m eval $(if $(CKPT),--ckpt $(CKPT)) \
-	  $(if $(DATA),--data $(DATA)) --clips $(CLIPS) --crops $(CROPS) $(ARGS)
+	$(BIN)/torchrun --standalone --nproc-per-node $(GPUS) -m eval --ckpt $(CKPT) \
+	  $(if $(filter command line,$(origin DATA)),--data $(DATA)) --clips $(CLIPS) --crops $(CROPS) $(ARGS)
 
 bench-prep: install
 	@command -v ffmpeg >/dev/null || { echo "installing Debian's ffmpeg for the baseline"; \

@@ -49,3 +49,16 @@ def plot_curves(rows: list[dict], path: str, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_bars(values: dict[str, float], path: str, title: str = "", ylabel: str = "top-1 (%)") -> None:
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(values), 3.6))
+    bars = ax.bar(list(values), list(values.values()), color="tab:blue")
+    for b, v in zip(bars, values.values()):
+        ax.text(b.get_x() + b.get_width() / 2, v + 1, f"{v:.1f}", ha="center")
+    ax.set_ylim(0, 105)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
