@@ -49,7 +49,8 @@ def load_state_dict_checked(model: nn.Module, sd: dict[str, torch.Tensor], sourc
     mismatched = [k for k in sd if k in own and own[k].shape != sd[k].shape]
     skip_heads = [k for k in mismatched if k in heads]
     bad_shape = [k for k in mismatched if k not in heads]
-    missing = [k for k in own if k not in sd and k not in heads]
+    # BatchNorm counters are absent from older files (torchvision resnet50-19c8e357.pth); torch tolerates that too
+    missing = [k for k in own if k not in sd and k not in heads and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own and not _is_foreign_head(k)]
     problems = []
     if bad_shape:

@@ -17,6 +17,7 @@ Layout written by `generate`::
 """
 from __future__ import annotations
 
+import itertools
 import math
 import multiprocessing
 import os
@@ -48,8 +49,9 @@ CODECS: dict[str, tuple[str, str, str, int]] = {
 MIN_SIDE = 16
 
 SHAPES = ("disc", "square", "triangle", "bar", "cross", "sector")
-# a disc or a square spun by less than its symmetry period can look still or ambiguous: spin only oriented shapes
-SPIN_SHAPES = ("triangle", "bar", "cross", "sector")
+# spin only shapes whose symmetry period (120 degrees or more) is far above a sampled frame's turn: a disc looks
+# still, and a square or a cross turned 30-45 degrees per sampled frame reads either way
+SPIN_SHAPES = ("triangle", "bar", "sector")
 TEXTURES = ("solid", "stripes", "checker", "noise")
 
 
@@ -86,7 +88,7 @@ def _check_codec(codec: str, size: tuple[int, int] | None = None) -> tuple[str, 
 def _check_fps(fps) -> Fraction:
     try:
         rate = Fraction(fps).limit_denominator(1001)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"fps must be a positive number, got {fps!r}") from None
     if rate <= 0:
         raise ValueError(f"fps must be a positive number, got {fps!r}")
@@ -112,7 +114,7 @@ def pick_classes(classes: int | Sequence[str] | None = None) -> list[str]:
         if classes < 2 or classes % 2 or classes > len(CLASS_NAMES):
             raise ValueError(f"classes must be an even number from 2 to {len(CLASS_NAMES)}, got {classes}")
         return list(CLASS_NAMES[:classes])
-    pairs = list(classes)
+    pairs = [classes] if isinstance(classes, str) else list(classes)
     unknown = [pair for pair in pairs if pair not in PAIRS]
     if unknown or not pairs or len(set(pairs)) != len(pairs):
         raise ValueError(f"classes must name distinct pairs among {list(PAIRS)}, got {pairs!r}")
@@ -177,7 +179,8 @@ class _Look:
         if self.texture == "solid":
             return None
         if self.texture == "stripes":
-            wave = np.sin(math.pi * self.frequency * (u * math.cos(self.stripe_angle) + v * math.sin(self.stripe_angle)))
+            across = u * math.cos(self.stripe_angle) + v * math.sin(self.stripe_angle)
+            wave = np.sin(math.pi * self.frequency * across)
         elif self.texture == "checker":
             wave = np.sin(math.pi * self.frequency * u) * np.sin(math.pi * self.frequency * v)
         else:
@@ -252,7 +255,8 @@ def _slide(rng, frames, along: int, size: tuple[int, int]) -> _Track:
     radius = rng.uniform(0.14, 0.22) * short
     start = rng.uniform(radius, 0.35 * size[along])
     end = rng.uniform(0.65 * size[along], size[along] - radius)
-    across = rng.uniform(radius, size[1 - along] - radius) + rng.uniform(-0.05, 0.05) * short * np.linspace(-1, 1, frames)
+    drift = rng.uniform(-0.05, 0.05) * short * np.linspace(-1, 1, frames)
+    across = rng.uniform(radius, size[1 - along] - radius) + drift
     main = start + (end - start) * _progress(rng, frames)
     cy, cx = (main, across) if along == 0 else (across, main)
     return _track(frames, cy, cx, radius, rng.uniform(0, 2 * np.pi))
@@ -270,7 +274,7 @@ def _grow(rng, frames, size) -> _Track:
 
 
 def _spin(rng, frames, size) -> _Track:
-    # at most 200 degrees: 8 frames sampled from the clip step < 30 degrees, below half of any shape's symmetry
+    # at most 200 degrees: 8 frames sampled from the clip turn < 40 degrees each, below half of any SPIN_SHAPES period
     radius = rng.uniform(0.25, 0.38) * min(size)
     cy, cx = _centre(rng, size, radius)
     start = rng.uniform(0, 2 * np.pi)
@@ -369,46 +373,64 @@ def encode_video(path, frames_iter: Iterable[np.ndarray], fps=12, codec: str = "
                  gop: int | None = None, threads: int = 1) -> int:
     """Encode uint8 RGB frames (H, W, 3) to an .mp4 (libx264) or .webm (libvpx-vp9) file, yuv420p; returns the count.
 
-    One encoder thread by default keeps the output byte-identical from run to run (bitexact muxing too).
-    gop=None keeps the encoder's keyframe interval; crf=None uses the codec's default in CODECS."""
-    import av
-
-    encoder, _, container_format, default_crf = _check_codec(codec)
+    One encoder thread (the default), bitexact muxing and no x264 macroblock-tree keep the output byte-identical
+    from run to run. gop=None keeps the encoder's keyframe interval; crf=None uses the codec's default in CODECS.
+    A failed encode leaves no file behind."""
+    encoder, _, container_format, _ = _check_codec(codec)
+    options = _encoder_options(codec, crf, gop)
     rate = _check_fps(fps)
-    options = {"crf": str(default_crf if crf is None else crf)}
+    frames = iter(frames_iter)
+    first = next(frames, None)
+    if first is None:
+        raise ValueError(f"no frames to encode into {path}")
+    first = np.asarray(first)
+    if first.dtype != np.uint8 or first.ndim != 3 or first.shape[2] != 3:
+        raise ValueError(f"frames must be uint8 arrays (H, W, 3), got {first.dtype} {first.shape}")
+    _check_codec(codec, first.shape[:2])
+    try:
+        return _mux(str(path), itertools.chain([first], frames), first.shape, container_format, encoder, rate,
+                    options, threads)
+    except BaseException:
+        Path(path).unlink(missing_ok=True)
+        raise
+
+
+def _encoder_options(codec: str, crf: int | None, gop: int | None) -> dict[str, str]:
+    top = 51 if codec == "h264" else 63
+    if crf is not None and not (isinstance(crf, (int, np.integer)) and 0 <= crf <= top):
+        raise ValueError(f"crf must be an integer from 0 to {top} for {codec}, got {crf!r}")
+    options = {"crf": str(CODECS[codec][3] if crf is None else int(crf))}
     if codec == "h264":
-        options["preset"] = "veryfast"
+        # the macroblock tree reads uninitialised memory at the end of short clips: output then varies with the
+        # process's heap (measured here); without it x264 is bit-exact, at a few percent of size
+        options.update({"preset": "veryfast", "x264-params": "mbtree=0"})
     else:  # constant quality needs a zero target bitrate; cpu-used 5 trades a little size for ~5x speed
         options.update({"b": "0", "deadline": "good", "cpu-used": "5"})
     if gop is not None:
+        if not isinstance(gop, (int, np.integer)) or gop < 1:
+            raise ValueError(f"gop must be a positive number of frames, got {gop!r}")
         options["g"] = str(int(gop))
-    path = Path(path)
+    return options
+
+
+def _mux(path: str, frames: Iterable, shape: tuple, container_format: str, encoder: str, rate: Fraction,
+         options: dict[str, str], threads: int) -> int:
+    import av
+
     count = 0
-    with av.open(str(path), "w", format=container_format, options={"fflags": "+bitexact"}) as container:
+    with av.open(path, "w", format=container_format, options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream(encoder, rate=rate, options=options)
+        stream.height, stream.width = shape[:2]
+        stream.pix_fmt = "yuv420p"
         stream.thread_count = threads
-        for frame in frames_iter:
-            frame = np.asarray(frame)
-            if count == 0:
-                _check_first_frame(frame, codec)
-                stream.height, stream.width = frame.shape[:2]
-                stream.pix_fmt = "yuv420p"
-            elif frame.shape != (stream.height, stream.width, 3):
-                raise ValueError(f"frame {count} has shape {frame.shape}, expected {(stream.height, stream.width, 3)}")
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
+        for frame in frames:
+            frame = np.ascontiguousarray(frame)
+            if frame.shape != shape or frame.dtype != np.uint8:
+                raise ValueError(f"frame {count} is {frame.dtype} {frame.shape}, expected uint8 {shape}")
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
             count += 1
-        if count == 0:
-            raise ValueError(f"no frames to encode into {path}")
-        for packet in stream.encode():
-            container.mux(packet)
+        container.mux(stream.encode())
     return count
-
-
-def _check_first_frame(frame: np.ndarray, codec: str) -> None:
-    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(f"frames must be uint8 arrays (H, W, 3), got {frame.dtype} {frame.shape}")
-    _check_codec(codec, frame.shape[:2])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -488,6 +510,9 @@ def generate(root, videos: int = 200, frames: int = 32, size=64, fps=12, codec: 
     frames, size = _check_frames(frames), _check_size(size)
     suffix = _check_codec(codec, size)[1]
     fps = _check_fps(fps)
+    _encoder_options(codec, crf, gop)  # fail here, not in a worker
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     per_class = _check_counts(videos, len(names), val_fraction, workers)
     n_val = _val_count(per_class, val_fraction)
     root = Path(root)
