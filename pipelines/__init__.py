@@ -1,1 +1,20 @@
+"""DALI pipelines from prepped shards to training and evaluation batches (CPU mode with device_id=None).
 
+    from pipelines import build_loader, AugmentConfig, sampling
+    loader = build_loader(data, split, contract, batch_size, training, clips=1, crops=1, device_id=None,
+                          rank=0, world_size=1, seed=0, num_threads=2, py_workers=2, augment=None,
+                          dtype=torch.float32, path="auto")
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for batch in loader:  # "clips" (contract layout, dtype), "labels", "index", "view": int64
+            ...
+
+Training: reshuffled per (seed, epoch), disjoint slices per rank padded by wrap-around, partial batch
+dropped. Evaluation: every (video, view) pair exactly once across ranks, views = clips x crops, the last
+batch may be smaller. `loader.stats` counts damaged stored videos met and the samples replaced.
+"""
+from . import sampling
+from .augment import AugmentConfig
+from .loader import VideoLoader, build_loader
+
+__all__ = ["build_loader", "AugmentConfig", "VideoLoader", "sampling"]

@@ -244,29 +244,34 @@ def _final_name(name: str) -> str:
 # --------------------------------------------------------------------------- reading
 
 
+_HANDLES: dict[str, object] = {}  # one handle per shard file per process: LMDB refuses a second open
+_HANDLES_PID = [None]
+
+
+def _shard_handle(path: str):
+    if _HANDLES_PID[0] != os.getpid():  # a forked child must not reuse its parent's handles
+        _HANDLES.clear()
+        _HANDLES_PID[0] = os.getpid()
+    h = _HANDLES.get(path)
+    if h is None:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"shard missing: {path}")
+        if path.endswith(".lmdb"):
+            h = lmdb.open(path, subdir=False, readonly=True, lock=False, readahead=False, max_readers=2048)
+        else:
+            h = _ArrowIndex(path)
+        _HANDLES[path] = h
+    return h
+
+
 class ShardReader:
     """Random access to stored videos by (shard, key); safe across fork (reopens per process)."""
 
     def __init__(self, shard_dir: str):
         self.dir = shard_dir
-        self._pid = None
-        self._open: dict[str, object] = {}
 
     def _handle(self, shard: str):
-        if self._pid != os.getpid():
-            self._open, self._pid = {}, os.getpid()
-        h = self._open.get(shard)
-        if h is None:
-            path = os.path.join(self.dir, shard)
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"shard missing: {path}")
-            if shard.endswith(".lmdb"):
-                h = lmdb.open(path, subdir=False, readonly=True, lock=False, readahead=False,
-                              max_readers=2048)
-            else:
-                h = _ArrowIndex(path)
-            self._open[shard] = h
-        return h
+        return _shard_handle(os.path.realpath(os.path.join(self.dir, shard)))
 
     def meta(self, shard: str, key: str) -> dict:
         h = self._handle(shard)

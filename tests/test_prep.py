@@ -274,3 +274,10 @@ def test_bad_arguments_are_one_line_errors(src, tmp_path, capsys):
     assert err.startswith("prep: error:") and "nope.txt" in err and "\n" not in err
     with pytest.raises(SystemExit):
         prep_main(["videos", "--list", "x", "--root", ".", "--out", "o", "--part", "3/2"])
+
+
+def test_two_readers_of_one_folder_in_one_process(prepped):
+    train, val = open_dataset(str(prepped["lmdb"]), "train"), open_dataset(str(prepped["lmdb"]), "val")
+    assert train.frames(0, [0]) and val.frames(0, [0])
+    again = open_dataset(str(prepped["lmdb"]), "train")
+    assert again.frames(0, [1]) == train.frames(0, [1])

@@ -176,7 +176,7 @@ class Trainer:
 
     def _log_step(self, loss, meter) -> None:
         if self.writer and self.step % max(1, self.cfg.log_every) == 0:
-            self.writer.add_scalar("train/loss", float(loss), self.step)
+            self.writer.add_scalar("train/loss", float(loss.detach()), self.step)
             self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
             self.writer.add_scalar("train/data_wait_pct", meter.wait_pct(), self.step)
 

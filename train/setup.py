@@ -15,6 +15,7 @@ from timm.scheduler import CosineLRScheduler, StepLRScheduler
 from timm.utils import ModelEmaV3
 
 import models
+from models.profile import has_convs, to_channels_last
 from .config import TrainConfig
 
 
@@ -61,9 +62,8 @@ def build_model(cfg: TrainConfig, num_classes: int, d: Dist) -> torch.nn.Module:
     if cfg.sync_bn and d.world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(d.device)
-    if cfg.channels_last and d.device.type == "cuda":
-        fmt = torch.channels_last_3d if model.input_contract.layout == "NCTHW" else torch.channels_last
-        model.to(memory_format=fmt)
+    if cfg.channels_last and d.device.type == "cuda" and has_convs(model):
+        to_channels_last(model)
     return model
 
 

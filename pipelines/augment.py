@@ -1,0 +1,191 @@
+"""Clip augmentation: one set of random parameters per clip, applied alike to every frame.
+
+Two halves. The parameters (crop box, flip, colour factors, evaluation crop position) are drawn with numpy
+in the external-source callback from the sample's own generator (`sampling.sample_rng`), so a sample's
+augmentation depends only on (seed, epoch, video, view), never on worker count or read order, and the
+boxes are unit-testable. The DALI functions below apply them to the whole FHWC sequence at once (DALI's
+resize / color_twist / crop_mirror_normalize treat F as a sequence axis and use one argument per sample).
+Only RandAugment draws its own randomness inside DALI (nvidia.dali.auto_aug).
+
+Parameter vector (float32, PARAMS long):
+  training:   x0, y0, x1, y1 (relative crop box), mirror, brightness, contrast, saturation, hue (degrees)
+  evaluation: crop_pos_x, crop_pos_y, mirror, then zeros
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+PARAMS = 9
+TRAIN_CROPS = ("multiscale", "resized", "center")
+EVAL_CROPS = (1, 3, 5, 10)
+_IDENTITY_JITTER = (1.0, 1.0, 1.0, 0.0)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    train_crop: str = "multiscale"  # TSN multi-scale crop | "resized" (random resized crop) | "center"
+    scales: tuple = (1.0, 0.875, 0.75, 0.66)  # multi-scale crop sides, relative to the short side
+    max_distort: int = 1  # the width and height scales may differ by at most this many steps
+    fix_crop: bool = True  # crop at fixed corner/centre offsets (TSN) instead of anywhere
+    more_fix_crop: bool = True  # also the edge midpoints and quarter points (TSN's default)
+    area: tuple = (0.08, 1.0)  # random resized crop: fraction of the frame's area
+    ratio: tuple = (3 / 4, 4 / 3)  # random resized crop: aspect ratio range
+    # off by default: flipping changes the label of Something-Something and the synthetic set (left/right)
+    flip: bool = False
+    jitter: tuple = (0.0, 0.0, 0.0, 0.0)  # colour jitter: brightness, contrast, saturation, hue (0 = off)
+    jitter_prob: float = 0.8
+    rand_augment: int = 0  # RandAugment: operations per clip (0 = off)
+    rand_augment_m: int = 9  # RandAugment magnitude, 0..30
+    eval_scale: float = 256 / 224  # evaluation: short side resized to round(crop_size * eval_scale)
+
+    def __post_init__(self):
+        if self.train_crop not in TRAIN_CROPS:
+            raise ValueError(f"train_crop must be one of {TRAIN_CROPS}, got {self.train_crop!r}")
+        if not self.scales or any(not 0 < s <= 1 for s in self.scales):
+            raise ValueError(f"scales must be in (0, 1], got {self.scales}")
+        if not 0 < self.area[0] <= self.area[1] <= 1 or not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"bad random resized crop ranges: area {self.area}, ratio {self.ratio}")
+        if len(self.jitter) != 4 or any(j < 0 for j in self.jitter) or self.jitter[3] > 0.5:
+            raise ValueError(f"jitter must be 4 values >= 0 (hue <= 0.5), got {self.jitter}")
+        if self.rand_augment < 0 or not 0 <= self.rand_augment_m <= 30:
+            raise ValueError(f"rand_augment must be >= 0 and rand_augment_m in 0..30, got "
+                             f"{self.rand_augment}, {self.rand_augment_m}")
+        if self.eval_scale < 1:
+            raise ValueError(f"eval_scale must be >= 1 (the crop must fit), got {self.eval_scale}")
+
+    def eval_short_side(self, crop_size: int) -> int:
+        return int(round(crop_size * self.eval_scale))
+
+
+# --------------------------------------------------------------------------------------------- crop boxes
+
+
+def multi_scale_box(rng: np.random.Generator, width: int, height: int, cfg: AugmentConfig) -> np.ndarray:
+    """TSN's multi-scale crop: sides from cfg.scales x the short side (the two scales at most max_distort
+    steps apart), at a fixed corner/centre offset or anywhere. Returns (x0, y0, x1, y1) relative to the frame."""
+    base = min(width, height)
+    sides = [max(1, int(base * s)) for s in cfg.scales]
+    pairs = [(w, h) for i, h in enumerate(sides) for j, w in enumerate(sides) if abs(i - j) <= cfg.max_distort]
+    crop_w, crop_h = pairs[rng.integers(len(pairs))]
+    if cfg.fix_crop:
+        offsets = _fixed_offsets(width - crop_w, height - crop_h, cfg.more_fix_crop)
+        x, y = offsets[rng.integers(len(offsets))]
+    else:
+        x, y = rng.integers(width - crop_w + 1), rng.integers(height - crop_h + 1)
+    return np.array([x / width, y / height, (x + crop_w) / width, (y + crop_h) / height])
+
+
+def _fixed_offsets(free_w: int, free_h: int, more: bool) -> list[tuple[int, int]]:
+    sw, sh = free_w // 4, free_h // 4
+    quarters = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2)]
+    if more:
+        quarters += [(0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3), (3, 3)]
+    return [(qx * sw, qy * sh) for qx, qy in quarters]
+
+
+def random_resized_box(rng: np.random.Generator, width: int, height: int, cfg: AugmentConfig) -> np.ndarray:
+    """torchvision's RandomResizedCrop box (10 tries, then the largest centred box within the ratio range)."""
+    area = width * height
+    log_ratio = np.log(cfg.ratio)
+    for _ in range(10):
+        target = area * rng.uniform(*cfg.area)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            x, y = rng.integers(width - w + 1), rng.integers(height - h + 1)
+            return np.array([x / width, y / height, (x + w) / width, (y + h) / height])
+    aspect = width / height
+    w, h = (width, round(width / cfg.ratio[0])) if aspect < cfg.ratio[0] else (
+        (round(height * cfg.ratio[1]), height) if aspect > cfg.ratio[1] else (width, height))
+    x, y = (width - w) // 2, (height - h) // 2
+    return np.array([x / width, y / height, (x + w) / width, (y + h) / height])
+
+
+def center_box(width: int, height: int) -> np.ndarray:
+    """The centred square of the short side."""
+    side = min(width, height)
+    x, y = (width - side) / 2, (height - side) / 2
+    return np.array([x / width, y / height, (x + side) / width, (y + side) / height])
+
+
+_BOXES = {"multiscale": multi_scale_box, "resized": random_resized_box}
+
+
+def train_params(rng: np.random.Generator, width: int, height: int, cfg: AugmentConfig) -> np.ndarray:
+    """The parameter vector of one training clip (see the module docstring)."""
+    box = center_box(width, height) if cfg.train_crop == "center" else _BOXES[cfg.train_crop](rng, width, height, cfg)
+    mirror = float(cfg.flip and rng.random() < 0.5)
+    return np.concatenate([box, [mirror], jitter_factors(rng, cfg)]).astype(np.float32)
+
+
+def jitter_factors(rng: np.random.Generator, cfg: AugmentConfig) -> tuple:
+    """Brightness, contrast and saturation factors and a hue shift in degrees (identity when not applied)."""
+    if not any(cfg.jitter) or rng.random() >= cfg.jitter_prob:
+        return _IDENTITY_JITTER
+    b, c, s, h = cfg.jitter
+    factors = [rng.uniform(max(0.0, 1 - x), 1 + x) for x in (b, c, s)]
+    return (*factors, rng.uniform(-h, h) * 360.0)
+
+
+def eval_positions(crops: int, width: int, height: int) -> list[tuple[float, float, float]]:
+    """(crop_pos_x, crop_pos_y, mirror) of each evaluation crop: 1 centre; 3 the two ends and the centre of
+    the long side; 5 the corners and the centre; 10 those five and their mirror images."""
+    if crops not in EVAL_CROPS:
+        raise ValueError(f"crops must be one of {EVAL_CROPS}, got {crops}")
+    if crops == 1:
+        return [(0.5, 0.5, 0.0)]
+    if crops == 3:
+        ends = (0.0, 0.5, 1.0)
+        return [(e, 0.5, 0.0) for e in ends] if width >= height else [(0.5, e, 0.0) for e in ends]
+    five = [(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (1.0, 1.0, 0.0), (0.5, 0.5, 0.0)]
+    return five if crops == 5 else five + [(x, y, 1.0) for x, y, _ in five]
+
+
+def eval_params(crop: int, crops: int, width: int, height: int) -> np.ndarray:
+    out = np.zeros(PARAMS, np.float32)
+    out[:3] = eval_positions(crops, width, height)[crop]
+    return out
+
+
+# --------------------------------------------------------------------------------------------- DALI side
+
+
+def train_transform(clip, params, crop_size: int, cfg: AugmentConfig, cropped: bool = False):
+    """FHWC uint8 clip -> (crop_size x crop_size FHWC uint8 clip, mirror flag): crop box (unless the decoder
+    `cropped` it already), resize, colour, RandAugment."""
+    from nvidia.dali import fn, types
+
+    if cropped:
+        clip = fn.resize(clip, size=(crop_size, crop_size), antialias=True)
+    else:
+        clip = fn.resize(clip, size=(crop_size, crop_size), roi_start=fn.stack(params[1], params[0]),
+                         roi_end=fn.stack(params[3], params[2]), roi_relative=True, antialias=True)
+    if any(cfg.jitter):
+        clip = fn.color_twist(clip, brightness=params[5], contrast=params[6], saturation=params[7], hue=params[8])
+    if cfg.rand_augment:
+        from nvidia.dali.auto_aug import rand_augment
+
+        clip = rand_augment.rand_augment(clip, n=cfg.rand_augment, m=cfg.rand_augment_m)
+    return clip, fn.cast(params[4], dtype=types.INT32)
+
+
+def eval_transform(clip, params, crop_size: int, cfg: AugmentConfig):
+    """FHWC uint8 clip -> (clip with its short side at eval_short_side, crop position and mirror arguments)."""
+    from nvidia.dali import fn, types
+
+    clip = fn.resize(clip, resize_shorter=cfg.eval_short_side(crop_size), antialias=True)
+    return clip, {"crop": (crop_size, crop_size), "crop_pos_x": params[0], "crop_pos_y": params[1],
+                  "mirror": fn.cast(params[2], dtype=types.INT32)}
+
+
+def normalize(clip, mean, std, layout: str, dali_dtype, mirror, **crop):
+    """(x - mean * 255) / (std * 255), optional mirror and crop, transposed to the model's layout
+    ("NCTHW" -> "CFHW", "NTCHW" -> "FCHW")."""
+    from nvidia.dali import fn
+
+    return fn.crop_mirror_normalize(clip, mean=[255.0 * m for m in mean], std=[255.0 * s for s in std],
+                                    mirror=mirror, output_layout="CFHW" if layout == "NCTHW" else "FCHW",
+                                    dtype=dali_dtype, **crop)

@@ -1,0 +1,213 @@
+"""`build_loader`: a prepped split + a model's InputContract -> an iterable of torch batches from DALI.
+
+Epochs: the source derives its plan from DALI's epoch counter plus the epoch the pipeline was built for,
+so consecutive epochs run on one pipeline (its workers stay up). The pipeline is reset when the next
+epoch is asked for, not when one ends, so nothing is read past the last epoch and `stats` are exact at
+epoch boundaries. `set_epoch` with any other epoch, or a new pass after an epoch
+was abandoned half way, rebuilds the pipeline: DALI cannot rewind a parallel source mid-epoch.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+from prep import PreppedDataset, open_dataset
+
+from .augment import EVAL_CROPS, AugmentConfig
+from .pipeline import GraphOptions, build_pipeline
+from .sampling import ClipSpec, EpochPlan
+from .source import ClipSource, DamageLog
+
+log = logging.getLogger("pipelines")
+PATHS = ("auto", "frames", "video")
+CPU_VIDEO_CODECS = ("vp8", "vp9", "mjpeg")  # all the PyPI DALI build's CPU video decoder handles
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _dali_dtype(dtype: torch.dtype):
+    from nvidia.dali import types
+
+    if dtype == torch.float32:
+        return types.FLOAT
+    if dtype in (torch.float16, torch.bfloat16):  # DALI has no bfloat16: half from DALI, bf16 cast in torch
+        return types.FLOAT16
+    raise ValueError(f"dtype must be one of torch.{', torch.'.join(_DTYPES)}, got {dtype}")
+
+
+def _open(data, split: str) -> PreppedDataset:
+    if not isinstance(data, PreppedDataset):
+        return open_dataset(os.fspath(data), split)
+    if data.split != split:
+        raise ValueError(f"dataset {data!r} holds split {data.split!r}, not {split!r}: "
+                         f"pass open_dataset(root, {split!r}) or the folder")
+    return data
+
+
+def _choose_path(ds: PreppedDataset, path: str, device_id: int | None) -> str:
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    store = ds.store
+    path = store if path == "auto" else path
+    if path != store:
+        raise ValueError(f"path {path!r} needs a dataset prepped with --store {path}, but {ds.root} stores {store}")
+    if path == "video" and device_id is None:
+        codecs = sorted({str(r.get("codec")) for r in ds.rows} - set(CPU_VIDEO_CODECS))
+        if codecs:
+            raise ValueError(f"{ds.root} holds {'/'.join(codecs)} videos, which DALI decodes only on a GPU (its CPU "
+                             f"video decoder handles {', '.join(CPU_VIDEO_CODECS)}): pass device_id, or prep with "
+                             "--store frames")
+    return path
+
+
+def _check_counts(batch_size, clips, crops, training, num_threads, py_workers, world_size) -> None:
+    if batch_size < 1 or num_threads < 1 or py_workers < 1 or world_size < 1:
+        raise ValueError(f"batch_size, num_threads, py_workers and world_size must be >= 1, got {batch_size}, "
+                         f"{num_threads}, {py_workers}, {world_size}")
+    if clips < 1 or crops not in EVAL_CROPS:
+        raise ValueError(f"clips must be >= 1 and crops one of {EVAL_CROPS}, got clips={clips}, crops={crops}")
+    if training and (clips, crops) != (1, 1):
+        raise ValueError(f"training reads one clip and one crop per video, got clips={clips}, crops={crops}")
+
+
+class VideoLoader:
+    """Iterate for one epoch of batches: dicts of "clips", "labels", "index", "view" torch tensors."""
+
+    def __init__(self, data, split, contract, batch_size, training, clips=1, crops=1, device_id=None, rank=0,
+                 world_size=1, seed=0, num_threads=2, py_workers=2, augment=None, dtype=torch.float32,
+                 path="auto", verify=True, prefetch=2, py_start_method=None):
+        _check_counts(batch_size, clips, crops, training, num_threads, py_workers, world_size)
+        self.dataset = _open(data, split)
+        self.path = _choose_path(self.dataset, path, device_id)
+        self.contract, self.training, self.dtype = contract, bool(training), dtype
+        self.clips, self.crops, self.device_id = int(clips), int(crops), device_id
+        self.augment = augment if augment is not None else AugmentConfig()
+        self.plan = EpochPlan(len(self.dataset), int(batch_size), self.training, self.clips * self.crops,
+                              int(rank), int(world_size), int(seed))
+        self.graph = GraphOptions(int(contract.crop_size), tuple(contract.mean), tuple(contract.std),
+                                  contract.layout, self.training, self.augment, _dali_dtype(dtype),
+                                  "cpu" if device_id is None else "mixed")
+        self.spec = ClipSpec.of(contract)
+        self.num_threads, self.py_workers, self.verify, self.prefetch = num_threads, py_workers, verify, prefetch
+        # spawned workers stay clear of a CUDA context the parent holds or will hold; fork starts faster
+        cuda = device_id is not None or torch.cuda.is_initialized()
+        self.py_start_method = py_start_method or ("spawn" if cuda else "fork")
+        self.device = torch.device("cpu") if device_id is None else torch.device("cuda", device_id)
+        self._tmp = tempfile.TemporaryDirectory(prefix="pipelines-")
+        self.damage_log = DamageLog(os.path.join(self._tmp.name, "damaged.jsonl"))
+        self.epoch = 0
+        self._pipe = self._iterator = None
+        self._pipe_epoch = 0  # the epoch the pipeline's next DALI epoch will read
+        self._mid_epoch = self._ended = False
+
+    # ------------------------------------------------------------------ public
+
+    def __len__(self) -> int:
+        return self.plan.num_batches
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def num_views(self) -> int:
+        return self.clips * self.crops
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank yields per epoch."""
+        return self.plan.num_samples
+
+    @property
+    def stats(self) -> dict:
+        return self.damage_log.stats()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        return self._epoch_batches()
+
+    def close(self) -> None:
+        """Stop the DALI pipeline and its worker processes."""
+        self._iterator = self._pipe = None
+        self._mid_epoch = self._ended = False
+
+    def __del__(self):
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"VideoLoader({self.dataset.root!r}, split={self.dataset.split!r}, path={self.path}, "
+                f"training={self.training}, batches={len(self)}, views={self.num_views}, device={self.device})")
+
+    # ------------------------------------------------------------------ internals
+
+    def _source(self, first_epoch: int) -> ClipSource:
+        return ClipSource(self.dataset, self.plan, self.spec, self.augment, self.path, self.damage_log,
+                          first_epoch, self.clips, self.crops, self.verify)
+
+    def _ensure_pipeline(self, epoch: int) -> None:
+        stale = self.training and self._pipe_epoch != epoch  # evaluation reads the same plan every epoch
+        if self._pipe is not None and not stale and not self._mid_epoch:
+            if self._ended:  # reset only now, so nothing is read ahead past the last epoch asked for
+                self._iterator.reset()
+                self._ended = False
+            return
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        if self._pipe is not None:
+            log.info("rebuilding the DALI pipeline for epoch %d (%s)", epoch,
+                     "previous epoch abandoned" if self._mid_epoch else "not the next epoch")
+        self.close()
+        seed = int(np.random.SeedSequence([self.plan.seed, self.plan.rank]).generate_state(1)[0] % (2**31 - 1))
+        self._pipe = build_pipeline(self._source(epoch), self.graph, self.plan.batch_size, self.num_threads,
+                                    self.py_workers, self.device_id, seed, self.prefetch, self.py_start_method)
+        self._iterator = DALIGenericIterator([self._pipe], ["clips", "meta"], auto_reset=False)
+        self._pipe_epoch = epoch
+
+    def _epoch_batches(self):
+        if len(self) == 0:
+            return
+        epoch = self.epoch
+        self._ensure_pipeline(epoch)
+        self._mid_epoch = True
+        left = self.plan.num_samples
+        for number in range(len(self)):
+            out = next(self._iterator)[0]
+            if number == len(self) - 1:
+                self._finish_epoch(epoch)
+            batch = self._to_batch(out["clips"], out["meta"], min(left, self.plan.batch_size))
+            left -= self.plan.batch_size
+            yield batch
+
+    def _finish_epoch(self, epoch: int) -> None:
+        """Called on the last batch: DALI must now end the epoch."""
+        try:
+            next(self._iterator)
+        except StopIteration:
+            self._mid_epoch, self._ended = False, True
+            self._pipe_epoch = epoch + 1
+            self.epoch = epoch + 1
+            return
+        self.close()
+        raise RuntimeError(f"DALI yielded more than the planned {len(self)} batches for the epoch")
+
+    def _to_batch(self, clips: torch.Tensor, meta: torch.Tensor, count: int) -> dict:
+        if count < clips.shape[0]:  # evaluation's padded last batch
+            clips, meta = clips[:count], meta[:count]
+        if self.dtype == torch.bfloat16:
+            clips = clips.to(torch.bfloat16)
+        return {"clips": clips, "labels": meta[:, 0].contiguous(), "index": meta[:, 1].contiguous(),
+                "view": meta[:, 2].contiguous()}
+
+
+def build_loader(data, split, contract, batch_size, training, clips=1, crops=1, device_id=None, rank=0,
+                 world_size=1, seed=0, num_threads=2, py_workers=2, augment=None, dtype=torch.float32,
+                 path="auto", **options) -> VideoLoader:
+    """See the package docstring; `options`: verify (check stored checksums, default True), prefetch (DALI
+    queue depth, default 2), py_start_method ("fork" on the CPU, "spawn" with a GPU by default)."""
+    return VideoLoader(data, split, contract, batch_size, training, clips, crops, device_id, rank, world_size,
+                       seed, num_threads, py_workers, augment, dtype, path, **options)

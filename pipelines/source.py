@@ -1,0 +1,134 @@
+"""The external-source callback: what DALI's Python workers run for every sample.
+
+`ClipSource` is stateless in the sense DALI needs: the sample at (epoch_idx, idx_in_epoch) is a pure
+function of the source's fixed fields, so it can run in any worker process, in any order, forked or
+spawned (it pickles). Its only mutable field is a per-process cache of the epoch's shuffle.
+
+A damaged or missing stored entry is replaced by the next readable video of the split, which keeps its own
+label and index; every replacement is logged and appended to a `DamageLog` file that all workers share.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+import lmdb
+import numpy as np
+import pyarrow as pa
+
+from prep import DamagedEntry, PreppedDataset
+
+from .augment import AugmentConfig, eval_params, train_params
+from .sampling import ClipSpec, EpochPlan, clip_indices, sample_rng, view_of
+
+log = logging.getLogger("pipelines")
+# what a damaged, missing or unreadable stored entry raises (OSError: a shard file gone or unreadable)
+STORAGE_ERRORS = (DamagedEntry, OSError, lmdb.Error, pa.ArrowException)
+
+
+class DamageLog:
+    """One JSON line per replaced sample, appended from any process: a single O_APPEND write of a short
+    line is atomic on a local file system, so no lock is needed."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def add(self, video: int, replacement: int, damaged: list[int], reason: str) -> None:
+        line = json.dumps({"video": video, "replacement": replacement, "damaged": damaged, "reason": reason[:300]})
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def entries(self) -> list[dict]:
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            return [json.loads(line) for line in f if line.endswith("\n")]
+
+    def stats(self) -> dict:
+        """damaged: distinct damaged videos met so far; replaced: samples served by a replacement."""
+        entries = self.entries()
+        damaged = sorted({v for e in entries for v in e["damaged"]})
+        return {"damaged": len(damaged), "replaced": len(entries), "damaged_videos": damaged}
+
+
+@dataclass
+class ClipSource:
+    """Callable for `fn.external_source(batch=False, parallel=True)`.
+
+    Returns, per sample, for path "frames": T JPEG buffers, meta, params; for path "video": the encoded
+    video, the T frame indices (int32), meta, params. meta = int64 [label, video index, view];
+    params = the augmentation vector of `augment.PARAMS` floats."""
+
+    data: PreppedDataset
+    plan: EpochPlan
+    spec: ClipSpec
+    augment: AugmentConfig
+    path: str
+    damage_log: DamageLog
+    first_epoch: int = 0
+    clips: int = 1
+    crops: int = 1
+    verify: bool = True
+    _orders: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def num_outputs(self) -> int:
+        return self.spec.num_frames + 2 if self.path == "frames" else 4
+
+    def __call__(self, sample_info):
+        position = sample_info.idx_in_epoch
+        if position >= self.plan.num_batches * self.plan.batch_size:
+            raise StopIteration
+        epoch = self.first_epoch + sample_info.epoch_idx
+        video, view = self.plan.item(position, epoch, self._order(epoch))
+        return self.sample(video, view, epoch)
+
+    def _order(self, epoch: int):
+        if not self.plan.training:
+            return None
+        if epoch not in self._orders:
+            self._orders.clear()  # one epoch at a time: keeps memory at one permutation
+            self._orders[epoch] = self.plan.order(epoch)
+        return self._orders[epoch]
+
+    def sample(self, video: int, view: int, epoch: int) -> tuple:
+        """The sample of (video, view), or of the next readable video if that one is damaged."""
+        n = len(self.data)
+        damaged, reason = [], ""
+        for step in range(n):
+            index = (video + step) % n
+            try:
+                out = self._read(index, view, epoch)
+            except STORAGE_ERRORS as e:
+                damaged.append(index)
+                reason = reason or f"{type(e).__name__}: {e}"
+                continue
+            if damaged:
+                log.warning("damaged stored video %s replaced by %s: %s",
+                            self.data.rows[video]["id"], self.data.rows[index]["id"], reason)
+                self.damage_log.add(video, index, damaged, reason)
+            return out
+        raise RuntimeError(f"every video of {self.data!r} is damaged ({reason})")
+
+    def _read(self, index: int, view: int, epoch: int) -> tuple:
+        row = self.data.rows[index]
+        width, height = row["size"]
+        if self.plan.training:
+            rng = sample_rng(self.plan.seed, epoch, index, view)
+            frames = clip_indices(row["num_frames"], self.spec, True, rng)
+            params = train_params(rng, width, height, self.augment)
+        else:
+            clip, crop = view_of(view, self.crops)
+            frames = clip_indices(row["num_frames"], self.spec, False, clip=clip, clips=self.clips)
+            params = eval_params(crop, self.crops, width, height)
+        meta = np.array([row["label"], index, view], dtype=np.int64)
+        if self.path == "frames":
+            jpegs = self.data.frames(index, frames, verify=self.verify)
+            return (*[np.frombuffer(j, dtype=np.uint8) for j in jpegs], meta, params)
+        encoded = np.frombuffer(self.data.video(index, verify=self.verify), dtype=np.uint8)
+        return encoded, frames.astype(np.int32), meta, params
