@@ -14,19 +14,19 @@ import os
 import sys
 import time
 
-DEMO_MODELS = ("tsm_tiny", "tsn_tiny")  # (temporal, order-blind)
+DEMO_MODELS = ("i3d_tiny", "tsn_tiny")  # (temporal, order-blind)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__.splitlines()[0])
     p.add_argument("--data", default="data/demo", help="where the synthetic dataset is prepped")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--videos", type=int, default=600)
+    p.add_argument("--videos", type=int, default=1000)
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--lr", type=float, default=0.003)
     p.add_argument("--models", nargs="+", default=list(DEMO_MODELS))
     p.add_argument("--clips", type=int, default=2)
     p.add_argument("--crops", type=int, default=3)
@@ -52,9 +52,9 @@ def train_one(model: str, args, d) -> str:
     from .engine import Trainer
 
     cfg = TrainConfig(model=model, data=args.data, dataset="synthetic", num_frames=8, batch_size=args.batch_size,
-                      epochs=args.epochs, optimizer="sgd", lr=args.lr, weight_decay=1e-4, sched="cosine",
-                      warmup_epochs=1, amp="bf16" if d.device.type == "cuda" else "none",
-                      augment={"flip": False}, output=args.out, name=model, eval_every=max(1, args.epochs // 4),
+                      epochs=args.epochs, optimizer="adamw", lr=args.lr, weight_decay=0.01, sched="cosine",
+                      warmup_epochs=2, amp="bf16" if d.device.type == "cuda" else "none",
+                      augment={"flip": False}, output=args.out, name=model, eval_every=max(1, args.epochs // 8),
                       py_workers=max(1, min(2, args.workers)), threads=max(1, args.workers), device=args.device)
     Trainer(cfg, d).fit()
     return os.path.join(cfg.run_dir(), "best.pt")
