@@ -1,6 +1,7 @@
 """The training-time reader: trivial on purpose (the heavy work happened once, in prep)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zlib
@@ -70,7 +71,6 @@ class PreppedDataset:
             raise ValueError(f"{self.root} stores JPEG frames, not videos (prep with --store video)")
         data = self.reader.video(row["shard"], row["key"])
         if verify:
-            import hashlib
             if hashlib.sha1(data).hexdigest() != row["checksum"]:
                 raise DamagedEntry(f"video {row['id']} ({row['shard']}): bytes fail their checksum")
         return data
