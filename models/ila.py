@@ -67,6 +67,7 @@ class LearnableAlignment(nn.Module):
                                         zero_init_(nn.Conv1d(half // 2, 4, 1, groups=2)), nn.Tanh())
         self.temporal_conv = nn.Conv3d(half, half, (3, 1, 1), padding=(1, 0, 0))
         self.fc = nn.Linear(half, dim)
+        self.base_jitter = jitter
         self.register_buffer("jitter", torch.tensor(_JITTER, dtype=torch.float32) * jitter, persistent=False)
 
     def decay_jitter(self) -> None:
@@ -174,6 +175,14 @@ class ILA(VideoViT):
             sd["proj.weight"] = sd.pop("head.weight")
         return {k: v for k, v in sd.items() if not k.startswith("head.")}
 
+    def set_epoch(self, epoch: int) -> None:
+        """Training hook (called by train before each 0-based epoch): the repo halves the alignment jitter
+        once per epoch from its epoch 30 on; recomputed from the epoch so a resumed run gets the same."""
+        for block in self.blocks:
+            align = block.align
+            align.jitter.copy_(torch.tensor(_JITTER, dtype=torch.float32, device=align.jitter.device)
+                               * align.base_jitter * 0.5 ** max(0, epoch - 29))
+
     def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the summed alignment (cosine) loss of all blocks, which the repo adds to the loss."""
         b = x.shape[0]
@@ -185,8 +194,10 @@ class ILA(VideoViT):
         x = self.proj(self.norm(x[:, 0])).view(b, self.num_frames, -1)
         return self.head(self.mit(x)), aux
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_aux(x)[0]
+    def forward(self, x: torch.Tensor, return_aux: bool = False):
+        """`return_aux=True` (train passes it through DDP) also returns the alignment loss."""
+        logits, aux = self.forward_with_aux(x)
+        return (logits, aux) if return_aux else logits
 
 
 def _create_ila(num_classes: int, num_frames: int, crop_size: int, vit_args: dict, **kwargs) -> ILA:

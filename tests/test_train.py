@@ -137,3 +137,34 @@ def test_frozen_backbone_gets_no_update():
     for n, p in model.named_parameters():
         if not p.requires_grad:
             assert p.grad is None and torch.equal(p, frozen[n]), n
+
+
+def test_ila_aux_loss_and_jitter_schedule():
+    model = models.create_model("ila_tiny", num_classes=5)
+    x = model.input_contract.example_input(2)
+    logits, aux = model(x, return_aux=True)
+    assert logits.shape == (2, 5) and aux.ndim == 0 and aux.requires_grad
+    base = model.blocks[0].align.jitter.clone()
+    model.set_epoch(31)
+    torch.testing.assert_close(model.blocks[0].align.jitter, base / 4)
+    model.set_epoch(3)
+    torch.testing.assert_close(model.blocks[0].align.jitter, base)
+
+
+def test_train_loss_adds_the_aux_loss_of_ila():
+    from types import SimpleNamespace
+
+    from train.engine import Trainer
+
+    model = models.create_model("ila_tiny", num_classes=5).eval()  # eval: no random jitter, no dropout
+    x, y = model.input_contract.example_input(2), torch.tensor([0, 3])
+    fake = SimpleNamespace(model=model, net=model, criterion=torch.nn.CrossEntropyLoss(),
+                           cfg=TrainConfig(aux_loss_weight=0.0))
+    plain = Trainer._loss(fake, x, y)
+    fake.cfg = TrainConfig(aux_loss_weight=1.0)
+    with_aux = Trainer._loss(fake, x, y)
+    aux = model(x, return_aux=True)[1]
+    assert aux.abs() > 1e-3
+    torch.testing.assert_close(with_aux - plain, aux)
+    fake.model = fake.net = models.create_model("tsn_tiny", num_classes=5)  # no aux: plain cross-entropy
+    assert Trainer._loss(fake, fake.net.input_contract.example_input(2), y).ndim == 0

@@ -49,6 +49,7 @@ class TrainConfig:
     decay_epochs: float = 10.0  # step schedule
     decay_rate: float = 0.1
     label_smoothing: float = 0.0
+    aux_loss_weight: float = 1.0  # models with an auxiliary loss (ILA's alignment loss)
     mixup: float = 0.0
     cutmix: float = 0.0
     mixup_prob: float = 1.0

@@ -121,6 +121,8 @@ class Trainer:
         cfg, d = self.cfg, self.d
         self.net.train()
         self.train_loader.set_epoch(self.epoch)
+        if hasattr(self.model, "set_epoch"):  # models with per-epoch schedules of their own (ILA)
+            self.model.set_epoch(self.epoch)
         meter = StepMeter(d.device)
         bar = tqdm(total=len(self.train_loader), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not (cfg.progress and d.main), dynamic_ncols=True)
@@ -154,11 +156,17 @@ class Trainer:
         sync = contextlib.nullcontext() if last or self.d.world == 1 else self.net.no_sync()
         with sync:
             with autocast(self.d.device, self.cfg.amp):
-                loss = self.criterion(self.net(clips), targets)
+                loss = self._loss(clips, targets)
             self.scaler.scale(loss / self.cfg.grad_accum).backward()
         if last:
             self._optimizer_step()
         return loss
+
+    def _loss(self, clips, targets) -> torch.Tensor:
+        if not hasattr(self.model, "forward_with_aux"):
+            return self.criterion(self.net(clips), targets)
+        logits, aux = self.net(clips, return_aux=True)  # through DDP's forward, so gradients are reduced
+        return self.criterion(logits, targets) + self.cfg.aux_loss_weight * aux
 
     def _optimizer_step(self) -> None:
         if self.cfg.clip_grad > 0:
