@@ -1,4 +1,5 @@
-"""python -m prep {videos,ssv2,kinetics400,synthetic,merge,verify} ...  (see --help of each)."""
+"""python -m prep {videos,ssv2,kinetics400,kinetics700,diving48,ucf101,hmdb51,synthetic,merge,verify} ...
+(see --help of each)."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,13 @@ import re
 import sys
 
 from .decode import DecodeOptions
+from .presets import diving48_tasks, hmdb51_tasks, kinetics700_tasks, restrict_to_classes, ucf101_tasks
 from .runner import JobOptions, merge, parse_part, run_prep
 from .tasks import kinetics_tasks, number_tasks, parse_video_lists, ssv2_tasks
+
+
+SUBSET_PRESETS = {"ssv2": ssv2_tasks, "kinetics400": kinetics_tasks, "kinetics700": kinetics700_tasks}
+SPLIT_ID_PRESETS = {"ucf101": ucf101_tasks, "hmdb51": hmdb51_tasks}
 
 
 def parse_size(text: str) -> int:
@@ -48,10 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="class names, one per line (line = label); default: from the lists")
     _job_args(p)
     for name, helptext in (("ssv2", "Something-Something v2 (labels.json, train.json, validation.json)"),
-                           ("kinetics400", "Kinetics-400 (CSV: label,youtube_id,time_start,time_end,split)")):
+                           ("kinetics400", "Kinetics-400 (CSV: label,youtube_id,time_start,time_end,split)"),
+                           ("kinetics700", "Kinetics-700 (CSVs as Kinetics-400)"),
+                           ("diving48", "Diving48 (Diving48_V2_train.json, _test.json, rgb/<vid_name>.mp4)"),
+                           ("ucf101", "UCF101 (ucfTrainTestlist/, UCF-101/<Class>/<video>.avi)"),
+                           ("hmdb51", "HMDB51 (testTrainMulti_7030_splits/, <class>/<video>.avi)")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--root", required=True)
         p.add_argument("--videos", help="video folder if not under --root")
+        if name in SUBSET_PRESETS:
+            p.add_argument("--subset", metavar="FILE", help="only these classes (one per line), labelled in "
+                           "the file's order, e.g. mini-Kinetics-200 or mini-SSv2-87")
+        if name in SPLIT_ID_PRESETS:
+            p.add_argument("--split-id", type=int, choices=(1, 2, 3), default=1, help="which official split")
         _job_args(p)
     p = sub.add_parser("synthetic", help="generate the built-in synthetic dataset and prep it")
     p.add_argument("--root", help="where the generated videos go (default OUT/source)")
@@ -72,10 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _tasks_for(args):
     if args.command == "videos":
         return parse_video_lists(args.list, args.root, args.classes)
-    if args.command == "ssv2":
-        return ssv2_tasks(args.root, args.videos)
-    if args.command == "kinetics400":
-        return kinetics_tasks(args.root, args.videos)
+    if args.command in SUBSET_PRESETS:
+        tasks, classes = SUBSET_PRESETS[args.command](args.root, args.videos)
+        return restrict_to_classes(tasks, classes, args.subset) if args.subset else (tasks, classes)
+    if args.command in SPLIT_ID_PRESETS:
+        return SPLIT_ID_PRESETS[args.command](args.root, args.videos, args.split_id)
+    if args.command == "diving48":
+        return diving48_tasks(args.root, args.videos)
     from .synthetic import generate
 
     root = args.root or os.path.join(args.out, "source")

@@ -133,9 +133,11 @@ def ssv2_template(template: str) -> str:
 # --------------------------------------------------------------------------- Kinetics
 
 
-def kinetics_tasks(root: str, videos: str | None = None) -> tuple[list[Task], list[str]]:
-    """CSVs `label,youtube_id,time_start,time_end,split`; videos `<id>_<start:06d>_<end:06d>.mp4` anywhere under root."""
-    ann = _find_csvs(root)
+def kinetics_tasks(root: str, videos: str | None = None, edition: str = "400") -> tuple[list[Task], list[str]]:
+    """CSVs `label,youtube_id,time_start,time_end,split`; videos `<id>_<start:06d>_<end:06d>.mp4` anywhere under root.
+
+    `edition` (400, 600, 700) only picks the CSV names: all editions share the columns and the video naming."""
+    ann = _find_csvs(root, edition)
     rows = {split: _read_csv(path) for split, path in ann.items()}
     classes = sorted({r["label"] for r in rows["train"]})
     index = {c: i for i, c in enumerate(classes)}
@@ -151,10 +153,12 @@ def kinetics_tasks(root: str, videos: str | None = None) -> tuple[list[Task], li
     return tasks, classes
 
 
-def _find_csvs(root: str) -> dict[str, str]:
+def _find_csvs(root: str, edition: str = "400") -> dict[str, str]:
     found = {}
-    for split, names in (("train", ("train.csv", "kinetics_400_train.csv", "kinetics400_train.csv")),
-                         ("val", ("validate.csv", "val.csv", "kinetics_400_val.csv", "kinetics400_val.csv"))):
+    prefixes = (f"kinetics_{edition}_", f"kinetics{edition}_")
+    val_names = [p + s for p in prefixes for s in ("val.csv", "validate.csv")]
+    for split, names in (("train", ("train.csv", *(p + "train.csv" for p in prefixes))),
+                         ("val", ("validate.csv", "val.csv", *val_names))):
         for d in (root, os.path.join(root, "annotations")):
             hit = next((os.path.join(d, n) for n in names if os.path.isfile(os.path.join(d, n))), None)
             if hit:
