@@ -25,7 +25,7 @@ CONFIG ?= $(wildcard configs/$(MODEL)_$(DATASET).yaml)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-quick demo prep train eval bench-prep bench-data bench-models clean
+.PHONY: help install test test-quick demo prep train pretrain-image eval bench-prep bench-data bench-models clean
 
 help:
 	@echo "make install                       create .venv with the pinned versions of requirements.txt"
@@ -33,6 +33,7 @@ help:
 	@echo "make test | test-quick             the whole suite on the CPU | without the slow end-to-end tests"
 	@echo "make prep DATASET=ssv2|kinetics400|synthetic SRC=... OUT=..."
 	@echo "make train MODEL=i3d_resnet50 DATA=... [GPUS=8 NODES=1 NODE_RANK=0 MASTER=host:port ARGS=...]"
+	@echo "make pretrain-image MODEL=ircsn_50 DATA=IMAGENET_DIR [GPUS=8 ARGS=...]   image pre-training (STS recipe)"
 	@echo "make eval CKPT=... [DATA=...] CLIPS=3 CROPS=3"
 	@echo "make bench-prep | bench-data | bench-models"
 
@@ -61,10 +62,17 @@ demo: install
 prep: install
 	$(PYTHON) -m prep $(DATASET) $(if $(SRC),--root $(SRC)) --out $(OUT) $(ARGS)
 
+TORCHRUN = $(BIN)/torchrun --nnodes $(NODES) --node-rank $(NODE_RANK) --nproc-per-node $(GPUS) \
+	  $(if $(filter 1,$(NODES)),--standalone,--rdzv-backend c10d --rdzv-endpoint $(MASTER))
+IMAGE_CONFIG ?= $(wildcard configs/$(MODEL)_imagenet.yaml)
+
 train: install
-	$(BIN)/torchrun --nnodes $(NODES) --node-rank $(NODE_RANK) --nproc-per-node $(GPUS) \
-	  $(if $(filter 1,$(NODES)),--standalone,--rdzv-backend c10d --rdzv-endpoint $(MASTER)) \
-	  -m train $(if $(CONFIG),--config $(CONFIG)) --model $(MODEL) --dataset $(DATASET) --data $(DATA) $(ARGS)
+	$(TORCHRUN) -m train $(if $(CONFIG),--config $(CONFIG)) --model $(MODEL) --dataset $(DATASET) --data $(DATA) $(ARGS)
+
+pretrain-image: install
+	@test "$(origin DATA)" = "command line" || { echo "make pretrain-image needs DATA=PATH (an ImageNet-style folder: train/<class>/*.JPEG, val/<class>/*.JPEG)"; exit 2; }
+	$(TORCHRUN) -m train --task image $(if $(IMAGE_CONFIG),--config $(IMAGE_CONFIG)) --model $(MODEL) \
+	  --dataset imagenet --data $(DATA) $(ARGS)
 
 eval: install
 	$(BIN)/torchrun --standalone --nproc-per-node $(GPUS) -m eval --ckpt $(CKPT) \

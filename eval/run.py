@@ -8,6 +8,7 @@ import torch
 
 import models
 import pipelines
+from pipelines.images import ImageLoader, open_image_folder
 from prep import open_dataset
 from train import checkpoint as ckpt
 from train.setup import Dist
@@ -23,6 +24,7 @@ def load_model(path: str, device: torch.device, use_ema: bool = True):
                                 num_frames=state["contract"]["num_frames"], **state["config"].get("model_args", {}))
     weights = state["ema"] if use_ema and state.get("ema") else state["model"]
     model.load_state_dict(weights)
+    model.input_contract = models.InputContract(**state["contract"])  # as trained (sampling overrides too)
     return model.to(device).eval(), state
 
 
@@ -32,11 +34,8 @@ def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips:
     model, state = load_model(ckpt_path, d.device, use_ema)
     cfg = state["config"]
     data = data or cfg["data"]
-    dataset = open_dataset(data, split)
-    loader = pipelines.build_loader(
-        dataset, split, model.input_contract, batch_size=batch_size, training=False, clips=clips, crops=crops,
-        device_id=d.device_id, rank=d.rank, world_size=d.world, seed=cfg["seed"], num_threads=cfg["threads"],
-        py_workers=py_workers, path=cfg.get("data_path", "auto"))
+    dataset, loader = _open(cfg, state["classes"], model.input_contract, data, split, clips, crops, batch_size,
+                            d, py_workers, progress)
     loader.set_epoch(0)
     scores, counts = score_videos(model, loader, len(dataset), state["num_classes"], d.device, amp,
                                   progress=progress and d.main)
@@ -51,6 +50,23 @@ def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips:
         _write_reports(out_dir, summary, report, scores, dataset.rows, state["classes"])
         summary["out_dir"] = out_dir
     return summary
+
+
+def _open(cfg: dict, classes, contract, data, split, clips, crops, batch_size, d: Dist, py_workers, progress):
+    """(dataset, loader): a prepped video split, or for an image pre-training run its image folder."""
+    if cfg.get("task", "video") == "image":
+        if (clips, crops) != (1, 1):
+            raise ValueError(f"an image pre-training checkpoint is evaluated on one centre crop per image, "
+                             f"not {clips} clips x {crops} crops")
+        dataset = open_image_folder(data, split, classes=classes, progress=progress and d.main)
+        return dataset, ImageLoader(dataset, contract, batch_size, False, device_id=d.device_id, rank=d.rank,
+                                    world_size=d.world, seed=cfg["seed"], num_threads=cfg["threads"],
+                                    image_size=cfg.get("image_size", 0))
+    dataset = open_dataset(data, split)
+    return dataset, pipelines.build_loader(
+        dataset, split, contract, batch_size=batch_size, training=False, clips=clips, crops=crops,
+        device_id=d.device_id, rank=d.rank, world_size=d.world, seed=cfg["seed"], num_threads=cfg["threads"],
+        py_workers=py_workers, path=cfg.get("data_path", "auto"))
 
 
 def _write_reports(out_dir, summary, report, scores, records, classes) -> None:

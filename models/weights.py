@@ -28,6 +28,10 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         sd = torch.load(path, map_location="cpu", weights_only=False)
         if isinstance(sd, nn.Module):  # a whole pickled model (e.g. a CLIP jit/eager model)
             sd = sd.state_dict()
+    if isinstance(sd, dict) and isinstance(sd.get("ema"), dict) and isinstance(sd.get("model"), dict):
+        # a `python -m train` checkpoint with an EMA: its best.pt was chosen by the EMA's validation score
+        log.info("%s: using the EMA weights", path)
+        sd = sd["ema"]
     for key in _NESTED_KEYS:
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]

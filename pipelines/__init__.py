@@ -15,6 +15,7 @@ batch may be smaller. `loader.stats` counts damaged stored videos met and the sa
 """
 from . import sampling
 from .augment import AugmentConfig
+from .images import ImageLoader, open_image_folder
 from .loader import VideoLoader, build_loader
 
-__all__ = ["build_loader", "AugmentConfig", "VideoLoader", "sampling"]
+__all__ = ["build_loader", "AugmentConfig", "VideoLoader", "ImageLoader", "open_image_folder", "sampling"]

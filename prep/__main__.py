@@ -1,4 +1,5 @@
-"""python -m prep {videos,ssv2,kinetics400,kinetics700,diving48,ucf101,hmdb51,synthetic,merge,verify} ...
+"""python -m prep {videos,ssv2,kinetics400,kinetics700,diving48,ucf101,hmdb51,synthetic,synthetic-images,merge,
+verify} ...
 (see --help of each)."""
 from __future__ import annotations
 
@@ -76,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codec", choices=("h264", "vp9"), default="h264")
     p.add_argument("--seed", type=int, default=0)
     _job_args(p, short_side=0)
+    p = sub.add_parser("synthetic-images", help="write a synthetic ImageNet-style folder (one class per shape) "
+                       "for image pre-training (`make pretrain-image`); images are read in place, not prepped")
+    p.add_argument("--out", required=True)
+    p.add_argument("--per-class", type=int, default=200, help="training images per class")
+    p.add_argument("--val-per-class", type=int, default=40)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("merge", help="join the manifests of the parts of a --part job")
     p.add_argument("out")
     p = sub.add_parser("verify", help="decode every stored frame and check checksums")
@@ -121,6 +130,11 @@ def main(argv=None) -> int:
     try:
         if args.command == "merge":
             summary = merge(args.out)
+        elif args.command == "synthetic-images":
+            from .synthetic_images import generate_image_folder
+
+            summary = generate_image_folder(args.out, args.per_class, args.val_per_class, args.size, args.seed,
+                                            progress=not args.no_progress)
         elif args.command == "verify":
             from .verify import verify
 

@@ -314,10 +314,12 @@ _FORWARD = {
 class _Sample:
     """All random draws of one video; frame(t) renders forward frame t on demand."""
 
-    def __init__(self, pair: str, rng: np.random.Generator, frames: int, size: tuple[int, int]):
+    def __init__(self, pair: str, rng: np.random.Generator, frames: int, size: tuple[int, int],
+                 shapes: Sequence[str] | None = None):
         self.size = size
         self.background = _draw_background(rng, *size)
-        self.look = _draw_look(rng, SPIN_SHAPES if pair == "spin" else SHAPES, self.background.mean(axis=(1, 2)))
+        shapes = shapes or (SPIN_SHAPES if pair == "spin" else SHAPES)
+        self.look = _draw_look(rng, shapes, self.background.mean(axis=(1, 2)))
         self.track = _FORWARD[pair](rng, frames, size)
         self.noise_sigma = float(rng.uniform(0, 5)) if rng.uniform() < 0.7 else 0.0
         # per-frame noise is keyed by the forward frame index, so reversal stays exact

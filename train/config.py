@@ -19,6 +19,7 @@ class ConfigError(ValueError):
 @dataclass
 class TrainConfig:
     # what to train on
+    task: str = "video"  # video: a prepped dataset | image: an ImageNet-style folder (image pre-training)
     model: str = "i3d_resnet50"
     data: str = ""
     dataset: str = ""  # informational (ssv2, kinetics400, synthetic)
@@ -26,6 +27,8 @@ class TrainConfig:
     val_split: str = "val"
     num_classes: int = 0  # 0: from the dataset's class list
     num_frames: int = 0  # 0: the model's default
+    sampling: str = ""  # "" : the model's | tsn | dense (the model's input contract, overridden)
+    frame_stride: int = 0  # dense sampling's stride (0: the model's)
     pretrained: str = ""
     model_args: dict = field(default_factory=dict)
     # data pipeline
@@ -33,6 +36,8 @@ class TrainConfig:
     py_workers: int = 2
     threads: int = 2
     data_path: str = "auto"  # frames | video | auto
+    image_size: int = 0  # task image: training and evaluation crop (0: the model's crop size)
+    repeated_aug: int = 1  # task image: repeated augmentation, copies of each image per epoch (timm's aug_repeats)
     augment: dict = field(default_factory=dict)  # pipelines.AugmentConfig fields
     # optimisation
     epochs: int = 30
@@ -81,7 +86,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-CHOICES = {"optimizer": ("sgd", "adamw"), "sched": ("cosine", "step", "none"), "amp": ("bf16", "fp16", "none"),
+CHOICES = {"task": ("video", "image"), "sampling": ("", "tsn", "dense"), "optimizer": ("sgd", "adamw", "lamb"), "sched": ("cosine", "step", "none"), "amp": ("bf16", "fp16", "none"),
            "device": ("auto", "cpu", "cuda"), "data_path": ("auto", "frames", "video")}
 _TYPES = typing.get_type_hints(TrainConfig)
 
@@ -171,9 +176,24 @@ def load_config(argv: list[str]) -> TrainConfig:
             raise ConfigError(f"{config_path}: expected a mapping of config keys")
         apply(cfg, values, config_path)
     apply(cfg, overrides, "command line")
-    if not cfg.data:
-        raise ConfigError("config key 'data' is required: the folder written by `python -m prep`")
+    check(cfg)
     return cfg
+
+
+def check(cfg: TrainConfig) -> None:
+    """Rules that involve more than one key."""
+    if not cfg.data:
+        what = "an ImageNet-style folder (train/<class>/*.JPEG)" if cfg.task == "image" else \
+            "the folder written by `python -m prep`"
+        raise ConfigError(f"config key 'data' is required: {what}")
+    if cfg.repeated_aug < 1 or (cfg.repeated_aug > 1 and cfg.task != "image"):
+        raise ConfigError(f"config key 'repeated_aug' must be >= 1, and > 1 only with task image, "
+                          f"got {cfg.repeated_aug} with task {cfg.task}")
+    if cfg.task == "image" and (cfg.eval_clips, cfg.eval_crops) != (1, 1):
+        raise ConfigError("config keys 'eval_clips'/'eval_crops': task image evaluates one centre crop per image")
+    if cfg.image_size < 0 or (cfg.image_size and cfg.task != "image"):
+        raise ConfigError(f"config key 'image_size' is for task image (videos follow the model's contract), "
+                          f"got {cfg.image_size}")
 
 
 def save_config(cfg: TrainConfig, path: str) -> None:

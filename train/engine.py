@@ -17,13 +17,14 @@ import pipelines
 from eval.metrics import accuracy_report
 from eval.plots import plot_curves
 from eval.score import autocast, check_coverage, score_videos
+from pipelines.images import ImageLoader, open_image_folder
 from prep import open_dataset
 
 from . import checkpoint as ckpt
 from .config import TrainConfig, save_config
 from .meter import StepMeter
 from .setup import (Dist, build_ema, build_loss, build_mixup, build_model, build_optimizer, build_scheduler,
-                    mix_clips, seed_everything, wrap_model)
+                    check_one_frame, mix_clips, seed_everything, wrap_model)
 
 log = logging.getLogger("train")
 
@@ -33,11 +34,13 @@ class Trainer:
         self.cfg, self.d = cfg, d
         self.run_dir = cfg.run_dir()
         seed_everything(cfg.seed + d.rank)
-        train_set = open_dataset(cfg.data, cfg.train_split)
+        train_set = self._open_split(cfg.train_split)
         self.classes = train_set.classes
         self.num_classes = cfg.num_classes or len(self.classes)
         self.model = build_model(cfg, self.num_classes, d)
         self.contract = self.model.input_contract
+        if cfg.task == "image":
+            check_one_frame(self.model, cfg.image_size or self.contract.crop_size, d.device)
         self.train_loader = self._loader(train_set, cfg.train_split, training=True)
         self.val_loader = None
         self.net = wrap_model(self.model, cfg, d)
@@ -56,13 +59,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup helpers
 
+    def _open_split(self, split: str):
+        if self.cfg.task == "image":  # evaluation splits take the training split's class list
+            return open_image_folder(self.cfg.data, split, classes=getattr(self, "classes", None),
+                                     progress=self.cfg.progress and self.d.main)
+        return open_dataset(self.cfg.data, split)
+
     def _loader(self, data, split: str, training: bool, clips: int = 1, crops: int = 1):
+        augment = pipelines.AugmentConfig(**self.cfg.augment) if training else None
+        if self.cfg.task == "image":
+            return ImageLoader(data, self.contract, self.cfg.batch_size, training, device_id=self.d.device_id,
+                               rank=self.d.rank, world_size=self.d.world, seed=self.cfg.seed,
+                               num_threads=self.cfg.threads, augment=augment,
+                               repeats=self.cfg.repeated_aug if training else 1, image_size=self.cfg.image_size)
         return pipelines.build_loader(
             data, split, self.contract, batch_size=self.cfg.batch_size, training=training, clips=clips,
             crops=crops, device_id=self.d.device_id, rank=self.d.rank, world_size=self.d.world,
             seed=self.cfg.seed, num_threads=self.cfg.threads, py_workers=self.cfg.py_workers,
-            augment=pipelines.AugmentConfig(**self.cfg.augment) if training else None,
-            path=self.cfg.data_path)
+            augment=augment, path=self.cfg.data_path)
 
     def _tensorboard(self):
         from torch.utils.tensorboard import SummaryWriter
@@ -193,7 +207,7 @@ class Trainer:
     def validate(self) -> dict:
         cfg = self.cfg
         if self.val_loader is None:
-            val_set = open_dataset(cfg.data, cfg.val_split)
+            val_set = self._open_split(cfg.val_split)
             self.val_records = val_set.rows
             self.val_loader = self._loader(val_set, cfg.val_split, training=False,
                                            clips=cfg.eval_clips, crops=cfg.eval_crops)

@@ -59,12 +59,33 @@ def seed_everything(seed: int) -> None:
 def build_model(cfg: TrainConfig, num_classes: int, d: Dist) -> torch.nn.Module:
     model = models.create_model(cfg.model, num_classes=num_classes, num_frames=cfg.num_frames or None,
                                  pretrained=cfg.pretrained or None, **cfg.model_args)
+    if cfg.sampling or cfg.frame_stride:  # e.g. a dense-sampling model fine-tuned with TSN sampling on SSv2
+        contract = model.input_contract
+        model.input_contract = contract.replace(sampling=cfg.sampling or contract.sampling,
+                                                frame_stride=cfg.frame_stride or contract.frame_stride)
     if cfg.sync_bn and d.world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(d.device)
     if cfg.channels_last and d.device.type == "cuda" and has_convs(model):
         to_channels_last(model)
     return model
+
+
+@torch.no_grad()
+def check_one_frame(model: torch.nn.Module, size: int, device: torch.device) -> None:
+    """Image pre-training feeds one-frame clips: fail at start, in one line, for models that cannot take them
+    (2D models built for a fixed number of segments, S3D's temporal pooling)."""
+    contract = model.input_contract
+    shape = list(contract.replace(num_frames=1, crop_size=size).input_shape(1))
+    was_training = model.training
+    try:
+        model.eval()
+        model(torch.zeros(shape, device=device))
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"model {getattr(model, 'model_name', type(model).__name__)} cannot take a one-frame "
+                         f"clip {tuple(shape)} for image pre-training: {str(e).splitlines()[0]}") from None
+    finally:
+        model.train(was_training)
 
 
 def wrap_model(model: torch.nn.Module, cfg: TrainConfig, d: Dist) -> torch.nn.Module:
