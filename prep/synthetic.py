@@ -195,11 +195,12 @@ def _contrasting_colour(rng: np.random.Generator, against: np.ndarray, candidate
     return options[np.argmax(np.linalg.norm(options - against, axis=1))]
 
 
-def _draw_look(rng: np.random.Generator, shapes: Sequence[str], against: np.ndarray) -> _Look:
+def _draw_look(rng: np.random.Generator, shapes: Sequence[str], against: np.ndarray,
+               textures: Sequence[str] = TEXTURES) -> _Look:
     colour = _contrasting_colour(rng, against)
     return _Look(
         shape=str(rng.choice(shapes)),
-        texture=str(rng.choice(TEXTURES)),
+        texture=str(rng.choice(textures)),
         colour=colour,
         colour2=_contrasting_colour(rng, colour),
         frequency=float(rng.uniform(1.5, 3.0)),
@@ -315,11 +316,11 @@ class _Sample:
     """All random draws of one video; frame(t) renders forward frame t on demand."""
 
     def __init__(self, pair: str, rng: np.random.Generator, frames: int, size: tuple[int, int],
-                 shapes: Sequence[str] | None = None):
+                 shapes: Sequence[str] | None = None, textures: Sequence[str] = TEXTURES):
         self.size = size
         self.background = _draw_background(rng, *size)
         shapes = shapes or (SPIN_SHAPES if pair == "spin" else SHAPES)
-        self.look = _draw_look(rng, shapes, self.background.mean(axis=(1, 2)))
+        self.look = _draw_look(rng, shapes, self.background.mean(axis=(1, 2)), textures)
         self.track = _FORWARD[pair](rng, frames, size)
         self.noise_sigma = float(rng.uniform(0, 5)) if rng.uniform() < 0.7 else 0.0
         # per-frame noise is keyed by the forward frame index, so reversal stays exact

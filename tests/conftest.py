@@ -3,6 +3,19 @@ import os
 import pytest
 import torch
 
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """A tiny prepped synthetic video set (40 videos of 8 frames at 32 px), shared read-only by the train tests."""
+    from prep.__main__ import main as prep_main
+
+    out = tmp_path_factory.mktemp("synthetic")
+    assert prep_main(["synthetic", "--out", str(out), "--videos", "40", "--frames", "8", "--size", "32",
+                      "--workers", "1", "--no-progress"]) == 0
+    return out
+
+
 # tests run on the CPU whatever the machine; keep them from fighting over 2 cores
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

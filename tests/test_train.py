@@ -13,19 +13,10 @@ import torch
 from timm.data import Mixup
 
 import models
-from prep.__main__ import main as prep_main
 from train.config import TrainConfig
 from train.setup import Dist, build_optimizer, mix_clips
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synthetic")
-    assert prep_main(["synthetic", "--out", str(out), "--videos", "40", "--frames", "8", "--size", "32",
-                      "--workers", "1", "--no-progress"]) == 0
-    return out
 
 
 def _train(data, run_dir, *extra, env=None, wait=True):

@@ -109,10 +109,13 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         if self.ema and state["ema"]:
             self.ema.module.load_state_dict(state["ema"])
+        elif self.ema:  # EMA switched on at resume: average from the loaded weights, not the random start
+            self.ema.set(self.model)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler and state["scheduler"]:
             self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when the run was saved without fp16
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best_top1"]
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
