@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from .augment import AugmentConfig, normalize
+from .pipeline import GraphOptions
 
 log = logging.getLogger("pipelines")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -144,19 +145,7 @@ def train_order(num_images: int, batch_size: int, world_size: int, seed: int, ep
 # --------------------------------------------------------------------------------------------- the DALI graph
 
 
-@dataclass(frozen=True)
-class ImageGraphOptions:
-    image_size: int
-    mean: tuple
-    std: tuple
-    layout: str  # the contract's "NCTHW" | "NTCHW"
-    training: bool
-    augment: AugmentConfig
-    dali_dtype: object
-    decoder_device: str  # "mixed" | "cpu"
-
-
-def _train_image(jpegs, opts: ImageGraphOptions):
+def _train_image(jpegs, opts: GraphOptions):
     """Fused decode + random resized crop (only the crop window is decoded), resize, RandAugment, flip."""
     from nvidia.dali import fn, types
 
@@ -164,7 +153,7 @@ def _train_image(jpegs, opts: ImageGraphOptions):
     image = fn.decoders.image_random_crop(jpegs, device=opts.decoder_device, output_type=types.RGB,
                                           random_area=list(aug.area), random_aspect_ratio=list(aug.ratio),
                                           num_attempts=10)
-    image = fn.resize(image, size=(opts.image_size, opts.image_size), interp_type=types.INTERP_CUBIC,
+    image = fn.resize(image, size=(opts.crop_size, opts.crop_size), interp_type=types.INTERP_CUBIC,
                       antialias=True)
     if aug.rand_augment:
         from nvidia.dali.auto_aug import rand_augment
@@ -174,17 +163,17 @@ def _train_image(jpegs, opts: ImageGraphOptions):
     return image, mirror, {}
 
 
-def _eval_image(jpegs, opts: ImageGraphOptions):
-    """Decode, short side to image_size x eval_scale (1 / crop_pct), centre crop."""
+def _eval_image(jpegs, opts: GraphOptions):
+    """Decode, short side to crop_size x eval_scale (1 / crop_pct), centre crop."""
     from nvidia.dali import fn, types
 
     image = fn.decoders.image(jpegs, device=opts.decoder_device, output_type=types.RGB)
-    image = fn.resize(image, resize_shorter=opts.augment.eval_short_side(opts.image_size),
+    image = fn.resize(image, resize_shorter=opts.augment.eval_short_side(opts.crop_size),
                       interp_type=types.INTERP_CUBIC, antialias=True)
-    return image, 0, {"crop": (opts.image_size, opts.image_size), "crop_pos_x": 0.5, "crop_pos_y": 0.5}
+    return image, 0, {"crop": (opts.crop_size, opts.crop_size), "crop_pos_x": 0.5, "crop_pos_y": 0.5}
 
 
-def image_graph(file_root: str, files: list[str], ids: list[int], opts: ImageGraphOptions, shard_id: int,
+def image_graph(file_root: str, files: list[str], ids: list[int], opts: GraphOptions, shard_id: int,
                 num_shards: int):
     """Outputs: one-frame clips in the contract's layout and dtype, and the images' ids."""
     from nvidia.dali import fn
@@ -198,7 +187,7 @@ def image_graph(file_root: str, files: list[str], ids: list[int], opts: ImageGra
     return clip, (ids_out.gpu() if opts.decoder_device == "mixed" else ids_out)
 
 
-def build_image_pipeline(file_root, files, ids, opts: ImageGraphOptions, batch_size, num_threads, device_id,
+def build_image_pipeline(file_root, files, ids, opts: GraphOptions, batch_size, num_threads, device_id,
                          shard_id, num_shards, seed, prefetch=2):
     from nvidia.dali import pipeline_def
 
@@ -240,7 +229,7 @@ class ImageLoader:
         self.folder, self.training, self.dtype = folder, bool(training), dtype
         self.batch_size, self.rank, self.world_size, self.seed = int(batch_size), int(rank), int(world_size), seed
         self.repeats, self.num_threads, self.prefetch, self.device_id = int(repeats), num_threads, prefetch, device_id
-        self.opts = ImageGraphOptions(int(image_size or contract.crop_size), tuple(contract.mean),
+        self.opts = GraphOptions(int(image_size or contract.crop_size), tuple(contract.mean),
                                       tuple(contract.std), contract.layout, self.training,
                                       augment if augment is not None else AugmentConfig(), _dali_dtype(dtype),
                                       "cpu" if device_id is None else "mixed")
