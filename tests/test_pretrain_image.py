@@ -257,3 +257,22 @@ def test_resumed_pretraining_matches_an_uninterrupted_one(images, tmp_path):
     assert whole["step"] == split["step"] == 18
     for key, value in whole["model"].items():
         assert torch.allclose(value.float(), split["model"][key].float(), atol=1e-6), key
+
+
+@pytest.mark.gpu
+def test_mixed_decoding_matches_the_cpu_path(images, folder):
+    """nvJPEG (`mixed`) decoding: tensors on the GPU, the same images, labels and crops as the CPU path up to the
+    decoders' rounding; training batches too."""
+    val = open_image_folder(images, "val", classes=folder.classes, progress=False)
+    contract = _contract()
+    cpu = list(ImageLoader(val, contract, 4, False))
+    gpu = list(ImageLoader(val, contract, 4, False, device_id=0))
+    assert len(cpu) == len(gpu)
+    for a, b in zip(cpu, gpu):
+        assert b["clips"].is_cuda and b["labels"].is_cuda
+        assert torch.equal(a["index"], b["index"].cpu()) and torch.equal(a["labels"], b["labels"].cpu())
+        assert (a["clips"] - b["clips"].cpu()).abs().mean() < 0.05
+    train = ImageLoader(folder, contract, 4, True, device_id=0, augment=AugmentConfig(rand_augment=2, flip=True))
+    batch = next(iter(train))
+    assert batch["clips"].is_cuda and batch["clips"].shape == (4, 3, 1, 64, 64)
+    assert torch.equal(batch["labels"], torch.as_tensor(folder.labels, device="cuda")[batch["index"]])
