@@ -25,7 +25,7 @@ CONFIG ?= $(wildcard configs/$(MODEL)_$(DATASET).yaml)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-quick demo prep train pretrain-image eval bench-prep bench-data bench-models clean
+.PHONY: help install test test-quick demo prep train pretrain-image eval bench-prep bench-data bench-models bench-images clean
 
 help:
 	@echo "make install                       create .venv with the pinned versions of requirements.txt"
@@ -35,7 +35,7 @@ help:
 	@echo "make train MODEL=i3d_resnet50 DATA=... [GPUS=8 NODES=1 NODE_RANK=0 MASTER=host:port ARGS=...]"
 	@echo "make pretrain-image MODEL=ircsn_50 DATA=IMAGENET_DIR [GPUS=8 ARGS=...]   image pre-training (STS recipe)"
 	@echo "make eval CKPT=... [DATA=...] CLIPS=3 CROPS=3"
-	@echo "make bench-prep | bench-data | bench-models"
+	@echo "make bench-prep | bench-data | bench-models | bench-images"
 
 install: $(STAMP)
 
@@ -88,6 +88,9 @@ bench-data: install
 
 bench-models: install
 	$(PYTHON) -m bench.models $(ARGS)
+
+bench-images: install
+	$(PYTHON) -m bench.images $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
