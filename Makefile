@@ -64,7 +64,7 @@ prep: install
 
 TORCHRUN = $(BIN)/torchrun --nnodes $(NODES) --node-rank $(NODE_RANK) --nproc-per-node $(GPUS) \
 	  $(if $(filter 1,$(NODES)),--standalone,--rdzv-backend c10d --rdzv-endpoint $(MASTER))
-IMAGE_CONFIG ?= $(wildcard configs/$(MODEL)_imagenet.yaml)
+IMAGE_CONFIG ?= $(firstword $(wildcard configs/$(MODEL)_imagenet.yaml) configs/imagenet_sts.yaml)
 
 train: install
 	$(TORCHRUN) -m train $(if $(CONFIG),--config $(CONFIG)) --model $(MODEL) --dataset $(DATASET) --data $(DATA) $(ARGS)

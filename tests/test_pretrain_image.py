@@ -180,7 +180,7 @@ def test_config_rules_for_image_task():
         load_config(["--data", "x", "--repeated-aug", "3"])
     with pytest.raises(ConfigError, match="image_size"):
         load_config(["--data", "x", "--image-size", "128"])
-    cfg = load_config(["--config", os.path.join(ROOT, "configs", "ircsn_50_imagenet.yaml"), "--data", "x"])
+    cfg = load_config(["--config", os.path.join(ROOT, "configs", "imagenet_sts.yaml"), "--data", "x"])
     assert (cfg.task, cfg.optimizer, cfg.repeated_aug, cfg.ema, cfg.model_args) == (
         "image", "adamw", 3, True, {"sts": True})
     assert cfg.mixup > 0 and cfg.cutmix > 0 and cfg.label_smoothing > 0 and cfg.warmup_epochs > 0
