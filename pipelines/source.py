@@ -21,6 +21,7 @@ import pyarrow as pa
 from prep import DamagedEntry, PreppedDataset
 
 from .augment import AugmentConfig, eval_params, train_params
+from .orphans import die_with_parent
 from .sampling import ClipSpec, EpochPlan, clip_indices, sample_rng, view_of
 
 log = logging.getLogger("pipelines")
@@ -75,12 +76,15 @@ class ClipSource:
     crops: int = 1
     verify: bool = True
     _orders: dict = field(default_factory=dict, repr=False)
+    _owner: int = field(default_factory=os.getpid, repr=False)  # the training process that built the pipeline
 
     @property
     def num_outputs(self) -> int:
         return self.spec.num_frames + 2 if self.path == "frames" else 4
 
     def __call__(self, sample_info):
+        if os.getpid() != self._owner:  # in a DALI worker: do not outlive a trainer killed with SIGKILL
+            die_with_parent(self._owner)
         position = sample_info.idx_in_epoch
         if position >= self.plan.num_batches * self.plan.batch_size:
             raise StopIteration

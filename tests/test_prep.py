@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from procs import children, wait_gone
 from prep import open_dataset
 from prep.__main__ import main as prep_main
 from prep.decode import DecodeOptions, Decoded, Rejected, decode_video, keep_by_fps, target_size
@@ -240,6 +241,25 @@ def test_resume_after_kill(tmp_path, fmt):
         assert resumed.frames(i, range(8), verify=True) == ref.frames(i, range(8))
     assert subprocess.run([sys.executable, "-m", "prep", "verify", str(out)], cwd=ROOT,
                           capture_output=True).returncode == 0
+
+
+def test_killed_prep_leaves_no_workers(tmp_path):
+    root = tmp_path / "src"
+    os.makedirs(root / "v")
+    for i in range(12):
+        encode_video(root / f"v/{i}.mp4", _clip(i, frames=8, size=(48, 64)), fps=12, codec="h264")
+    (root / "train.txt").write_text("".join(f"v/{i}.mp4 0\n" for i in range(12)))
+    cmd = [sys.executable, "-m", "prep", "videos", "--list", str(root / "train.txt"), "--root", str(root),
+           "--out", str(tmp_path / "out"), "--workers", "2", "--short-side", "32", "--no-progress"]
+    env = dict(os.environ, VIDKIT_PREP_DELAY="0.5")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    start = time.time()
+    while len(workers := children(proc.pid)) < 2:
+        assert proc.poll() is None and time.time() - start < 60, "prep ended before its pool started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert wait_gone(workers) == [], "prep's decode workers outlived the killed job"
 
 
 def _wait_for_shards(shard_dir, proc, fmt, timeout=60.0):

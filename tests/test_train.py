@@ -13,6 +13,7 @@ import torch
 from timm.data import Mixup
 
 import models
+from procs import children, wait_gone
 from train.config import TrainConfig
 from train.setup import Dist, build_optimizer, mix_clips
 
@@ -64,8 +65,11 @@ def test_kill_and_resume_matches_uninterrupted(data, tmp_path):
         assert proc.poll() is None, "training finished before it could be killed"
         assert time.time() - start < 120
         time.sleep(0.01)
+    workers = children(proc.pid)
+    assert workers, "the trainer should have DALI worker processes"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert wait_gone(workers) == [], "DALI workers outlived the killed trainer"
     killed_at = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
     assert killed_at < 3
     _train(data, tmp_path / "b", *args)
