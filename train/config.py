@@ -86,8 +86,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-CHOICES = {"task": ("video", "image"), "sampling": ("", "tsn", "dense"), "optimizer": ("sgd", "adamw", "lamb"), "sched": ("cosine", "step", "none"), "amp": ("bf16", "fp16", "none"),
-           "device": ("auto", "cpu", "cuda"), "data_path": ("auto", "frames", "video")}
+CHOICES = {"task": ("video", "image"), "sampling": ("", "tsn", "dense"), "optimizer": ("sgd", "adamw", "lamb"),
+           "sched": ("cosine", "step", "none"), "amp": ("bf16", "fp16", "none"), "device": ("auto", "cpu", "cuda"),
+           "data_path": ("auto", "frames", "video")}
 _TYPES = typing.get_type_hints(TrainConfig)
 
 
