@@ -229,10 +229,9 @@ class ImageLoader:
         self.folder, self.training, self.dtype = folder, bool(training), dtype
         self.batch_size, self.rank, self.world_size, self.seed = int(batch_size), int(rank), int(world_size), seed
         self.repeats, self.num_threads, self.prefetch, self.device_id = int(repeats), num_threads, prefetch, device_id
-        self.opts = GraphOptions(int(image_size or contract.crop_size), tuple(contract.mean),
-                                      tuple(contract.std), contract.layout, self.training,
-                                      augment if augment is not None else AugmentConfig(), _dali_dtype(dtype),
-                                      "cpu" if device_id is None else "mixed")
+        self.opts = GraphOptions(int(image_size or contract.crop_size), tuple(contract.mean), tuple(contract.std),
+                                 contract.layout, self.training, augment if augment is not None else AugmentConfig(),
+                                 _dali_dtype(dtype), "cpu" if device_id is None else "mixed")
         self.device = torch.device("cpu") if device_id is None else torch.device("cuda", device_id)
         self.labels = torch.as_tensor(folder.labels, device=self.device)
         self.epoch = 0
