@@ -5,8 +5,10 @@ contract (batch x one view). Convolutional models are put in channels_last(_3d) 
 is what cuDNN / oneDNN are fastest with. Timing starts after warm-up steps (cuDNN autotuning, allocator
 growth) and stops after a device synchronisation, so the numbers are those of a steady training loop
 without data loading. Defaults: every full-size model on CUDA, the `*_tiny` models on the CPU.
+Models with a reference implementation of the same architecture in torchvision (`TWINS`: r3d_18, r2plus1d_18,
+s3d) are followed by that twin, measured the same way on the same clips, and get its ratio ("vs twin").
 
-    python -m bench.models [--models 'tsn*,sifar_tiny'] [--batch 8] [--steps 20] [--warmup 3]
+    python -m bench.models [--models 'tsn*,sifar_tiny'] [--batch 8] [--steps 20] [--warmup 3] [--twins-only]
 """
 from __future__ import annotations
 
@@ -48,9 +50,38 @@ def train_step(model, optimizer, clips, labels, device) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+def _torchvision_video(builder: str):
+    def build(num_classes: int) -> nn.Module:
+        from torchvision.models import video
+
+        return getattr(video, builder)(weights=None, num_classes=num_classes)
+    build.label = f"torchvision {builder}"
+    return build
+
+
+# our models with a reference implementation of the same architecture (same parameter count), benchmarked side by
+# side as the baseline: our composable ResNet3d and S3D must not cost speed over the reference
+TWINS = {name: _torchvision_video(name) for name in ("r3d_18", "r2plus1d_18", "s3d")}
+
+
 def bench_one(name: str, device: torch.device, batch: int, steps: int, warmup: int, channels_last: bool) -> dict:
-    model = create_model(name, num_classes=400).to(device).train()
-    contract = model.input_contract
+    model = create_model(name, num_classes=400)
+    row = measure(model, model.input_contract, device, batch, steps, warmup, channels_last)
+    return dict(model=name, gflops=describe(name)["gflops"], **row)
+
+
+def bench_twin(name: str, device: torch.device, batch: int, steps: int, warmup: int, channels_last: bool) -> dict:
+    """The reference twin of `name`, on our model's input contract (same clips, same step)."""
+    with torch.device("meta"):
+        contract = create_model(name, num_classes=400).input_contract
+    build = TWINS[name]
+    row = measure(build(400), contract, device, batch, steps, warmup, channels_last)
+    return dict(model=getattr(build, "label", f"twin of {name}"), gflops=describe(name)["gflops"], **row)
+
+
+def measure(model: nn.Module, contract, device: torch.device, batch: int, steps: int, warmup: int,
+            channels_last: bool) -> dict:
+    model = model.to(device).train()
     clips = contract.example_input(batch, device=device)
     use_cl = channels_last and has_convs(model)
     if use_cl:
@@ -70,22 +101,24 @@ def bench_one(name: str, device: torch.device, batch: int, steps: int, warmup: i
     _sync(device)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return dict(model=name, input="x".join(map(str, contract.input_shape(batch)[1:])), params=count_params(model),
-                gflops=describe(name)["gflops"], channels_last=use_cl, clips_per_s=batch * steps / seconds,
-                step_ms=1000 * seconds / steps, peak_gib=peak)
+    return dict(input="x".join(map(str, contract.input_shape(batch)[1:])), params=count_params(model),
+                channels_last=use_cl, clips_per_s=batch * steps / seconds, step_ms=1000 * seconds / steps,
+                peak_gib=peak)
 
 
 def print_table(rows: list[dict], device: torch.device, batch: int) -> None:
     print(f"\ntraining throughput on {device_name(device)}: batch {batch}, bf16 autocast, SGD step included")
     print(f"{'model':<36} {'input':<16} {'params':>8} {'GFLOPs':>8} {'CL':>3} {'clips/s':>9} {'ms/step':>9} "
-          f"{'peak GiB':>9}")
+          f"{'peak GiB':>9} {'vs twin':>8}")
     for r in rows:
         if "error" in r:
             print(f"{r['model']:<36} {r['error']}")
             continue
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] == r["peak_gib"] else "-"  # NaN: not measured on CPU
+        ratio = f"{r['vs_twin']:.2f}x" if "vs_twin" in r else "-"
         print(f"{r['model']:<36} {r['input']:<16} {r['params'] / 1e6:>7.2f}M {r['gflops']:>8.2f} "
-              f"{'y' if r['channels_last'] else 'n':>3} {r['clips_per_s']:>9.1f} {r['step_ms']:>9.1f} {peak:>9}")
+              f"{'y' if r['channels_last'] else 'n':>3} {r['clips_per_s']:>9.1f} {r['step_ms']:>9.1f} {peak:>9} "
+              f"{ratio:>8}")
 
 
 def device_name(device: torch.device) -> str:
@@ -103,6 +136,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-channels-last", action="store_true")
+    parser.add_argument("--twins-only", action="store_true",
+                        help=f"only models with a reference twin ({', '.join(TWINS)}), each beside its twin")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"
@@ -115,17 +150,30 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.twins_only:
+        names = [n for n in names if n in TWINS] if args.models else list(TWINS)
     rows = []
     for name in names:
-        print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
-        try:
-            rows.append(bench_one(name, device, batch, steps, args.warmup, not args.no_channels_last))
-        except torch.OutOfMemoryError:
-            rows.append(dict(model=name, error=f"out of memory at batch {batch}"))
-        if on_cuda:
-            torch.cuda.empty_cache()
+        rows += bench_with_twin(name, device, batch, steps, args.warmup, not args.no_channels_last)
     print_table(rows, device, batch)
     return 0
+
+
+def bench_with_twin(name: str, device: torch.device, batch: int, steps: int, warmup: int,
+                    channels_last: bool) -> list[dict]:
+    """Our row, then its reference twin's (if any) measured right after it; ours gets the ratio "vs_twin"."""
+    rows = []
+    for bench in (bench_one, bench_twin) if name in TWINS else (bench_one,):
+        print(f"benchmarking {name}{' (twin)' if bench is bench_twin else ''} ...", file=sys.stderr, flush=True)
+        try:
+            rows.append(bench(name, device, batch, steps, warmup, channels_last))
+        except torch.OutOfMemoryError:
+            rows.append(dict(model=name, error=f"out of memory at batch {batch}"))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if len(rows) == 2 and "error" not in rows[0] and "error" not in rows[1]:
+        rows[0]["vs_twin"] = rows[0]["clips_per_s"] / rows[1]["clips_per_s"]
+    return rows
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.models import bench_one, select_models
-from models.profile import to_channels_last
+from models.profile import count_params, to_channels_last
 from models import create_model, list_models
 from models.__main__ import main as models_cli
 
@@ -141,3 +141,27 @@ def test_bench_models_times_a_tiny_model():
         select_models("tsn_tiny,no_such_net", torch.device("cpu"))
     row = bench_one("tsn_tiny", torch.device("cpu"), batch=2, steps=1, warmup=0, channels_last=True)
     assert row["channels_last"] and row["clips_per_s"] > 0 and row["input"] == "8x3x64x64"
+
+
+def test_bench_models_puts_a_reference_twin_beside_ours(monkeypatch):
+    import bench.models as bench_models
+    from torchvision.models.video.resnet import BasicBlock, BasicStem, Conv3DSimple, VideoResNet
+
+    def small_twin(num_classes):
+        return VideoResNet(BasicBlock, [Conv3DSimple] * 4, [1, 1, 1, 1], BasicStem, num_classes=num_classes)
+
+    small_twin.label = "torchvision small r3d"
+    monkeypatch.setitem(bench_models.TWINS, "r3d_tiny", small_twin)
+    ours, twin = bench_models.bench_with_twin("r3d_tiny", torch.device("cpu"), batch=2, steps=1, warmup=0,
+                                              channels_last=False)
+    assert (ours["model"], twin["model"]) == ("r3d_tiny", "torchvision small r3d")
+    assert ours["input"] == twin["input"] == "3x8x64x64"  # the twin runs on our model's clips
+    assert ours["vs_twin"] == pytest.approx(ours["clips_per_s"] / twin["clips_per_s"])
+    assert "vs_twin" not in twin
+    assert bench_models.bench_with_twin("tsn_tiny", torch.device("cpu"), 2, 1, 0, False)[0].keys() >= {"clips_per_s"}
+    # the real twins have our models' parameter counts: they are the same architectures
+    for name, build in bench_models.TWINS.items():
+        if name == "r3d_tiny":
+            continue
+        with torch.device("meta"):
+            assert count_params(create_model(name, num_classes=400)) == count_params(build(400)), name
