@@ -37,6 +37,14 @@ def select_models(spec: str | None, device: torch.device) -> list[str]:
     return names
 
 
+def twinned(names: list[str]) -> list[str]:
+    """The models of `names` that have a reference twin (for --twins-only)."""
+    kept = [n for n in names if n in TWINS]
+    if not kept:
+        raise ValueError(f"--twins-only: none of {', '.join(names)} has a twin (models with one: {', '.join(TWINS)})")
+    return kept
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -147,11 +155,11 @@ def main(argv=None) -> int:
         torch.backends.cudnn.benchmark = True
     try:
         names = select_models(args.models, device)
+        if args.twins_only:
+            names = twinned(names if args.models else list(TWINS))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.twins_only:
-        names = [n for n in names if n in TWINS] if args.models else list(TWINS)
     rows = []
     for name in names:
         rows += bench_with_twin(name, device, batch, steps, args.warmup, not args.no_channels_last)

@@ -159,6 +159,9 @@ def test_bench_models_puts_a_reference_twin_beside_ours(monkeypatch):
     assert ours["vs_twin"] == pytest.approx(ours["clips_per_s"] / twin["clips_per_s"])
     assert "vs_twin" not in twin
     assert bench_models.bench_with_twin("tsn_tiny", torch.device("cpu"), 2, 1, 0, False)[0].keys() >= {"clips_per_s"}
+    assert bench_models.twinned(["tsn_tiny", "r3d_tiny"]) == ["r3d_tiny"]  # --twins-only keeps the twinned
+    with pytest.raises(ValueError, match="none of tsn_tiny has a twin"):
+        bench_models.twinned(["tsn_tiny"])
     # the real twins have our models' parameter counts: they are the same architectures
     for name, build in bench_models.TWINS.items():
         if name == "r3d_tiny":
