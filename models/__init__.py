@@ -8,5 +8,7 @@ from .registry import (  # noqa: F401
     register_model,
 )
 
+from .checkpoints import CheckpointError, from_checkpoint, read_checkpoint, register_origin  # noqa: F401,E402
+
 # registration by import
 from . import temporal2d, sifar, resnet3d, slowfast, x3d, s3d, sts, aim, ila  # noqa: F401,E402

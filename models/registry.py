@@ -108,6 +108,8 @@ def create_model(
     if not isinstance(getattr(model, "input_contract", None), InputContract):
         raise TypeError(f"model {name!r} does not declare an InputContract")
     model.model_name = resolve_name(name)
+    model.num_classes = num_classes
+    model.build_args = dict(overrides)  # the variant's arguments, for checking files loaded into it
     if pretrained:
         from .weights import load_pretrained
 

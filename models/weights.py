@@ -7,37 +7,18 @@ which is re-initialised when its shape differs (the usual fine-tuning case) and 
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
 
-_NESTED_KEYS = ("state_dict", "model", "module", "model_state", "ema")
-
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained weights not found: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    """The tensors of a weights file, read without running code from it (see models/checkpoints.py)."""
+    from .checkpoints import read_checkpoint
 
-        sd = load_file(path)
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=False)
-        if isinstance(sd, nn.Module):  # a whole pickled model (e.g. a CLIP jit/eager model)
-            sd = sd.state_dict()
-    if isinstance(sd, dict) and isinstance(sd.get("ema"), dict) and isinstance(sd.get("model"), dict):
-        # a `python -m train` checkpoint with an EMA: its best.pt was chosen by the EMA's validation score
-        log.info("%s: using the EMA weights", path)
-        sd = sd["ema"]
-    for key in _NESTED_KEYS:
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path}: not a state dict (got {type(sd).__name__})")
-    return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    return read_checkpoint(path).state_dict
 
 
 def head_keys(model: nn.Module) -> set[str]:
@@ -78,7 +59,19 @@ def _is_foreign_head(key: str) -> bool:
 
 
 def load_pretrained(model: nn.Module, path: str) -> None:
-    sd = read_state_dict(path)
+    """Weights for `model` from a file: a checkpoint of a known origin (this toolkit's, the source projects'
+    released files) must describe the same variant; any other file goes through the model's own
+    `load_pretrained` (2D->3D inflation, CLIP or timm image weights) or loads exactly."""
+    from .checkpoints import check_same_architecture, load_recognized, read_checkpoint, recognize
+
+    ckpt = read_checkpoint(path)
+    recognized = recognize(ckpt, required=False)
+    if recognized is not None:
+        check_same_architecture(model, recognized, path)
+        load_recognized(model, recognized, path, reset_head=True)
+        log.info("loaded %s weights from %s", recognized.origin, path)
+        return
+    sd = ckpt.state_dict
     custom = getattr(model, "load_pretrained", None)
     if callable(custom):
         custom(sd)

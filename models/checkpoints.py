@@ -1,0 +1,289 @@
+"""Checkpoint files of any supported origin -> the right registered model, loaded exactly.
+
+`from_checkpoint(path, **overrides)` reads a file (never running code from it), asks every registered
+*origin recogniser* whether it knows the file, builds the model the file describes and loads it strictly.
+Origins: this toolkit's own checkpoints (here), and the released files of the five source projects,
+whose recognisers live beside their models (timm's `checkpoint_filter_fn` convention) and register on
+import with `@register_origin`:
+
+    @register_origin
+    def ibm_action_recognition(ckpt: Checkpoint, overrides: dict) -> Recognized | None:
+        ...  # None: not this origin's file; raise CheckpointError: this origin's, but unusable
+
+A recogniser identifies the variant from the file itself (container fields such as IBM's `arch`
+string or SIFAR's `args`, key names, shapes) and returns the registered model name, the model
+arguments that variant needs, and the state dict converted to the toolkit model's keys. What the file
+cannot tell (usually the number of frames) comes from `overrides`; an override that contradicts the
+file is refused with one line, so nothing loads into the wrong variant.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# The only non-plain types a supported file may hold: SIFAR's files keep their argparse.Namespace.
+SAFE_GLOBALS = (argparse.Namespace,)
+# Where the tensors sit in the containers of the supported origins, in order of preference.
+STATE_DICT_KEYS = ("state_dict", "model", "module", "model_state")
+# Arguments every recogniser accepts from the caller as they are (the file cannot know them).
+CALLER_ARGS = ("num_frames",)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or placed; the message is one line for the user."""
+
+
+@dataclass
+class Checkpoint:
+    """A file as read from disk: the container as saved and the tensors found in it."""
+
+    path: str
+    container: object  # the object the saving code passed to torch.save
+    state_dict: dict[str, torch.Tensor]  # the model's tensors, 'module.' prefixes removed
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    def field(self, key: str, default=None):
+        return self.container.get(key, default) if isinstance(self.container, dict) else default
+
+
+@dataclass
+class Recognized:
+    """What a recogniser found: build `model` with `model_args` and load `state_dict` into it."""
+
+    origin: str  # for messages: "IBM action-recognition (arch '...')"
+    model: str  # a registered model name
+    model_args: dict = field(default_factory=dict)  # num_classes and the variant's arguments
+    state_dict: dict = field(default_factory=dict)  # in the toolkit model's own keys
+    contract: dict | None = None  # an InputContract's fields, when the file records one (toolkit files)
+    classes: list | None = None  # class names, when the file records them
+    notes: list = field(default_factory=list)  # said once at INFO when the model is built
+
+
+Recognizer = Callable[[Checkpoint, dict], "Recognized | None"]
+_recognizers: list[Recognizer] = []
+
+
+def register_origin(fn: Recognizer) -> Recognizer:
+    _recognizers.append(fn)
+    return fn
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def read_checkpoint(path: str) -> Checkpoint:
+    """Read a .pth/.pt/.tar (weights only: no pickled code runs) or .safetensors file."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(path)
+        except Exception as err:  # safetensors raises its own SafetensorError
+            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+        return Checkpoint(path, tensors, dict(tensors))
+    container = _torch_load(path)
+    return Checkpoint(path, container, _find_state_dict(container, path))
+
+
+def _torch_load(path: str):
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: empty file")
+    if _is_torchscript(path):  # OpenAI CLIP ships TorchScript archives; loading them runs no Python pickle code
+        return torch.jit.load(path, map_location="cpu").state_dict()
+    try:
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path}: refused: the file holds Python objects other than tensors and plain data, "
+                              f"which could run code when loaded ({_unsafe_global(err)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or damaged "
+                              f"({_first_line(err)})") from None
+
+
+def _is_torchscript(path: str) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/constants.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _unsafe_global(err: Exception) -> str:
+    text = str(err)
+    for line in text.splitlines():
+        if "Unsupported global" in line or "GLOBAL" in line:
+            return line.strip().removeprefix("WeightsUnpickler error: ")
+    return _first_line(err)
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
+def _find_state_dict(container, path: str) -> dict[str, torch.Tensor]:
+    sd = container
+    for key in STATE_DICT_KEYS:
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not any(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path}: no tensors found (top-level keys: {_keys(container)})")
+    return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def _keys(obj) -> str:
+    return ", ".join(map(str, list(obj)[:8])) if isinstance(obj, dict) else type(obj).__name__
+
+
+# ------------------------------------------------------------------------------------------- recognising
+
+
+def recognize(ckpt: Checkpoint, overrides: dict | None = None, required: bool = True) -> Recognized | None:
+    """The one origin that knows `ckpt`; None (or, with `required`, a CheckpointError) when none does."""
+    _import_families()
+    overrides = dict(overrides or {})
+    found = [r for r in (fn(ckpt, overrides) for fn in _recognizers) if r is not None]
+    if len(found) > 1:
+        raise CheckpointError(f"{ckpt.path}: matches several origins: {', '.join(r.origin for r in found)}")
+    if not found:
+        if required:
+            raise CheckpointError(f"{ckpt.path}: not a checkpoint of a supported origin (top-level keys: "
+                                  f"{_keys(ckpt.container)}; first tensors: {_keys(ckpt.state_dict)})")
+        return None
+    return found[0]
+
+
+def _import_families() -> None:
+    import models  # noqa: F401  (importing the package registers every family's recogniser)
+
+
+@register_origin
+def vidkit_checkpoint(ckpt: Checkpoint, overrides: dict) -> Recognized | None:
+    """A checkpoint written by `python -m train` (last.pt / best.pt): the EMA weights when it has them."""
+    c = ckpt.container
+    if not (isinstance(c, dict) and "model_name" in c and isinstance(c.get("model"), dict)):
+        return None
+    weights = c["ema"] if isinstance(c.get("ema"), dict) and c["ema"] else c["model"]
+    config = c.get("config") or {}
+    args = dict(config.get("model_args") or {}, num_classes=c["num_classes"])
+    if c.get("contract"):
+        args["num_frames"] = c["contract"]["num_frames"]
+    return Recognized(origin=f"vidkit ({c['model_name']})", model=c["model_name"], model_args=args,
+                      state_dict=dict(weights), contract=c.get("contract"), classes=c.get("classes"),
+                      notes=["EMA weights"] if weights is c.get("ema") else [])
+
+
+# -------------------------------------------------------------------------------------------- building
+
+
+def from_checkpoint(path: str, reset_head: bool = False, **overrides) -> nn.Module:
+    """Build the registered model a checkpoint file describes and load it strictly.
+
+    `overrides` supply what the file cannot tell (`num_frames`, `class_names`, ...) and may not
+    contradict what it does. `num_classes` other than the file's needs `reset_head=True` (a new,
+    randomly initialised classifier for fine-tuning) unless the origin knows how to adapt its head.
+    """
+    from .registry import InputContract, create_model
+
+    rec = recognize(read_checkpoint(path), overrides)
+    args = _merge_args(path, rec, overrides, reset_head)
+    model = create_model(rec.model, **args)
+    load_recognized(model, rec, path, reset_head=reset_head)
+    if rec.contract:
+        model.input_contract = InputContract(**rec.contract)
+    model.checkpoint_classes = rec.classes
+    for note in rec.notes:
+        log.info("%s: %s", os.path.basename(path), note)
+    return model
+
+
+def _merge_args(path: str, rec: Recognized, overrides: dict, reset_head: bool) -> dict:
+    args = dict(rec.model_args)
+    for key, value in overrides.items():
+        if key in args and args[key] != value and key not in CALLER_ARGS:
+            if key == "num_classes" and reset_head:
+                pass
+            elif key == "num_classes":
+                raise CheckpointError(f"{path}: its classifier has {args[key]} classes, not {value}; pass "
+                                      "reset_head=True (training: --pretrained) for a new classifier")
+            else:
+                raise CheckpointError(f"{path}: {rec.origin} has {key}={args[key]!r}, which contradicts the "
+                                      f"requested {key}={value!r}")
+        args[key] = value
+    return args
+
+
+def load_recognized(model: nn.Module, rec: Recognized, source: str, reset_head: bool = False) -> None:
+    """Strict load of a recognised file; a classifier of another size is re-initialised only on request."""
+    from .weights import head_keys, load_state_dict_checked
+
+    own = model.state_dict()
+    bad_head = [k for k in head_keys(model) if k in rec.state_dict and rec.state_dict[k].shape != own[k].shape]
+    if bad_head and not reset_head:
+        raise CheckpointError(f"{source}: classifier shape differs ({bad_head[0]} "
+                              f"{tuple(rec.state_dict[bad_head[0]].shape)} vs {tuple(own[bad_head[0]].shape)})")
+    load_state_dict_checked(model, rec.state_dict, source=f"{rec.origin} file {os.path.basename(source)}")
+
+
+def check_same_architecture(model: nn.Module, rec: Recognized, source: str) -> None:
+    """Refuse to load a file into a model of another variant, even when no parameter shows it
+    (temporal strides, pooling, norm eps): compares module hyper-parameters with the variant the file
+    describes, built on the meta device at the model's own classes and frames."""
+    from .registry import create_model
+
+    args = dict(rec.model_args, num_classes=_num_classes(model, rec))
+    args["num_frames"] = model.input_contract.num_frames
+    for key, value in getattr(model, "build_args", {}).items():
+        args.setdefault(key, value)
+    with torch.device("meta"):
+        reference = create_model(rec.model, **args)
+    ours, theirs = _structure(model), _structure(reference)
+    if type(model) is not type(reference) or ours != theirs:
+        where = next((f"{a[0]}: {a[2]} vs {b[2]}" for a, b in zip(ours, theirs) if a != b),
+                     f"{len(ours)} vs {len(theirs)} modules")
+        raise CheckpointError(f"{source} is {rec.origin} -> {rec.model} {_args_text(rec.model_args)}; the model "
+                              f"being loaded is another variant ({where}); build it with those arguments, or "
+                              "use models.from_checkpoint")
+
+
+def _num_classes(model: nn.Module, rec: Recognized) -> int:
+    return getattr(model, "num_classes", None) or rec.model_args.get("num_classes", 400)
+
+
+_IGNORED = (nn.Dropout, nn.Identity)
+
+
+def _structure(model: nn.Module) -> list[tuple[str, str, str]]:
+    """(name, type, hyper-parameters) of every module that computes something; dropout and drop-path
+    rates and classifier sizes are training or task choices, not architecture."""
+    from .weights import head_keys
+
+    heads = {k.rsplit(".", 1)[0] for k in head_keys(model)}
+    rows = []
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if isinstance(module, _IGNORED) or "DropPath" in kind:
+            continue
+        rows.append((name, kind, "" if name in heads else module.extra_repr()))
+    return rows
+
+
+def _args_text(args: dict) -> str:
+    shown = {k: v for k, v in args.items() if k not in ("class_names",)}
+    return "(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
