@@ -50,6 +50,7 @@ class Checkpoint:
     path: str
     container: object  # the object the saving code passed to torch.save
     state_dict: dict[str, torch.Tensor]  # the model's tensors, 'module.' prefixes removed
+    prefer_ema: bool = True  # toolkit checkpoints: the EMA weights rather than the raw ones
 
     @property
     def name(self) -> str:
@@ -69,6 +70,8 @@ class Recognized:
     state_dict: dict = field(default_factory=dict)  # in the toolkit model's own keys
     contract: dict | None = None  # an InputContract's fields, when the file records one (toolkit files)
     classes: list | None = None  # class names, when the file records them
+    config: dict | None = None  # the training configuration, when the file records it (toolkit files)
+    needs: tuple = ()  # overrides the caller must give (e.g. "class_names" for a text classifier)
     notes: list = field(default_factory=list)  # said once at INFO when the model is built
 
 
@@ -128,7 +131,7 @@ def _unsafe_global(err: Exception) -> str:
     text = str(err)
     for line in text.splitlines():
         if "Unsupported global" in line or "GLOBAL" in line:
-            return line.strip().removeprefix("WeightsUnpickler error: ")
+            return line.strip().removeprefix("WeightsUnpickler error: ").split(" was not an allowed")[0]
     return _first_line(err)
 
 
@@ -179,34 +182,49 @@ def vidkit_checkpoint(ckpt: Checkpoint, overrides: dict) -> Recognized | None:
     c = ckpt.container
     if not (isinstance(c, dict) and "model_name" in c and isinstance(c.get("model"), dict)):
         return None
-    weights = c["ema"] if isinstance(c.get("ema"), dict) and c["ema"] else c["model"]
+    weights = c["ema"] if ckpt.prefer_ema and isinstance(c.get("ema"), dict) and c["ema"] else c["model"]
     config = c.get("config") or {}
     args = dict(config.get("model_args") or {}, num_classes=c["num_classes"])
     if c.get("contract"):
         args["num_frames"] = c["contract"]["num_frames"]
     return Recognized(origin=f"vidkit ({c['model_name']})", model=c["model_name"], model_args=args,
                       state_dict=dict(weights), contract=c.get("contract"), classes=c.get("classes"),
-                      notes=["EMA weights"] if weights is c.get("ema") else [])
+                      config=config, notes=["EMA weights"] if weights is c.get("ema") else [])
 
 
 # -------------------------------------------------------------------------------------------- building
 
 
-def from_checkpoint(path: str, reset_head: bool = False, **overrides) -> nn.Module:
+def from_checkpoint(path: str, reset_head: bool = False, use_ema: bool = True, **overrides) -> nn.Module:
     """Build the registered model a checkpoint file describes and load it strictly.
 
     `overrides` supply what the file cannot tell (`num_frames`, `class_names`, ...) and may not
     contradict what it does. `num_classes` other than the file's needs `reset_head=True` (a new,
     randomly initialised classifier for fine-tuning) unless the origin knows how to adapt its head.
+    `use_ema`: a toolkit checkpoint's EMA weights when it kept an EMA (they chose its best.pt).
     """
+    return build_recognized(recognize_file(path, use_ema, **overrides), path, reset_head, **overrides)
+
+
+def recognize_file(path: str, use_ema: bool = True, **overrides) -> Recognized:
+    ckpt = read_checkpoint(path)
+    ckpt.prefer_ema = use_ema
+    return recognize(ckpt, overrides)
+
+
+def build_recognized(rec: Recognized, path: str, reset_head: bool = False, **overrides) -> nn.Module:
     from .registry import InputContract, create_model
 
-    rec = recognize(read_checkpoint(path), overrides)
+    missing = [k for k in rec.needs if k not in overrides]
+    if missing:
+        raise CheckpointError(f"{path}: {rec.origin} needs {', '.join(missing)} from the caller "
+                              "(e.g. the dataset's class names for a text classifier)")
     args = _merge_args(path, rec, overrides, reset_head)
     model = create_model(rec.model, **args)
     load_recognized(model, rec, path, reset_head=reset_head)
-    if rec.contract:
-        model.input_contract = InputContract(**rec.contract)
+    if rec.contract:  # as trained (sampling overrides too), at the caller's clip length if given
+        contract = InputContract(**rec.contract)
+        model.input_contract = contract.replace(num_frames=overrides.get("num_frames", contract.num_frames))
     model.checkpoint_classes = rec.classes
     for note in rec.notes:
         log.info("%s: %s", os.path.basename(path), note)
