@@ -14,8 +14,10 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
-    p.add_argument("--ckpt", required=True, help="checkpoint written by `python -m train`")
+    p.add_argument("--ckpt", required=True, help="checkpoint written by `python -m train`, or a released file of the "
+                   "source projects (`python -m models zoo` lists them)")
     p.add_argument("--data", default="", help="prepped dataset (default: the one the run trained on)")
+    p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the checkpoint's or model's)")
     p.add_argument("--split", default="val")
     p.add_argument("--clips", type=int, default=1, help="temporal clips per video")
     p.add_argument("--crops", type=int, choices=(1, 3, 5, 10), default=1, help="spatial crops per clip")
@@ -43,13 +45,14 @@ def main(argv=None) -> int:
     try:
         summary = evaluate(args.ckpt, d, data=args.data, split=args.split, clips=args.clips, crops=args.crops,
                            batch_size=args.batch_size, out_dir=args.out, amp=args.amp, py_workers=args.py_workers,
-                           use_ema=not args.no_ema, progress=not args.no_progress)
+                           use_ema=not args.no_ema, progress=not args.no_progress, num_frames=args.frames)
     except (FileNotFoundError, ValueError) as e:
         print(f"eval: error: {e}", file=sys.stderr)
         return 2
     if d.main:
+        damaged = f", {len(summary['damaged'])} damaged videos left out" if summary["damaged"] else ""
         print(f"{summary['model']}: top-1 {summary['top1']:.2f}  top-5 {summary['top5']:.2f}  "
-              f"mean class {summary['mean_class_acc']:.2f}  ({summary['videos']} videos, "
+              f"mean class {summary['mean_class_acc']:.2f}  ({summary['videos']} videos{damaged}, "
               f"{args.clips}x{args.crops} views) -> {summary['out_dir']}")
         print(json.dumps(summary))
     return 0

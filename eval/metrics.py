@@ -49,4 +49,4 @@ def write_predictions(scores: torch.Tensor, records: list[dict], classes: list[s
                     "top": [{"class": classes[i] if i < len(classes) else str(i), "score": round(v, 5)}
                             for i, v in zip(idx, vals)]})
     with open(path, "w") as f:
-        json.dump(out, f)
+        json.dump(out, f, allow_nan=False)  # scores are checked finite before; never write non-JSON

@@ -1,78 +1,137 @@
-"""Evaluate a checkpoint with multi-view testing and write the report files."""
+"""Evaluate a checkpoint with multi-view testing and write the report files.
+
+Any checkpoint `models.from_checkpoint` knows is accepted: this toolkit's own (it records its data, classes
+and input contract) and the source projects' released files (they record none of these: `--data` is
+required, the dataset's classes must match the file's classifier, `--frames` sets the clip length).
+"""
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import torch
 
 import models
 import pipelines
+from models.checkpoints import CheckpointError, build_recognized, recognize_file
 from pipelines.images import ImageLoader, open_image_folder
 from prep import open_dataset
-from train import checkpoint as ckpt
+from train.config import TrainConfig
 from train.setup import Dist
 
-from .metrics import accuracy_report, write_per_class_csv, write_predictions
+from .metrics import write_per_class_csv, write_predictions
 from .plots import plot_confusion
-from .score import check_coverage, score_videos
+from .score import readable_accuracy, score_videos
+
+log = logging.getLogger("eval")
 
 
-def load_model(path: str, device: torch.device, use_ema: bool = True):
-    state = ckpt.load(path)
-    model = models.create_model(state["model_name"], num_classes=state["num_classes"],
-                                num_frames=state["contract"]["num_frames"], **state["config"].get("model_args", {}))
-    weights = state["ema"] if use_ema and state.get("ema") else state["model"]
-    model.load_state_dict(weights)
-    model.input_contract = models.InputContract(**state["contract"])  # as trained (sampling overrides too)
-    return model.to(device).eval(), state
+def load_model(path: str, device: torch.device, use_ema: bool = True, classes: list | None = None,
+               num_frames: int | None = None, rec=None):
+    """(model in eval mode, its Recognized record). `classes`: the dataset's, for files without their own."""
+    rec = rec or recognize_file(path, use_ema)
+    overrides = {} if num_frames is None else {"num_frames": num_frames}
+    if "class_names" in rec.needs and classes is not None:
+        overrides["class_names"] = list(classes)
+    if rec.classes is None and classes is not None and "num_classes" in rec.model_args:
+        overrides["num_classes"] = len(classes)  # an origin that can adapt its head does; others refuse
+    model = build_recognized(rec, path, **overrides)
+    return model.to(device).eval(), rec
 
 
 def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips: int = 1, crops: int = 1,
              batch_size: int = 8, out_dir: str = "", amp: str = "bf16", py_workers: int = 2,
-             use_ema: bool = True, progress: bool = True) -> dict:
-    model, state = load_model(ckpt_path, d.device, use_ema)
-    cfg = state["config"]
+             use_ema: bool = True, progress: bool = True, num_frames: int | None = None) -> dict:
+    rec = recognize_file(ckpt_path, use_ema)
+    cfg = _run_config(rec)
     data = data or cfg["data"]
-    dataset, loader = _open(cfg, state["classes"], model.input_contract, data, split, clips, crops, batch_size,
-                            d, py_workers, progress)
+    if not data:
+        raise ValueError(f"{ckpt_path} is a {rec.origin} file, which records no dataset: pass --data")
+    dataset = _open_split(cfg, data, split, rec.classes, progress and d.main)
+    model, rec = load_model(ckpt_path, d.device, use_ema, dataset.classes, num_frames, rec)
+    column = _class_columns(ckpt_path, rec.classes, dataset.classes, model.num_classes)
+    loader = _loader(cfg, dataset, model.input_contract, split, clips, crops, batch_size, d, py_workers)
     loader.set_epoch(0)
-    scores, counts = score_videos(model, loader, len(dataset), state["num_classes"], d.device, amp,
-                                  progress=progress and d.main)
-    check_coverage(counts, clips * crops)
+    result = score_videos(model, loader, len(dataset), model.num_classes, d.device, amp,
+                          progress=progress and d.main)
+    if column is not None:
+        result.scores = result.scores[:, column]
     labels = torch.tensor(dataset.labels)
-    report = accuracy_report(scores, labels, state["classes"])
-    summary = {"model": state["model_name"], "checkpoint": ckpt_path, "data": data, "split": split,
+    report, damaged = readable_accuracy(result, labels, dataset.classes, clips * crops)
+    summary = {"model": rec.model, "origin": rec.origin, "checkpoint": ckpt_path, "data": data, "split": split,
                "clips": clips, "crops": crops, "videos": report["videos"], "top1": report["top1"],
-               "top5": report["top5"], "mean_class_acc": report["mean_class_acc"]}
+               "top5": report["top5"], "mean_class_acc": report["mean_class_acc"],
+               "damaged": _damaged_rows(damaged, dataset.rows, loader)}
+    if damaged and d.main:
+        log.warning("%d of %d videos could not be read and are left out of the accuracy (listed in metrics.json)",
+                    len(damaged), len(dataset))
     if d.main:
-        out_dir = out_dir or os.path.join(os.path.dirname(ckpt_path), f"eval_{split}_{clips}x{crops}")
-        _write_reports(out_dir, summary, report, scores, dataset.rows, state["classes"])
+        out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), f"eval_{split}_{clips}x{crops}")
+        left_out = set(damaged)
+        readable = [i for i in range(len(dataset)) if i not in left_out]
+        _write_reports(out_dir, summary, report, result.scores[readable], [dataset.rows[i] for i in readable],
+                       dataset.classes)
         summary["out_dir"] = out_dir
     return summary
 
 
-def _open(cfg: dict, classes, contract, data, split, clips, crops, batch_size, d: Dist, py_workers, progress):
-    """(dataset, loader): a prepped video split, or for an image pre-training run its image folder."""
+def _run_config(rec) -> dict:
+    """The run's resolved config for a toolkit checkpoint; the trainer's defaults for an authors' file."""
+    defaults = TrainConfig().to_dict()
+    defaults["data"] = ""
+    return dict(defaults, **(rec.config or {}))
+
+
+def _class_columns(path: str, ckpt_classes, data_classes: list, num_classes: int):
+    """None when the model's classes are the dataset's; the model's column of each dataset class when the
+    dataset's classes are a subset of the checkpoint's (by name); otherwise a one-line refusal."""
+    if ckpt_classes is None:
+        if num_classes != len(data_classes):
+            raise CheckpointError(f"{path} classifies {num_classes} classes, the dataset has {len(data_classes)}")
+        return None
+    if list(ckpt_classes) == list(data_classes):
+        return None
+    missing = [c for c in data_classes if c not in ckpt_classes]
+    if missing:
+        raise CheckpointError(f"{path} was trained on other classes than the dataset's ({len(missing)} of "
+                              f"{len(data_classes)} dataset classes unknown to it, e.g. {missing[0]!r})")
+    log.warning("the dataset's %d classes are a subset of the checkpoint's %d: scoring them by name",
+                len(data_classes), len(ckpt_classes))
+    return torch.tensor([list(ckpt_classes).index(c) for c in data_classes])
+
+
+def _open_split(cfg: dict, data: str, split: str, classes, progress: bool):
+    if cfg.get("task", "video") == "image":
+        return open_image_folder(data, split, classes=classes, progress=progress)
+    return open_dataset(data, split)
+
+
+def _loader(cfg: dict, dataset, contract, split, clips, crops, batch_size, d: Dist, py_workers):
+    """A prepped video split's loader, or for an image pre-training run its image folder's."""
     if cfg.get("task", "video") == "image":
         if (clips, crops) != (1, 1):
             raise ValueError(f"an image pre-training checkpoint is evaluated on one centre crop per image, "
                              f"not {clips} clips x {crops} crops")
-        dataset = open_image_folder(data, split, classes=classes, progress=progress and d.main)
-        return dataset, ImageLoader(dataset, contract, batch_size, False, device_id=d.device_id, rank=d.rank,
-                                    world_size=d.world, seed=cfg["seed"], num_threads=cfg["threads"],
-                                    image_size=cfg.get("image_size", 0))
-    dataset = open_dataset(data, split)
-    return dataset, pipelines.build_loader(
+        return ImageLoader(dataset, contract, batch_size, False, device_id=d.device_id, rank=d.rank,
+                           world_size=d.world, seed=cfg["seed"], num_threads=cfg["threads"],
+                           image_size=cfg.get("image_size", 0))
+    return pipelines.build_loader(
         dataset, split, contract, batch_size=batch_size, training=False, clips=clips, crops=crops,
         device_id=d.device_id, rank=d.rank, world_size=d.world, seed=cfg["seed"], num_threads=cfg["threads"],
         py_workers=py_workers, path=cfg.get("data_path", "auto"))
 
 
+def _damaged_rows(damaged: list[int], rows: list[dict], loader) -> list[dict]:
+    log_entries = loader.damage_log.entries() if hasattr(loader, "damage_log") else []
+    reasons = {v: e["reason"] for e in log_entries for v in e["damaged"]}
+    return [{"id": rows[i]["id"], "reason": reasons.get(i, "unreadable on another rank")} for i in damaged]
+
+
 def _write_reports(out_dir, summary, report, scores, records, classes) -> None:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+        json.dump(summary, f, indent=1, allow_nan=False)
     write_per_class_csv(report, os.path.join(out_dir, "per_class.csv"))
     write_predictions(scores, records, classes, os.path.join(out_dir, "predictions.json"))
     plot_confusion(report["confusion"], classes, os.path.join(out_dir, "confusion.png"),

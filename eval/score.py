@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -15,29 +16,64 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+@dataclass
+class Scores:
+    """Mean softmax per video over its scored views, and the bookkeeping that proves coverage."""
+
+    scores: torch.Tensor  # (N, C) float32
+    counts: torch.Tensor  # (N,) views scored per video
+    damaged_views: torch.Tensor  # (N,) views that could not be read (served as placeholders, not scored)
+
+    @property
+    def damaged(self) -> list[int]:
+        return self.damaged_views.nonzero().flatten().tolist()
+
+
 @torch.no_grad()
 def score_videos(model, loader, num_videos: int, num_classes: int, device: torch.device, amp: str = "bf16",
-                 progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (mean softmax per video (N, C), views seen per video (N,)), identical on every rank."""
+                 progress: bool = False) -> Scores:
+    """Softmax scores of every readable (video, view) averaged per video, identical on every rank. A view
+    the loader could not read arrives with view -1 and is counted as damaged instead of scored."""
     model.eval()
     sums = torch.zeros(num_videos, num_classes, dtype=torch.float64, device=device)
     counts = torch.zeros(num_videos, dtype=torch.float64, device=device)
+    damaged = torch.zeros(num_videos, dtype=torch.float64, device=device)
     for batch in tqdm(loader, total=len(loader), desc="eval", unit="batch", disable=not progress, leave=False):
         clips = batch["clips"].to(device, non_blocking=True)
         index = batch["index"].to(device)
+        readable = batch["view"].to(device) >= 0
         with autocast(device, amp):
             logits = model(clips)
-        sums.index_add_(0, index, logits.float().softmax(-1).double())
-        counts.index_add_(0, index, torch.ones_like(index, dtype=torch.float64))
+        probs = logits.float().softmax(-1).double()
+        sums.index_add_(0, index[readable], probs[readable])
+        counts.index_add_(0, index[readable], torch.ones_like(index[readable], dtype=torch.float64))
+        damaged.index_add_(0, index[~readable], torch.ones_like(index[~readable], dtype=torch.float64))
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(sums)
-        dist.all_reduce(counts)
-    return (sums / counts.clamp(min=1).unsqueeze(1)).float().cpu(), counts.cpu()
+        for t in (sums, counts, damaged):
+            dist.all_reduce(t)
+    return Scores((sums / counts.clamp(min=1).unsqueeze(1)).float().cpu(), counts.cpu(), damaged.cpu())
 
 
-def check_coverage(counts: torch.Tensor, views: int) -> None:
-    """Every video scored exactly `views` times across all ranks, or a clear error."""
-    wrong = (counts != views).nonzero().flatten().tolist()
+def check_coverage(result: Scores, views: int) -> list[int]:
+    """Every video accounted for exactly `views` times across all ranks, scored or damaged, or a clear error.
+    Returns the damaged videos (any view unreadable), which are left out of the accuracy."""
+    total = result.counts + result.damaged_views
+    wrong = (total != views).nonzero().flatten().tolist()
     if wrong:
         raise RuntimeError(f"{len(wrong)} videos were not scored exactly {views} times "
-                           f"(e.g. video {wrong[0]}: {int(counts[wrong[0]])}): the loader's sharding is broken")
+                           f"(e.g. video {wrong[0]}: {int(total[wrong[0]])}): the loader's sharding is broken")
+    nonfinite = (~torch.isfinite(result.scores).all(1)).nonzero().flatten().tolist()
+    if nonfinite:
+        raise RuntimeError(f"the model gave non-finite scores for {len(nonfinite)} videos (e.g. video "
+                           f"{nonfinite[0]}): its weights are damaged or it diverged; no accuracy is reported")
+    return result.damaged
+
+
+def readable_accuracy(result: Scores, labels: torch.Tensor, classes: list[str], views: int) -> tuple[dict, list]:
+    """(accuracy report over the readable videos, damaged video indices)."""
+    from .metrics import accuracy_report
+
+    damaged = check_coverage(result, views)
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[damaged] = False
+    return accuracy_report(result.scores[keep], labels[keep], classes), damaged

@@ -116,6 +116,8 @@ class ClipSource:
                 log.warning("damaged stored video %s replaced by %s: %s",
                             self.data.rows[video]["id"], self.data.rows[index]["id"], reason)
                 self.damage_log.add(video, index, damaged, reason)
+                if not self.plan.training:
+                    out = _placeholder(out, video)
             return out
         raise RuntimeError(f"every video of {self.data!r} is damaged ({reason})")
 
@@ -136,3 +138,11 @@ class ClipSource:
             return (*[np.frombuffer(j, dtype=np.uint8) for j in jpegs], meta, params)
         encoded = np.frombuffer(self.data.video(index, verify=self.verify), dtype=np.uint8)
         return encoded, frames.astype(np.int32), meta, params
+
+
+def _placeholder(sample: tuple, video: int) -> tuple:
+    """In evaluation a damaged view is not scored: the readable sample only fills the batch slot, marked
+    with view -1 under the damaged video's index so that the scorer skips it and reports the video."""
+    meta = sample[-2].copy()
+    meta[1], meta[2] = video, -1
+    return (*sample[:-2], meta, sample[-1])

@@ -192,7 +192,7 @@ def test_validation_scores_the_ema_model(data, tmp_path, make_trainer, monkeypat
 
     def spy(model, *args, **kwargs):
         result = score_videos(model, *args, **kwargs)
-        seen.append((model, result[0]))
+        seen.append((model, result.scores))
         return result
 
     monkeypatch.setattr(train.engine, "score_videos", spy)
@@ -202,9 +202,9 @@ def test_validation_scores_the_ema_model(data, tmp_path, make_trainer, monkeypat
     labels = torch.tensor([r["label"] for r in t.val_records])
     report = accuracy_report(scores, labels, t.classes)
     assert row == {"val_top1": report["top1"], "val_top5": report["top5"],
-                   "val_mean_class_acc": report["mean_class_acc"]}
+                   "val_mean_class_acc": report["mean_class_acc"], "val_videos": len(labels), "val_damaged": 0}
     # the trained model itself scores the videos differently, so scoring it by mistake would show
-    raw, _ = score_videos(t.model, t.val_loader, len(t.val_records), t.num_classes, t.d.device, t.cfg.amp)
+    raw = score_videos(t.model, t.val_loader, len(t.val_records), t.num_classes, t.d.device, t.cfg.amp).scores
     assert not torch.allclose(raw, scores)
 
 

@@ -14,9 +14,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import pipelines
-from eval.metrics import accuracy_report
 from eval.plots import plot_curves
-from eval.score import autocast, check_coverage, score_videos
+from eval.score import autocast, readable_accuracy, score_videos
 from pipelines.images import ImageLoader, open_image_folder
 from prep import open_dataset
 
@@ -216,12 +215,15 @@ class Trainer:
                                            clips=cfg.eval_clips, crops=cfg.eval_crops)
         model = self.ema.module if self.ema else self.model
         self.val_loader.set_epoch(0)
-        scores, counts = score_videos(model, self.val_loader, len(self.val_records), self.num_classes,
-                                      self.d.device, cfg.amp)
-        check_coverage(counts, cfg.eval_clips * cfg.eval_crops)
+        result = score_videos(model, self.val_loader, len(self.val_records), self.num_classes,
+                              self.d.device, cfg.amp)
         labels = torch.tensor([r["label"] for r in self.val_records])
-        report = accuracy_report(scores, labels, self.classes)
-        return {"val_top1": report["top1"], "val_top5": report["top5"], "val_mean_class_acc": report["mean_class_acc"]}
+        report, damaged = readable_accuracy(result, labels, self.classes, cfg.eval_clips * cfg.eval_crops)
+        if damaged and self.d.main:
+            log.warning("validation: %d damaged videos left out of the accuracy (e.g. %s)", len(damaged),
+                        self.val_records[damaged[0]]["id"])
+        return {"val_top1": report["top1"], "val_top5": report["top5"], "val_mean_class_acc": report["mean_class_acc"],
+                "val_videos": report["videos"], "val_damaged": len(damaged)}
 
     # ------------------------------------------------------------------ the run
 

@@ -1,0 +1,88 @@
+"""python -m eval on any checkpoint: damaged videos reported (never a crash), class lists checked,
+reports valid JSON."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+import models
+from eval.run import evaluate
+from prep import open_dataset
+from train.config import TrainConfig
+from train.setup import Dist
+
+CPU = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+
+
+def _checkpoint(path, data, classes, model_name="tsn_tiny", seed=0):
+    torch.manual_seed(seed)
+    model = models.create_model(model_name, num_classes=len(classes), num_frames=4)
+    cfg = TrainConfig(model=model_name, data=str(data), threads=1).to_dict()
+    torch.save({"model_name": model_name, "num_classes": len(classes), "classes": list(classes),
+                "contract": model.input_contract.replace(crop_size=32).to_dict(), "config": cfg,
+                "model": model.state_dict(), "ema": None}, path)
+    return str(path)
+
+
+def _damage_val_video(root: str, video: int) -> None:
+    """Flip a byte in the middle of every stored frame of val video `video`."""
+    ds = open_dataset(root, "val")
+    row = ds.record(video)
+    path = os.path.join(root, "shards", row["shard"])
+    raw = bytearray(open(path, "rb").read())
+    for jpeg in set(ds.frames(video, range(row["num_frames"]))):
+        at = raw.find(jpeg)
+        while at >= 0:
+            raw[at + len(jpeg) // 2] ^= 0xFF
+            at = raw.find(jpeg, at + 1)
+    open(path, "wb").write(raw)
+
+
+def test_damaged_val_video_is_listed_and_left_out(data, tmp_path):
+    root = str(tmp_path / "data")
+    shutil.copytree(data, root)
+    _damage_val_video(root, 2)
+    classes = open_dataset(root, "val").classes
+    ckpt = _checkpoint(tmp_path / "best.pt", root, classes)
+    summary = evaluate(ckpt, CPU, clips=2, crops=1, batch_size=4, py_workers=1, progress=False,
+                       out_dir=str(tmp_path / "out"))
+    val = open_dataset(root, "val")
+    assert summary["videos"] == len(val) - 1
+    assert [d["id"] for d in summary["damaged"]] == [val.rows[2]["id"]]
+    assert summary["damaged"][0]["reason"]
+    saved = json.load(open(tmp_path / "out" / "metrics.json"))
+    assert saved["damaged"] == summary["damaged"]
+    preds = json.load(open(tmp_path / "out" / "predictions.json"))
+    assert len(preds) == len(val) - 1 and val.rows[2]["id"] not in {p["id"] for p in preds}
+
+
+def test_checkpoint_of_other_classes_is_refused(data, tmp_path):
+    ckpt = _checkpoint(tmp_path / "best.pt", data, [f"other{i}" for i in range(5)])
+    with pytest.raises(ValueError, match="other classes than the dataset"):
+        evaluate(ckpt, CPU, batch_size=4, py_workers=1, progress=False, out_dir=str(tmp_path / "out"))
+
+
+def test_subset_of_checkpoint_classes_is_scored_by_name(data, tmp_path):
+    classes = open_dataset(data, "val").classes
+    wider = ["extra_b"] + list(reversed(classes)) + ["extra_a"]
+    ckpt = _checkpoint(tmp_path / "best.pt", data, wider)
+    summary = evaluate(ckpt, CPU, batch_size=4, py_workers=1, progress=False, out_dir=str(tmp_path / "out"))
+    assert summary["videos"] == len(open_dataset(data, "val"))
+    preds = json.load(open(tmp_path / "out" / "predictions.json"))
+    assert all(t["class"] in classes for p in preds for t in p["top"])
+
+
+def test_nan_weights_give_an_error_not_an_accuracy(data, tmp_path):
+    classes = open_dataset(data, "val").classes
+    path = tmp_path / "best.pt"
+    _checkpoint(path, data, classes)
+    state = torch.load(path, weights_only=True)
+    state["model"]["fc.weight"].fill_(float("nan"))
+    torch.save(state, path)
+    with pytest.raises(RuntimeError, match="non-finite scores"):
+        evaluate(str(path), CPU, batch_size=4, py_workers=1, progress=False, out_dir=str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "predictions.json").exists()
