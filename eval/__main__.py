@@ -1,8 +1,13 @@
-"""python -m eval --ckpt RUN/best.pt [--data PREPPED] [--split val] [--clips 3] [--crops 3]
+"""python -m eval --ckpt RUN/best.pt [--data PREPPED] [--split val] [--clips 3] [--crops 3] [protocol options]
 
 Multi-view evaluation (CLIPS temporal clips x CROPS spatial crops per video); torchrun-compatible, each
 video scored exactly once across ranks. Writes metrics.json, per_class.csv, predictions.json and
 confusion.png next to the checkpoint (or --out).
+
+Protocol options (default: what the run trained with, else the model's contract): --frames, --sampling,
+--frame-stride choose the frames of a clip; --eval-scale resizes the short side to crop x scale and
+--eval-crop full takes crops as large as that short side (`python -m models zoo` prints each released
+checkpoint's settings).
 """
 from __future__ import annotations
 
@@ -18,6 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "source projects (`python -m models zoo` lists them)")
     p.add_argument("--data", default="", help="prepped dataset (default: the one the run trained on)")
     p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the checkpoint's or model's)")
+    p.add_argument("--sampling", choices=("tsn", "dense"), default="",
+                   help="frame sampling (default: the checkpoint's)")
+    p.add_argument("--frame-stride", type=int, default=0, help="dense sampling's stride (default: the checkpoint's)")
+    p.add_argument("--eval-scale", type=float, default=None,
+                   help="short side = crop size x this (default: the run's augment.eval_scale, else 256/224)")
+    p.add_argument("--eval-crop", choices=("contract", "full"), default=None,
+                   help="crop side: the model's crop size, or the whole short side (default: the run's, else contract)")
     p.add_argument("--split", default="val")
     p.add_argument("--clips", type=int, default=1, help="temporal clips per video")
     p.add_argument("--crops", type=int, choices=(1, 3, 5, 10), default=1, help="spatial crops per clip")
@@ -26,16 +38,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=("bf16", "fp16", "none"), default="bf16")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
     p.add_argument("--out", default="", help="report folder")
+    p.add_argument("--save-views", action="store_true", help="also save every view's scores (scores_views.npy)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
+def augment_overrides(args: argparse.Namespace) -> dict:
+    """The pipelines.AugmentConfig fields given on the command line (they override the run's)."""
+    given = {"eval_scale": args.eval_scale, "eval_crop": args.eval_crop}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
-    if args.clips < 1:
-        print("eval: error: --clips must be at least 1", file=sys.stderr)
+    if args.clips < 1 or args.frame_stride < 0:
+        print("eval: error: --clips must be at least 1 and --frame-stride at least 0", file=sys.stderr)
         return 2
     from train.setup import setup_distributed
 
@@ -45,8 +67,9 @@ def main(argv=None) -> int:
     try:
         summary = evaluate(args.ckpt, d, data=args.data, split=args.split, clips=args.clips, crops=args.crops,
                            batch_size=args.batch_size, out_dir=args.out, amp=args.amp, py_workers=args.py_workers,
-                           use_ema=not args.no_ema, progress=not args.no_progress, num_frames=args.frames)
-    except (FileNotFoundError, ValueError) as e:
+                           use_ema=not args.no_ema, progress=not args.no_progress, num_frames=args.frames,
+                           sampling=args.sampling, frame_stride=args.frame_stride, augment=augment_overrides(args))
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"eval: error: {e}", file=sys.stderr)
         return 2
     if d.main:
@@ -57,6 +80,14 @@ def main(argv=None) -> int:
         print(json.dumps(summary))
     return 0
 
+
+def _ensemble(argv) -> int:
+    from .ensemble import main as ensemble_main
+
+    return ensemble_main(argv)
+
+
+SUBCOMMANDS = {"ensemble": _ensemble}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,6 +20,7 @@ from prep import open_dataset
 from train.config import TrainConfig
 from train.setup import Dist
 
+from .dump import save_scores
 from .metrics import write_per_class_csv, write_predictions
 from .plots import plot_confusion
 from .score import readable_accuracy, score_videos
@@ -42,7 +43,8 @@ def load_model(path: str, device: torch.device, use_ema: bool = True, classes: l
 
 def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips: int = 1, crops: int = 1,
              batch_size: int = 8, out_dir: str = "", amp: str = "bf16", py_workers: int = 2,
-             use_ema: bool = True, progress: bool = True, num_frames: int | None = None) -> dict:
+             use_ema: bool = True, progress: bool = True, num_frames: int | None = None,
+             save_views: bool = False, sampling: str = "", frame_stride: int = 0, augment: dict | None = None) -> dict:
     rec = recognize_file(ckpt_path, use_ema)
     cfg = _run_config(rec)
     data = data or cfg["data"]
@@ -51,18 +53,21 @@ def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips:
     dataset = _open_split(cfg, data, split, rec.classes, progress and d.main)
     model, rec = load_model(ckpt_path, d.device, use_ema, dataset.classes, num_frames, rec)
     column = _class_columns(ckpt_path, rec.classes, dataset.classes, model.num_classes)
-    loader = _loader(cfg, dataset, model.input_contract, split, clips, crops, batch_size, d, py_workers)
+    contract, view = _test_protocol(cfg, model.input_contract, sampling, frame_stride, augment)
+    loader = _loader(cfg, dataset, contract, split, clips, crops, batch_size, d, py_workers, view)
     loader.set_epoch(0)
     result = score_videos(model, loader, len(dataset), model.num_classes, d.device, amp,
-                          progress=progress and d.main)
+                          progress=progress and d.main, keep_views=clips * crops if save_views else 0)
     if column is not None:
         result.scores = result.scores[:, column]
+        result.views = result.views[..., column] if result.views is not None else None
     labels = torch.tensor(dataset.labels)
     report, damaged = readable_accuracy(result, labels, dataset.classes, clips * crops)
     summary = {"model": rec.model, "origin": rec.origin, "checkpoint": ckpt_path, "data": data, "split": split,
                "clips": clips, "crops": crops, "videos": report["videos"], "top1": report["top1"],
                "top5": report["top5"], "mean_class_acc": report["mean_class_acc"],
-               "damaged": _damaged_rows(damaged, dataset.rows, loader)}
+               "damaged": _damaged_rows(damaged, dataset.rows, loader),
+               "protocol": _protocol_row(contract, view, cfg.get("image_size") or contract.crop_size)}
     if damaged and d.main:
         log.warning("%d of %d videos could not be read and are left out of the accuracy (listed in metrics.json)",
                     len(damaged), len(dataset))
@@ -70,8 +75,9 @@ def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips:
         out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), f"eval_{split}_{clips}x{crops}")
         left_out = set(damaged)
         readable = [i for i in range(len(dataset)) if i not in left_out]
-        _write_reports(out_dir, summary, report, result.scores[readable], [dataset.rows[i] for i in readable],
-                       dataset.classes)
+        views = result.views[readable] if result.views is not None else None
+        write_reports(out_dir, summary, report, result.scores[readable], [dataset.rows[i] for i in readable],
+                      dataset.classes, views)
         summary["out_dir"] = out_dir
     return summary
 
@@ -107,7 +113,19 @@ def _open_split(cfg: dict, data: str, split: str, classes, progress: bool):
     return open_dataset(data, split)
 
 
-def _loader(cfg: dict, dataset, contract, split, clips, crops, batch_size, d: Dist, py_workers):
+def _test_protocol(cfg: dict, contract, sampling: str, frame_stride: int, augment: dict | None):
+    """(input contract, AugmentConfig) of the test views: the run's (or the model's), then the caller's overrides."""
+    contract = contract.replace(sampling=sampling or contract.sampling,
+                                frame_stride=frame_stride or contract.frame_stride)
+    return contract, pipelines.AugmentConfig(**{**(cfg.get("augment") or {}), **(augment or {})})
+
+
+def _protocol_row(contract, view, crop_size: int) -> dict:
+    return {"frames": contract.num_frames, "sampling": contract.sampling, "frame_stride": contract.frame_stride,
+            "short_side": view.eval_short_side(crop_size), "crop": view.eval_crop_side(crop_size)}
+
+
+def _loader(cfg: dict, dataset, contract, split, clips, crops, batch_size, d: Dist, py_workers, augment=None):
     """A prepped video split's loader, or for an image pre-training run its image folder's."""
     if cfg.get("task", "video") == "image":
         if (clips, crops) != (1, 1):
@@ -115,11 +133,11 @@ def _loader(cfg: dict, dataset, contract, split, clips, crops, batch_size, d: Di
                              f"not {clips} clips x {crops} crops")
         return ImageLoader(dataset, contract, batch_size, False, device_id=d.device_id, rank=d.rank,
                            world_size=d.world, seed=cfg["seed"], num_threads=cfg["threads"],
-                           image_size=cfg.get("image_size", 0))
+                           image_size=cfg.get("image_size", 0), augment=augment)
     return pipelines.build_loader(
         dataset, split, contract, batch_size=batch_size, training=False, clips=clips, crops=crops,
         device_id=d.device_id, rank=d.rank, world_size=d.world, seed=cfg["seed"], num_threads=cfg["threads"],
-        py_workers=py_workers, path=cfg.get("data_path", "auto"))
+        py_workers=py_workers, path=cfg.get("data_path", "auto"), augment=augment)
 
 
 def _damaged_rows(damaged: list[int], rows: list[dict], loader) -> list[dict]:
@@ -128,11 +146,15 @@ def _damaged_rows(damaged: list[int], rows: list[dict], loader) -> list[dict]:
     return [{"id": rows[i]["id"], "reason": reasons.get(i, "unreadable on another rank")} for i in damaged]
 
 
-def _write_reports(out_dir, summary, report, scores, records, classes) -> None:
+def write_reports(out_dir, summary, report, scores, records, classes, views=None) -> None:
+    """metrics.json, per_class.csv, predictions.json, confusion.png and the score dump of one evaluation."""
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(summary, f, indent=1, allow_nan=False)
     write_per_class_csv(report, os.path.join(out_dir, "per_class.csv"))
     write_predictions(scores, records, classes, os.path.join(out_dir, "predictions.json"))
+    save_scores(out_dir, scores, records, classes, {k: summary[k] for k in ("model", "checkpoint", "split")
+                                                     if k in summary}, views)
     plot_confusion(report["confusion"], classes, os.path.join(out_dir, "confusion.png"),
-                   title=f"{summary['model']}: top-1 {summary['top1']:.1f}% ({summary['clips']}x{summary['crops']} views)")
+                   title=f"{summary['model']}: top-1 {summary['top1']:.1f}% ({summary.get('clips', '?')}x"
+                         f"{summary.get('crops', '?')} views)")

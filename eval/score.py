@@ -23,6 +23,7 @@ class Scores:
     scores: torch.Tensor  # (N, C) float32
     counts: torch.Tensor  # (N,) views scored per video
     damaged_views: torch.Tensor  # (N,) views that could not be read (served as placeholders, not scored)
+    views: torch.Tensor | None = None  # (N, V, C) softmax per view, when asked for
 
     @property
     def damaged(self) -> list[int]:
@@ -31,10 +32,12 @@ class Scores:
 
 @torch.no_grad()
 def score_videos(model, loader, num_videos: int, num_classes: int, device: torch.device, amp: str = "bf16",
-                 progress: bool = False) -> Scores:
+                 progress: bool = False, keep_views: int = 0) -> Scores:
     """Softmax scores of every readable (video, view) averaged per video, identical on every rank. A view
-    the loader could not read arrives with view -1 and is counted as damaged instead of scored."""
+    the loader could not read arrives with view -1 and is counted as damaged instead of scored.
+    `keep_views`: the number of views per video, to keep each view's scores too."""
     model.eval()
+    per_view = torch.zeros(num_videos, keep_views, num_classes, device=device) if keep_views else None
     sums = torch.zeros(num_videos, num_classes, dtype=torch.float64, device=device)
     counts = torch.zeros(num_videos, dtype=torch.float64, device=device)
     damaged = torch.zeros(num_videos, dtype=torch.float64, device=device)
@@ -48,10 +51,15 @@ def score_videos(model, loader, num_videos: int, num_classes: int, device: torch
         sums.index_add_(0, index[readable], probs[readable])
         counts.index_add_(0, index[readable], torch.ones_like(index[readable], dtype=torch.float64))
         damaged.index_add_(0, index[~readable], torch.ones_like(index[~readable], dtype=torch.float64))
+        if per_view is not None:
+            view = batch["view"].to(device)
+            per_view[index[readable], view[readable]] = probs[readable].float()
+    reduced = [sums, counts, damaged] + ([per_view] if per_view is not None else [])
     if dist.is_available() and dist.is_initialized():
-        for t in (sums, counts, damaged):
-            dist.all_reduce(t)
-    return Scores((sums / counts.clamp(min=1).unsqueeze(1)).float().cpu(), counts.cpu(), damaged.cpu())
+        for t in reduced:
+            dist.all_reduce(t)  # every (video, view) is scored on one rank only: the sum is a gather
+    return Scores((sums / counts.clamp(min=1).unsqueeze(1)).float().cpu(), counts.cpu(), damaged.cpu(),
+                  per_view.cpu() if per_view is not None else None)
 
 
 def check_coverage(result: Scores, views: int) -> list[int]:

@@ -86,3 +86,45 @@ def test_nan_weights_give_an_error_not_an_accuracy(data, tmp_path):
     with pytest.raises(RuntimeError, match="non-finite scores"):
         evaluate(str(path), CPU, batch_size=4, py_workers=1, progress=False, out_dir=str(tmp_path / "out"))
     assert not (tmp_path / "out" / "predictions.json").exists()
+
+
+def test_scores_dump_and_ensemble(data, tmp_path):
+    """Each eval writes its score matrix and index; fusing two dumps equals the weighted mean of their scores."""
+    import numpy as np
+
+    from eval.__main__ import main as eval_main
+    from eval.dump import load_scores
+
+    classes = open_dataset(data, "val").classes
+    outs = []
+    for seed in (0, 1):
+        ckpt = _checkpoint(tmp_path / f"m{seed}.pt", data, classes, seed=seed)
+        out = tmp_path / f"eval{seed}"
+        evaluate(ckpt, CPU, clips=2, batch_size=4, py_workers=1, progress=False, out_dir=str(out), save_views=True)
+        outs.append(str(out))
+    (a, index), (b, _) = load_scores(outs[0]), load_scores(outs[1])
+    val = open_dataset(data, "val")
+    assert a.shape == (len(val), len(classes)) and index["ids"] == [r["id"] for r in val.rows]
+    views = np.load(os.path.join(outs[0], "scores_views.npy"))
+    assert views.shape == (len(val), 2, len(classes))
+    np.testing.assert_allclose(views.mean(1), a, atol=1e-6)
+    assert not np.allclose(a, b)
+    fused_dir = tmp_path / "fused"
+    assert eval_main(["ensemble", *outs, "--weights", "3", "1", "--out", str(fused_dir)]) == 0
+    fused, _ = load_scores(str(fused_dir))
+    np.testing.assert_allclose(fused, (3 * a + b) / 4, atol=1e-6)
+    metrics = json.load(open(fused_dir / "metrics.json"))
+    expected_top1 = 100 * np.mean(((3 * a + b) / 4).argmax(1) == np.array(index["labels"]))
+    assert abs(metrics["top1"] - expected_top1) < 1e-6 and (fused_dir / "confusion.png").exists()
+
+
+def test_ensemble_refuses_other_videos(data, tmp_path, capsys):
+    from eval.__main__ import main as eval_main
+
+    classes = open_dataset(data, "val").classes
+    ckpt = _checkpoint(tmp_path / "m.pt", data, classes)
+    evaluate(ckpt, CPU, batch_size=4, py_workers=1, progress=False, out_dir=str(tmp_path / "a"))
+    evaluate(ckpt, CPU, split="train", batch_size=4, py_workers=1, progress=False, out_dir=str(tmp_path / "b"))
+    assert eval_main(["ensemble", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "differ in their videos" in err and len(err.splitlines()) == 1

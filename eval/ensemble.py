@@ -1,0 +1,67 @@
+"""python -m eval ensemble EVAL_DIR_OR_SCORES... [--weights W...] [--out DIR]: fuse the saved scores of several
+models on the same split and report the same metrics and plots as `python -m eval`."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from .dump import fuse, load_scores
+from .metrics import accuracy_report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval ensemble", description=__doc__.splitlines()[0])
+    p.add_argument("inputs", nargs="+", help="eval output folders (or their scores.npy)")
+    p.add_argument("--weights", type=float, nargs="+", default=None, help="one per input (default: equal)")
+    p.add_argument("--out", default="", help="report folder (default: ensemble_<n> beside the first input)")
+    return p
+
+
+def ensemble(inputs: list[str], weights: list[float] | None = None, out_dir: str = "") -> dict:
+    from .run import write_reports
+
+    if len(inputs) < 2:
+        raise ValueError("an ensemble needs at least two score dumps")
+    weights = weights or [1.0] * len(inputs)
+    if any(not w >= 0 for w in weights) or not sum(weights) > 0:
+        raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
+    scores, index = fuse([load_scores(p) for p in inputs], weights, inputs)
+    if any(label is None for label in index["labels"]):
+        raise ValueError("the split has no labels: an ensemble of an unlabelled split has no accuracy to report")
+    classes, scores = index["classes"], torch.from_numpy(scores)
+    report = accuracy_report(scores, torch.tensor(index["labels"]), classes)
+    summary = {"model": "ensemble of " + " + ".join(_name(p) for p in inputs), "split": index.get("split"),
+               "inputs": inputs, "weights": weights, "videos": report["videos"], "top1": report["top1"],
+               "top5": report["top5"], "mean_class_acc": report["mean_class_acc"]}
+    out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(inputs[0])), f"ensemble_{len(inputs)}")
+    rows = [{"id": i, "label": label} for i, label in zip(index["ids"], index["labels"])]
+    write_reports(out_dir, summary, report, scores, rows, classes)
+    summary["out_dir"] = out_dir
+    return summary
+
+
+def _name(path: str) -> str:
+    path = os.path.abspath(path)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    return os.path.basename(os.path.dirname(folder)) or folder
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = ensemble(args.inputs, args.weights, args.out)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"eval ensemble: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{summary['model']}: top-1 {summary['top1']:.2f}  top-5 {summary['top5']:.2f}  "
+          f"({summary['videos']} videos) -> {summary['out_dir']}")
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
