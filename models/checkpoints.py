@@ -90,7 +90,7 @@ def register_origin(fn: Recognizer) -> Recognizer:
 def read_checkpoint(path: str) -> Checkpoint:
     """Read a .pth/.pt/.tar (weights only: no pickled code runs) or .safetensors file."""
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
