@@ -5,23 +5,36 @@ whose 3x3x3 convolution is channel-wise, squeeze-excitation on every other block
 the bottleneck, and a head that projects, pools, projects again to 2048 and classifies.
 No temporal downsampling anywhere: the clip keeps all its frames until the global pool.
 
+Sizes XS, S, M and L share the builder: XS, S and M are one network fed different clips
+(4x12 at 160, 13x6 at 160, 16x5 at 224 pixels), L is 5x deeper (16x5 at 312).
+
 `sts=True` swaps the stages' channel-wise 3x3x3 convolutions for the STS convolution of
 "In Defense of Image Pre-Training for Spatiotemporal Recognition" (models/sts.py, same weights);
-the stem stays plain, as in the paper.
+the stem stays plain, as in the paper, and clips are normalised with ImageNet statistics, as the
+paper fine-tunes from image pre-training.
+
+mmaction's X3D (the STS authors' `Spatiotemporal_Finetuning` and mmaction2's converted files) is
+the same network under other names: `conv1_s`/`conv1_t` stem, `layerN.i.conv1/2/3` blocks, the 1x1x1
+`conv5` in the backbone, and an `X3DHead` whose `fc1` is a Linear; `mmaction_x3d` below recognises
+those files and maps them onto this model.
 """
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from timm.layers import make_divisible
 from torch import nn
 from torchvision.ops.misc import Conv3dNormActivation
 
-from .registry import InputContract, register_model
+from .checkpoints import Checkpoint, CheckpointError, Recognized, register_origin
+from .registry import IMAGENET_MEAN, IMAGENET_STD, InputContract, register_model
+from .sts import convert_to_sts, sts_mode
 
 X3D_MEAN = (0.45, 0.45, 0.45)  # PySlowFast's DATA.MEAN / DATA.STD
 X3D_STD = (0.225, 0.225, 0.225)
+X3D_STAGE_DEPTHS = (1, 2, 5, 3)  # X3D paper, Table 1, before the depth factor
 
 
 class SqueezeExcite3d(nn.Module):
@@ -66,11 +79,12 @@ class X3DBlock(nn.Module):
 class X3DHead(nn.Module):
     """Project to the bottleneck width, pool over the clip, project to `head_width`, classify."""
 
-    def __init__(self, dim_in: int, dim_inner: int, head_width: int, num_classes: int, dropout: float):
+    def __init__(self, dim_in: int, dim_inner: int, head_width: int, num_classes: int, dropout: float,
+                 bias: bool = False):
         super().__init__()
         self.conv_5 = Conv3dNormActivation(dim_in, dim_inner, kernel_size=1, bias=False)
         self.pool = nn.AdaptiveAvgPool3d(1)
-        self.lin_5 = nn.Conv3d(dim_inner, head_width, 1, bias=False)
+        self.lin_5 = nn.Conv3d(dim_inner, head_width, 1, bias=bias)  # mmaction's fc1 (fc1_bias=False)
         self.act = nn.ReLU(inplace=True)
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(head_width, num_classes)
@@ -90,10 +104,11 @@ class X3D(nn.Module):
         depth_factor: float = 2.2,
         bottleneck_factor: float = 2.25,
         stem_width: int = 12,
-        stage_depths: tuple = (1, 2, 5, 3),
+        stage_depths: tuple = X3D_STAGE_DEPTHS,
         head_width: int = 2048,
         se_ratio: float = 0.0625,
         dropout: float = 0.5,
+        head_bias: bool = False,
     ):
         super().__init__()
         dim = make_divisible(stem_width * width_factor)
@@ -117,7 +132,7 @@ class X3D(nn.Module):
             stages.append(nn.Sequential(*blocks))
             dim = dim_out
         self.stages = nn.Sequential(*stages)
-        self.head = X3DHead(dim, dim_inner, head_width, num_classes, dropout)
+        self.head = X3DHead(dim, dim_inner, head_width, num_classes, dropout, head_bias)
         self.num_classes = num_classes
         self.head_names = ("head.fc.",)
 
@@ -125,23 +140,170 @@ class X3D(nn.Module):
         return self.head(self.stages(self.stem(x)))
 
 
-def _create_x3d(num_classes: int, num_frames: int, crop_size: int, frame_stride: int, sts: bool = False,
+def _create_x3d(num_classes: int, num_frames: int, crop_size: int, frame_stride: int, sts: bool | str = False,
                 **kwargs) -> X3D:
+    """`sts`: True for the authors' STS computation (their released files), "2d" for its 2-D variant."""
     model = X3D(num_classes=num_classes, **kwargs)
-    if sts:
-        from .sts import convert_to_sts
-
-        convert_to_sts(model.stages)  # stages only: the stem stays plain, as in the paper
+    mean, std = X3D_MEAN, X3D_STD
+    mode = sts_mode(sts)
+    if mode:  # stages only: the stem stays plain, as in the paper (their X3D has reshape_st only)
+        convert_to_sts(model.stages, mode=mode, reshape_t=False)
+        mean, std = IMAGENET_MEAN, IMAGENET_STD  # the STS configs fine-tune from ImageNet weights
     model.input_contract = InputContract(
         layout="NCTHW", num_frames=num_frames, crop_size=crop_size,
-        mean=X3D_MEAN, std=X3D_STD, sampling="dense", frame_stride=frame_stride,
+        mean=mean, std=std, sampling="dense", frame_stride=frame_stride,
     )
     return model
+
+
+# ------------------------------------------------------------------------------ mmaction X3D files
+
+# mmaction block names -> ours (mmcv ConvModule keeps conv and BN as `.conv` / `.bn`)
+_MMACTION_BLOCK = {
+    "conv1.conv": "conv_a.0", "conv1.bn": "conv_a.1", "conv2.conv": "conv_b", "conv2.bn": "bn_b",
+    "conv3.conv": "conv_c.0", "conv3.bn": "conv_c.1", "downsample.conv": "shortcut.0",
+    "downsample.bn": "shortcut.1", "se_module": "se",
+}
+_MMACTION_OTHER = {
+    "backbone.conv1_s.conv.": "stem.0.", "backbone.conv1_t.conv.": "stem.1.", "backbone.conv1_t.bn.": "stem.2.",
+    "backbone.conv5.conv.": "head.conv_5.0.", "backbone.conv5.bn.": "head.conv_5.1.",
+    "cls_head.fc1.": "head.lin_5.", "cls_head.fc2.": "head.fc.",
+}
+_MMACTION_LAYER = re.compile(r"backbone\.layer(\d+)\.(\d+)\.(conv\d\.conv|conv\d\.bn|downsample\.conv|"
+                             r"downsample\.bn|se_module)\.(.+)")
+
+
+def mmaction_x3d_key(key: str) -> str:
+    """Our name for an mmaction X3D Recognizer3D key (unknown keys unchanged, so a strict load names them)."""
+    m = _MMACTION_LAYER.fullmatch(key)
+    if m:
+        stage, block, part, rest = m.groups()
+        return f"stages.{int(stage) - 1}.{block}.{_MMACTION_BLOCK[part]}.{rest}"
+    for theirs, ours in _MMACTION_OTHER.items():
+        if key.startswith(theirs):
+            return ours + key[len(theirs):]
+    return key
+
+
+def convert_mmaction_x3d(state_dict: dict) -> dict:
+    out = {mmaction_x3d_key(k): v for k, v in state_dict.items()}
+    if out.get("head.lin_5.weight") is not None and out["head.lin_5.weight"].dim() == 2:
+        out["head.lin_5.weight"] = out["head.lin_5.weight"][:, :, None, None, None]  # Linear -> 1x1x1 conv
+    return out
+
+
+def _mmaction_block_counts(sd: dict) -> tuple:
+    counts = []
+    for stage in range(1, 5):
+        n = 0
+        while f"backbone.layer{stage}.{n}.conv1.conv.weight" in sd:
+            n += 1
+        counts.append(n)
+    return tuple(counts)
+
+
+def _mmaction_x3d_args(path: str, sd: dict, origin: str) -> dict:
+    """Our X3D arguments for the network in an mmaction X3D file (widths and depths from the shapes)."""
+    counts = _mmaction_block_counts(sd)
+    if 0 in counts:
+        raise CheckpointError(f"{path}: {origin} with block counts {counts}: four stages are needed")
+    se = [f"backbone.layer{s}.{i}.se_module.fc1.weight" in sd for s in range(1, 5) for i in range(counts[s - 1])]
+    expected_se = [i % 2 == 0 for s in range(4) for i in range(counts[s])]
+    if se != expected_se:
+        raise CheckpointError(f"{path}: {origin} has squeeze-excitation on other blocks than every other one "
+                              "(se_style='half'); only that layout is supported")
+    width = sd["backbone.conv1_s.conv.weight"].shape[0]
+    args = {"num_classes": sd["cls_head.fc2.weight"].shape[0]}
+    if width != 24:  # mmaction's base width 24 is our stem_width 12 x width_factor 2
+        args.update(stem_width=width, width_factor=1.0)
+    bottleneck = sd["backbone.layer1.0.conv1.conv.weight"].shape[0] / width
+    if bottleneck != 2.25:
+        args["bottleneck_factor"] = bottleneck
+    if sd["cls_head.fc1.weight"].shape[0] != 2048:
+        args["head_width"] = sd["cls_head.fc1.weight"].shape[0]
+    if "cls_head.fc1.bias" in sd:
+        args["head_bias"] = True
+    if counts not in (_depths(2.2), _depths(5.0)):
+        args.update(stage_depths=counts, depth_factor=1.0)
+    return args
+
+
+def _depths(depth_factor: float) -> tuple:
+    return tuple(math.ceil(d * depth_factor) for d in X3D_STAGE_DEPTHS)
+
+
+def _mmaction_config_names(meta) -> list:
+    """The config file names mmaction records in a checkpoint's meta (train.py's config_name, exp_name)."""
+    if not isinstance(meta, dict):
+        return []
+    return [meta[k] for k in ("config_name", "exp_name") if isinstance(meta.get(k), str)]
+
+
+def mmaction_sts(meta) -> bool | None:
+    """Whether an mmaction checkpoint was trained with STS convolutions, from its meta (the weights cannot
+    tell: STS re-uses the 3D kernels); None when the file does not say."""
+    config = meta.get("config") if isinstance(meta, dict) else None
+    if isinstance(config, str) and re.search(r"reshape_s?t\s*=", config):  # the config text train.py saves
+        return re.search(r"reshape_s?t\s*=\s*True", config) is not None
+    names = _mmaction_config_names(meta)
+    if not names:
+        return None
+    # the authors name their STS configs *_STS_* (x3d_s_13x6_STS_k400_video.py)
+    return any("sts" in re.split(r"[_.\-]", name.lower()) for name in names)
+
+
+def _mmaction_x3d_model(meta, counts: tuple) -> str:
+    """XS, S and M have the same weights: the config name tells which clips the file was trained on."""
+    if counts == _depths(5.0):
+        return "x3d_l"
+    if counts == _depths(2.2):
+        for size in ("xs", "m"):
+            if any(name.lower().startswith(f"x3d_{size}_") for name in _mmaction_config_names(meta)):
+                return f"x3d_{size}"
+    return "x3d_s"
+
+
+@register_origin
+def mmaction_x3d(ckpt: Checkpoint, overrides: dict) -> Recognized | None:
+    """mmaction Recognizer3D files with an X3D backbone (its factorised stem `conv1_s`/`conv1_t` is X3D's alone)."""
+    sd = ckpt.state_dict
+    if "backbone.conv1_s.conv.weight" not in sd or "backbone.conv1_t.conv.weight" not in sd:
+        return None
+    meta = ckpt.field("meta")
+    sts = mmaction_sts(meta)
+    origin = "mmaction X3D" + (" + STS" if sts else "")
+    if "cls_head.fc1.weight" not in sd or "cls_head.fc2.weight" not in sd:
+        heads = sorted({k.rsplit(".", 1)[0] for k in sd if k.startswith("cls_head.")}) or ["none"]
+        raise CheckpointError(f"{ckpt.path}: {origin} file without an X3DHead (cls_head.fc1/fc2; found "
+                              f"{', '.join(heads)}); only X3DHead files are supported")
+    args = _mmaction_x3d_args(ckpt.path, sd, origin)
+    if sts is not None:  # a file that does not say leaves the choice to the caller
+        args["sts"] = sts
+    name = _mmaction_x3d_model(meta, _mmaction_block_counts(sd))
+    return Recognized(origin=origin, model=name, model_args=args, state_dict=convert_mmaction_x3d(sd))
+
+
+# ---------------------------------------------------------------------------------------- variants
+
+
+@register_model
+def x3d_xs(num_classes: int = 400, num_frames: int = 4, **kwargs) -> X3D:
+    return _create_x3d(num_classes, num_frames, crop_size=160, frame_stride=12, **kwargs)
 
 
 @register_model
 def x3d_s(num_classes: int = 400, num_frames: int = 13, **kwargs) -> X3D:
     return _create_x3d(num_classes, num_frames, crop_size=160, frame_stride=6, **kwargs)
+
+
+@register_model
+def x3d_m(num_classes: int = 400, num_frames: int = 16, **kwargs) -> X3D:
+    return _create_x3d(num_classes, num_frames, crop_size=224, frame_stride=5, **kwargs)
+
+
+@register_model
+def x3d_l(num_classes: int = 400, num_frames: int = 16, **kwargs) -> X3D:
+    return _create_x3d(num_classes, num_frames, crop_size=312, frame_stride=5, **{"depth_factor": 5.0, **kwargs})
 
 
 @register_model
