@@ -68,7 +68,8 @@ def main(argv=None) -> int:
         summary = evaluate(args.ckpt, d, data=args.data, split=args.split, clips=args.clips, crops=args.crops,
                            batch_size=args.batch_size, out_dir=args.out, amp=args.amp, py_workers=args.py_workers,
                            use_ema=not args.no_ema, progress=not args.no_progress, num_frames=args.frames,
-                           sampling=args.sampling, frame_stride=args.frame_stride, augment=augment_overrides(args))
+                           sampling=args.sampling, frame_stride=args.frame_stride, augment=augment_overrides(args),
+                           save_views=args.save_views)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"eval: error: {e}", file=sys.stderr)
         return 2

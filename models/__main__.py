@@ -1,14 +1,18 @@
-"""`python -m models list` | `python -m models info NAME [--num-classes C --frames T --size S] [--json]`."""
+"""`python -m models list` | `info NAME [--num-classes C --frames T --size S] [--json]` | `info --ckpt FILE`
+| `zoo [PATTERN] [--project P] [--dataset D] [--json]`."""
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
+import os
 import sys
 
 import torch
 
 from . import create_model, list_models
-from .profile import describe
+from . import zoo
+from .profile import count_params, describe
 from .registry import resolve_name
 
 
@@ -33,6 +37,10 @@ def _millions(n: int) -> str:
 
 
 def cmd_info(args) -> None:
+    if bool(args.name) == bool(args.ckpt):
+        raise ValueError("info takes a model NAME or --ckpt FILE")
+    if args.ckpt:
+        return cmd_info_ckpt(args)
     info = describe(args.name, num_classes=args.num_classes, frames=args.frames, size=args.size)
     if args.json:
         print(json.dumps(info))
@@ -48,21 +56,118 @@ def cmd_info(args) -> None:
     print(f"  GFLOPs/view  {info['gflops']:.2f} (multiply-accumulates, {args.num_classes} classes)")
 
 
+def _class_names(path: str) -> list[str]:
+    """A prepped dataset's classes.json (or its folder), or a text file with one class name per line."""
+    path = os.path.join(path, "classes.json") if os.path.isdir(path) else path
+    with open(path) as f:
+        text = f.read()
+    names = json.loads(text) if path.endswith(".json") else [line.strip() for line in text.splitlines()]
+    return [str(n) for n in names if str(n)]
+
+
+def _recognise(args) -> tuple:
+    """(Recognized, model or None, overrides): the file through models.from_checkpoint's two halves; the model
+    is built and loaded unless the origin needs what was not given (e.g. class names)."""
+    from .checkpoints import build_recognized, recognize_file
+
+    overrides = {} if args.frames is None else {"num_frames": args.frames}
+    if args.classes:
+        overrides["class_names"] = _class_names(args.classes)
+    rec = recognize_file(args.ckpt, **overrides)
+    if any(k not in overrides for k in rec.needs):
+        return rec, None, overrides
+    return rec, build_recognized(rec, args.ckpt, **overrides), overrides
+
+
+def _ckpt_info(args) -> dict:
+    rec, model, overrides = _recognise(args)
+    built = {k: v for k, v in dict(rec.model_args, **overrides).items() if k != "class_names"}
+    found = {"file": args.ckpt, "origin": rec.origin, "model": rec.model, "arguments": built,
+             "notes": list(rec.notes), "needs": [k for k in rec.needs if k not in overrides]}
+    if model is None:
+        return found
+    found.update(contract=model.input_contract.to_dict(), params=count_params(model))
+    name = os.path.basename(args.ckpt)
+    found["zoo"] = [e.key for e in zoo.ZOO if e.file_name == name and e.model == rec.model]
+    return found
+
+
+def cmd_info_ckpt(args) -> None:
+    found = _ckpt_info(args)
+    if args.json:
+        print(json.dumps(found))
+        return
+    print(found["file"])
+    print(f"  origin       {found['origin']}")
+    print(f"  model        {found['model']}")
+    print(f"  arguments    {zoo.args_text(found['arguments'])}")
+    if "contract" in found:
+        c = found["contract"]
+        print(f"  contract     {c['layout']} {c['num_frames']}x{c['crop_size']}, {c['sampling']} sampling "
+              f"(stride {c['frame_stride']}), mean {tuple(round(v, 4) for v in c['mean'])}, "
+              f"std {tuple(round(v, 4) for v in c['std'])}")
+        print(f"  parameters   {_millions(found['params'])}, loaded strictly")
+    for need in found["needs"]:
+        print(f"  needs        {need}: pass --classes (a prepped dataset or a file of class names) to build it")
+    for note in found["notes"]:
+        print(f"  note         {note}")
+    for key in found.get("zoo", []):
+        print(f"  zoo          {key}: {zoo.row(zoo.find(key))['command'] or 'not runnable yet'}")
+
+
+def _selected(args) -> list:
+    return [e for e in zoo.ZOO if fnmatch.fnmatch(e.key, args.pattern)
+            and args.project in ("", e.project) and args.dataset in ("", e.dataset)]
+
+
+def cmd_zoo(args) -> None:
+    rows = [zoo.row(e) for e in _selected(args)]
+    if not rows:
+        raise ValueError(f"no zoo entry matches {args.pattern!r}{' in ' + args.project if args.project else ''}"
+                         f"{' on ' + args.dataset if args.dataset else ''}")
+    if args.json:
+        print(json.dumps(rows))
+        return
+    table = [("key", "dataset", "top-1", "model (arguments)", "test views: frames, clips x crops, short/crop")]
+    for r in rows:
+        model = f"{r['model']} ({zoo.args_text(r['args'])})" if r["args"] else r["model"]
+        table.append((r["key"], r["dataset"], f"{r['top1']:.2f}", model, r["protocol_text"]))
+    widths = [max(len(t[i]) for t in table) for i in range(len(table[0]) - 1)]
+    for t in table:
+        print("  ".join(f"{cell:<{w}}" for cell, w in zip(t, widths)) + "  " + t[-1])
+    print("\nTo reproduce a row, save its file from the link (--json lists them) and prep its dataset:")
+    for r in rows:
+        print(f"\n# {r['key']}: {zoo.PROJECTS[r['project']].title}, {r['name']} ({r['file']})")
+        print(r["command"] or f"# not yet: {r['unsupported'] or 'model ' + r['model'] + ' is not registered'}")
+        if r["config"]:
+            print(f"# fine-tuning from it: {r['config']}")
+
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_list = sub.add_parser("list", help="registered models and aliases with their input contract")
     p_list.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'sifar*'")
-    p_info = sub.add_parser("info", help="parameters and GFLOPs per view of one model")
-    p_info.add_argument("name")
+    p_info = sub.add_parser("info", help="parameters and GFLOPs per view of one model, or what a checkpoint is")
+    p_info.add_argument("name", nargs="?", default="")
+    p_info.add_argument("--ckpt", default="", help="a checkpoint file: the origin, model, arguments and contract "
+                        "models.from_checkpoint finds in it")
+    p_info.add_argument("--classes", default="", help="with --ckpt: class names for origins that need them "
+                        "(a prepped dataset, its classes.json, or one name per line)")
     p_info.add_argument("--num-classes", type=int, default=400)
     p_info.add_argument("--frames", type=int, default=None, help="default: the model's")
     p_info.add_argument("--size", type=int, default=None, help="crop size; default: the model's")
     p_info.add_argument("--json", action="store_true", help="print one JSON object")
+    p_zoo = sub.add_parser("zoo", help="the released checkpoints of the source projects and how to evaluate them")
+    p_zoo.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern on the keys, e.g. 'ila-*'")
+    p_zoo.add_argument("--project", default="", choices=("",) + tuple(zoo.PROJECTS))
+    p_zoo.add_argument("--dataset", default="", choices=("",) + tuple(zoo.DATASETS))
+    p_zoo.add_argument("--json", action="store_true", help="print a JSON list (with links and notes)")
     args = parser.parse_args(argv)
     try:
-        {"list": cmd_list, "info": cmd_info}[args.command](args)
-    except ValueError as err:
+        {"list": cmd_list, "info": cmd_info, "zoo": cmd_zoo}[args.command](args)
+    except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -21,6 +21,7 @@ import numpy as np
 PARAMS = 9
 TRAIN_CROPS = ("multiscale", "resized", "center")
 EVAL_CROPS = (1, 3, 5, 10)
+EVAL_CROP_SIDES = ("contract", "full")
 _IDENTITY_JITTER = (1.0, 1.0, 1.0, 0.0)
 
 
@@ -40,6 +41,9 @@ class AugmentConfig:
     rand_augment: int = 0  # RandAugment: operations per clip (0 = off)
     rand_augment_m: int = 9  # RandAugment magnitude, 0..30
     eval_scale: float = 256 / 224  # evaluation: short side resized to round(crop_size * eval_scale)
+    # evaluation crop side: the model's crop size, or "full": the whole resized short side (the test crops of
+    # mmaction's ThreeCrop at the Resize scale and of IBM's --disable_scaleup, which AIM, ILA and STS report)
+    eval_crop: str = "contract"
 
     def __post_init__(self):
         if self.train_crop not in TRAIN_CROPS:
@@ -55,9 +59,15 @@ class AugmentConfig:
                              f"{self.rand_augment}, {self.rand_augment_m}")
         if self.eval_scale < 1:
             raise ValueError(f"eval_scale must be >= 1 (the crop must fit), got {self.eval_scale}")
+        if self.eval_crop not in EVAL_CROP_SIDES:
+            raise ValueError(f"eval_crop must be one of {EVAL_CROP_SIDES}, got {self.eval_crop!r}")
 
     def eval_short_side(self, crop_size: int) -> int:
         return int(round(crop_size * self.eval_scale))
+
+    def eval_crop_side(self, crop_size: int) -> int:
+        """The side of the square evaluation crops for a model whose contract crop is `crop_size`."""
+        return self.eval_short_side(crop_size) if self.eval_crop == "full" else crop_size
 
 
 # --------------------------------------------------------------------------------------------- crop boxes
@@ -173,11 +183,12 @@ def train_transform(clip, params, crop_size: int, cfg: AugmentConfig, cropped: b
 
 
 def eval_transform(clip, params, crop_size: int, cfg: AugmentConfig):
-    """FHWC uint8 clip -> (clip with its short side at eval_short_side, crop position and mirror arguments)."""
+    """FHWC uint8 clip -> (clip with its short side at eval_short_side, crop size, position and mirror arguments)."""
     from nvidia.dali import fn, types
 
     clip = fn.resize(clip, resize_shorter=cfg.eval_short_side(crop_size), antialias=True)
-    return clip, {"crop": (crop_size, crop_size), "crop_pos_x": params[0], "crop_pos_y": params[1],
+    side = cfg.eval_crop_side(crop_size)
+    return clip, {"crop": (side, side), "crop_pos_x": params[0], "crop_pos_y": params[1],
                   "mirror": fn.cast(params[2], dtype=types.INT32)}
 
 

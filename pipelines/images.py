@@ -170,7 +170,8 @@ def _eval_image(jpegs, opts: GraphOptions):
     image = fn.decoders.image(jpegs, device=opts.decoder_device, output_type=types.RGB)
     image = fn.resize(image, resize_shorter=opts.augment.eval_short_side(opts.crop_size),
                       interp_type=types.INTERP_CUBIC, antialias=True)
-    return image, 0, {"crop": (opts.crop_size, opts.crop_size), "crop_pos_x": 0.5, "crop_pos_y": 0.5}
+    side = opts.augment.eval_crop_side(opts.crop_size)
+    return image, 0, {"crop": (side, side), "crop_pos_x": 0.5, "crop_pos_y": 0.5}
 
 
 def image_graph(file_root: str, files: list[str], ids: list[int], opts: GraphOptions, shard_id: int,
@@ -222,7 +223,7 @@ class ImageLoader:
 
         if batch_size < 1 or num_threads < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad batch_size {batch_size}, num_threads {num_threads}, rank {rank} of {world_size}")
-        if augment is not None and any(augment.jitter):  # the STS recipe uses RandAugment instead
+        if training and augment is not None and any(augment.jitter):  # the STS recipe uses RandAugment instead
             raise ValueError("colour jitter is not implemented for images: use rand_augment")
         if repeats < 1 or (repeats > 1 and not training):
             raise ValueError(f"repeats must be >= 1, and 1 for evaluation, got {repeats}")

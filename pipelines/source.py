@@ -117,7 +117,7 @@ class ClipSource:
                             self.data.rows[video]["id"], self.data.rows[index]["id"], reason)
                 self.damage_log.add(video, index, damaged, reason)
                 if not self.plan.training:
-                    out = _placeholder(out, video)
+                    out = _placeholder(out, video, self.data.rows[video]["label"])
             return out
         raise RuntimeError(f"every video of {self.data!r} is damaged ({reason})")
 
@@ -140,9 +140,9 @@ class ClipSource:
         return encoded, frames.astype(np.int32), meta, params
 
 
-def _placeholder(sample: tuple, video: int) -> tuple:
+def _placeholder(sample: tuple, video: int, label: int) -> tuple:
     """In evaluation a damaged view is not scored: the readable sample only fills the batch slot, marked
-    with view -1 under the damaged video's index so that the scorer skips it and reports the video."""
+    with view -1 under the damaged video's index and label so that the scorer skips it and reports the video."""
     meta = sample[-2].copy()
-    meta[1], meta[2] = video, -1
+    meta[0], meta[1], meta[2] = label, video, -1
     return (*sample[:-2], meta, sample[-1])

@@ -301,8 +301,11 @@ def test_missing_entry_is_replaced(frames_data, tmp_path):
     ds.rows = [dict(r) for r in ds.rows]
     ds.rows[1]["key"] = "no-such-key"
     out = run_epoch(build_loader(ds, "val", NCTHW, 2, False, py_workers=1))
-    assert out["index"].tolist() == [0, 2, 2, 3]
-    assert out["labels"].tolist() == [ds.record(i)["label"] for i in (0, 2, 2, 3)]
+    # in evaluation the stand-in keeps the missing video's index and label, marked view -1 (not scored)
+    assert out["index"].tolist() == [0, 1, 2, 3] and out["view"].tolist() == [0, -1, 0, 0]
+    assert out["labels"].tolist() == [ds.record(i)["label"] for i in (0, 1, 2, 3)]
+    train = run_epoch(build_loader(ds, "val", NCTHW, 2, True, py_workers=1))
+    assert 1 not in train["index"].tolist()  # training serves the next readable video under its own label
 
 
 def _call_pickled(blob: bytes, info):
@@ -346,3 +349,75 @@ def test_h264_video_store_decodes_on_gpu(base, frames_data):
     batch = next(iter(loader))
     assert batch["clips"].shape == (4, 3, 3, 24, 24) and batch["clips"].dtype == torch.bfloat16
     assert batch["clips"].is_cuda and batch["clips"].float().std() > 0.1
+
+
+# ------------------------------------------------------------------ evaluation geometry (eval_scale, eval_crop)
+# pattern_data's frames are 64x48 with red = x * 255 / 63 and green = y * 255 / 47: a crop's pixels tell which
+# source columns and rows it shows.
+
+def _source_span(clip: np.ndarray, contract: InputContract) -> tuple[tuple[float, float], tuple[float, float]]:
+    """((x of the first column, x of the last), (y of the first row, y of the last)) in source pixels, from a
+    CFHW clip's first frame."""
+    mean, std = (np.array(v).reshape(3, 1, 1) * 255 for v in (contract.mean, contract.std))
+    rgb = clip[:, 0] * std + mean
+    x, y = rgb[0] * 63 / 255, rgb[1] * 47 / 255
+    return (x[:, 0].mean(), x[:, -1].mean()), (y[0].mean(), y[-1].mean())
+
+
+def _eval_views(data, augment, crops=1) -> dict:
+    out = run_epoch(build_loader(data, "train", NCTHW, 4, False, crops=crops, py_workers=1, augment=augment))
+    return {int(v): c for v, c, i in zip(out["view"], out["clips"], out["index"]) if i == 0}
+
+
+@pytest.mark.parametrize("scale, xs, ys", [
+    (1.5, (16, 47), (8, 39)),  # short side 48: no resize, the 32 px centre crop shows 32 source pixels
+    (1.0, (8.5, 55), (0.25, 46.75)),  # short side 32: the crop spans the whole height, 1.5 source px per pixel
+])
+def test_eval_scale_sets_the_short_side_before_the_centre_crop(pattern_data, scale, xs, ys):
+    clip = _eval_views(pattern_data, AugmentConfig(eval_scale=scale))[0]
+    assert clip.shape == (3, 4, 32, 32)
+    (x0, x1), (y0, y1) = _source_span(clip, NCTHW)
+    np.testing.assert_allclose([x0, x1, y0, y1], [*xs, *ys], atol=1.5)
+
+
+def test_full_resolution_crops_are_the_whole_short_side(pattern_data):
+    """eval_crop "full": three 48x48 crops of the unresized 64x48 frame, at the left, the centre and the right."""
+    views = _eval_views(pattern_data, AugmentConfig(eval_scale=1.5, eval_crop="full"), crops=3)
+    assert sorted(views) == [0, 1, 2]
+    for view, left in zip(range(3), (0, 8, 16)):
+        assert views[view].shape == (3, 4, 48, 48)
+        (x0, x1), (y0, y1) = _source_span(views[view], NCTHW)
+        np.testing.assert_allclose([x0, x1, y0, y1], [left, left + 47, 0, 47], atol=1.5)
+
+
+def test_full_resolution_at_scale_one_is_the_contract_crop(pattern_data):
+    full = _eval_views(pattern_data, AugmentConfig(eval_scale=1.0, eval_crop="full"))[0]
+    plain = _eval_views(pattern_data, AugmentConfig(eval_scale=1.0))[0]
+    np.testing.assert_array_equal(full, plain)
+
+
+def test_eval_crop_is_checked():
+    with pytest.raises(ValueError, match="eval_crop"):
+        AugmentConfig(eval_crop="whole")
+    assert AugmentConfig(eval_scale=256 / 224, eval_crop="full").eval_crop_side(224) == 256
+    assert AugmentConfig(eval_scale=256 / 224).eval_crop_side(224) == 224
+
+
+def test_image_evaluation_takes_the_full_short_side(tmp_path):
+    """The image pipeline (pre-training checkpoints) follows the same options: a 64x48 image, short side kept,
+    one centred 48x48 crop."""
+    from PIL import Image
+
+    from pipelines.images import ImageLoader, open_image_folder
+
+    ys, xs = np.mgrid[0:48, 0:64]
+    image = np.stack([xs * 255 // 63, ys * 255 // 47, np.full_like(xs, 128)], -1).astype(np.uint8)
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    Image.fromarray(image).save(tmp_path / "val" / "a" / "0.png")
+    contract = InputContract("NCTHW", num_frames=1, crop_size=32)
+    folder = open_image_folder(tmp_path, "val", progress=False)
+    augment = AugmentConfig(eval_scale=1.5, eval_crop="full", jitter=(0.4, 0.4, 0.4, 0.1))  # jitter: training only
+    clip = next(iter(ImageLoader(folder, contract, 1, False, augment=augment)))["clips"][0].numpy()
+    assert clip.shape == (3, 1, 48, 48)
+    (x0, x1), (y0, y1) = _source_span(clip, contract)
+    np.testing.assert_allclose([x0, x1, y0, y1], [8, 55, 0, 47], atol=1.0)
