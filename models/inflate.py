@@ -10,6 +10,9 @@ Each 2D kernel k x k becomes t x k x k for the target's temporal size t:
 Only plain convolutions inflate. The factorised (2+1)D convolutions and the depthwise ones of CSN
 have no exact 2D counterpart, so their weights raise a ValueError naming the key instead of
 loading partially; pass a 3D state dict of the same architecture for those (it loads directly).
+
+3D weights named as a 2D ResNet (IBM's I3D-ResNet: `conv1`, `layer1.0.bn1`, ... with 5D kernels) get
+the same renaming and then load directly.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from .weights import head_keys, load_state_dict_checked
 
 INFLATE_MODES = ("mean", "center")
 
-# 2D ResNet (timm / torchvision) name -> torchvision video-ResNet name
+# 2D ResNet (timm / torchvision) or IBM I3D-ResNet name -> torchvision video-ResNet name
 _KEY_RULES = (
     (re.compile(r"^conv1\.weight$"), "stem.0.weight"),
     (re.compile(r"^bn1\.(.+)$"), r"stem.1.\1"),
@@ -36,8 +39,9 @@ def is_2d_resnet_state_dict(state_dict: dict) -> bool:
     return stem is not None and stem.ndim == 4
 
 
-def map_resnet2d_keys(state_dict: dict) -> dict[str, torch.Tensor]:
-    """Rename a 2D ResNet state dict to the 3D model's keys (downsample.* and fc.* are shared)."""
+def to_video_resnet_keys(state_dict: dict) -> dict[str, torch.Tensor]:
+    """Rename ResNet keys (2D, or IBM's I3D) to the 3D model's (downsample.* and fc.* are shared); keys
+    already in torchvision's video-ResNet names match no rule and stay as they are."""
     mapped = {}
     for key, value in state_dict.items():
         for pattern, replacement in _KEY_RULES:
@@ -65,7 +69,7 @@ def inflate_state_dict(state_dict: dict, model: nn.Module, mode: str = "mean") -
     own = model.state_dict()
     heads = head_keys(model)
     inflated = {}
-    for key, value in map_resnet2d_keys(state_dict).items():
+    for key, value in to_video_resnet_keys(state_dict).items():
         if value.ndim == 4:
             target = own.get(key)
             if target is None or target.ndim != 5:
@@ -88,4 +92,4 @@ def load_inflated(model: nn.Module, state_dict: dict, mode: str = "mean") -> Non
     if is_2d_resnet_state_dict(state_dict):
         load_state_dict_checked(model, inflate_state_dict(state_dict, model, mode), source="inflated 2D ResNet")
     else:
-        load_state_dict_checked(model, state_dict, source="3D weights")
+        load_state_dict_checked(model, to_video_resnet_keys(state_dict), source="3D weights")

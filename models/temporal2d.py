@@ -184,18 +184,20 @@ class TemporalSegmentResNet(ResNet):
                  crop_size: int = 224, temporal_layer=None, temporal_pool: str | None = None, **resnet_kwargs):
         block_args = None
         if temporal_layer is not None:
-            block, block_args = _TEMPORAL_BLOCKS[block], dict(temporal_layer=partial(temporal_layer,
-                                                                                       num_frames=num_frames))
+            block = _TEMPORAL_BLOCKS[block]
+            block_args = dict(temporal_layer=partial(temporal_layer, num_frames=num_frames))
         super().__init__(block=block, layers=layers, num_classes=num_classes, block_args=block_args,
                          **resnet_kwargs)
         self.num_frames = num_frames
         self.temporal_pools = None
-        frames = [num_frames] * 4
-        if temporal_pool is not None:
+        frames = [num_frames]  # of each stage
+        if temporal_pool is not None:  # after res2, res3 and res4
             self.temporal_pools = nn.ModuleList()
-            for i in range(3):
-                self.temporal_pools.append(TemporalPool(frames[i], temporal_pool))
-                frames[i + 1:] = [self.temporal_pools[i].out_frames] * (3 - i)
+            for _ in range(3):
+                self.temporal_pools.append(TemporalPool(frames[-1], temporal_pool))
+                frames.append(self.temporal_pools[-1].out_frames)
+        else:
+            frames *= 4
         if temporal_layer is not None:  # timm gives every stage the same block_args: set the later stages' frames
             for stage, stage_frames in zip(self.res_stages(), frames):
                 for block_module in stage:
