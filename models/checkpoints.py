@@ -23,6 +23,7 @@ import logging
 import os
 import pickle
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -31,8 +32,9 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-# The only non-plain types a supported file may hold: SIFAR's files keep their argparse.Namespace.
-SAFE_GLOBALS = (argparse.Namespace,)
+# The only non-plain types a supported file may hold: SIFAR's files keep their argparse.Namespace; ILA's keep
+# their yacs config (a dict subclass), read as the OrderedDict of its items without importing yacs.
+SAFE_GLOBALS = (argparse.Namespace, (OrderedDict, "yacs.config.CfgNode"))
 # Where the tensors sit in the containers of the supported origins, in order of preference.
 STATE_DICT_KEYS = ("state_dict", "model", "module", "model_state")
 # Arguments every recogniser accepts from the caller as they are (the file cannot know them).
@@ -273,7 +275,7 @@ def check_same_architecture(model: nn.Module, rec: Recognized, source: str) -> N
         reference = create_model(rec.model, **args)
     ours, theirs = _structure(model), _structure(reference)
     if type(model) is not type(reference) or ours != theirs:
-        where = next((f"{a[0]}: {a[2]} vs {b[2]}" for a, b in zip(ours, theirs) if a != b),
+        where = next((f"{a[0] or 'the model'}: {a[2] or a[1]} vs {b[2] or b[1]}" for a, b in zip(ours, theirs) if a != b),
                      f"{len(ours)} vs {len(theirs)} modules")
         raise CheckpointError(f"{source} is {rec.origin} -> {rec.model} {_args_text(rec.model_args)}; the model "
                               f"being loaded is another variant ({where}); build it with those arguments, or "

@@ -21,6 +21,8 @@ from .weights import load_state_dict_checked
 # the CLIP image towers (timm's `vit_base_patch{16,32}_clip_quickgelu_224`)
 CLIP_VIT_BASE = dict(embed_dim=768, depth=12, num_heads=12, pre_norm=True, act_layer="quick_gelu",
                      norm_layer=partial(LayerNorm, eps=1e-5))
+CLIP_VIT_LARGE = dict(embed_dim=1024, depth=24, num_heads=16, pre_norm=True, act_layer="quick_gelu",
+                      norm_layer=partial(LayerNorm, eps=1e-5))
 CLIP_VIT_TINY = dict(embed_dim=32, depth=2, num_heads=2, pre_norm=True, act_layer="quick_gelu",
                      norm_layer=partial(LayerNorm, eps=1e-5))
 
