@@ -7,27 +7,39 @@ both frames of a pair are averaged into the frames they share and, like the inte
 features, enter the residual stream through zero-initialised linear layers. A cosine loss pulls
 the two pooled aligned regions of each pair together (the "mutual information" the paper
 maximises): `forward_with_aux` returns it next to the logits; plain `forward` gives logits only.
-The class tokens are projected by CLIP's frozen `proj`, mixed over time by a one-layer
-transformer (X-CLIP's "MIT") and classified.
+The class tokens are projected by CLIP's frozen `proj` and mixed over time by a one-layer
+transformer (X-CLIP's "MIT").
 
-Trainable, as in the official repo (Francis-Rings/ILA, `models/xclip.py` freezes and
-`utils/optimizer.py` optimises): the alignment modules of every block, the MIT and the head.
-Frozen: the whole CLIP image tower, including its final norm and projection.
+The official repo (Francis-Rings/ILA) has two architectures, one per branch, chosen here by `arch`:
+  'ssv2' (branch SSV2): a full 3x3 conv opens the interactive block; a linear head classifies.
+  'k400' (branch master): a depthwise-separable conv opens it; classification is X-CLIP's: cosine
+         similarity between the video and CLIP-text embeddings of the class names (`class_names`),
+         each shifted by a video-specific prompt (cross-attention to the frames' patch tokens),
+         times exp(logit_scale).
+Trainable, as the repo optimises (`utils/optimizer.py`): the alignment modules of every block, the
+MIT and the linear head. Frozen: the CLIP towers, and for 'k400' the prompt generator and logit
+scale too, which the repo's optimiser leaves out.
 """
 from __future__ import annotations
 
+import math
+import re
 from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.layers import LayerNorm, QuickGELU, trunc_normal_
+from timm.layers import LayerNorm, Mlp, QuickGELU, trunc_normal_
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation
 
+from .checkpoints import Checkpoint, CheckpointError, Recognized, register_origin
+from .clip_text import CLIP_BLOCK_RENAMES, CLIPTextEncoder, clip_text_args, convert_clip_text, rename, tokenize
 from .registry import IMAGENET_MEAN, IMAGENET_STD, register_model
-from .vit_video import CLIP_VIT_BASE, CLIP_VIT_TINY, VideoViT, video_contract, zero_init_
+from .vit_video import CLIP_VIT_BASE, CLIP_VIT_LARGE, CLIP_VIT_TINY, VideoViT, video_contract, zero_init_
+from .weights import load_state_dict_checked
 
+ARCHS = ("ssv2", "k400")
 # the repo's training jitter of the predicted points: the point itself and its 8 neighbours
 _JITTER = ((0, 0), (0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (-1, -1), (1, -1), (-1, 1))
 
@@ -37,28 +49,35 @@ def alignment_mask(points: torch.Tensor, size: int) -> torch.Tensor:
 
     Weight 1 within 0.25 of the point along an axis, then falling linearly to 0 at 0.25 + 1/1.5.
     """
-    grid = torch.linspace(-1, 1, size, device=points.device, dtype=points.dtype)
+    grid = torch.arange(size, device=points.device, dtype=points.dtype) / (size - 1) * 2 - 1  # the repo's grid
     dist = (grid - points.unsqueeze(-1)).abs()  # (..., 2, size)
     weight = (1 - 1.5 * (dist - 0.25).clamp(min=0)).clamp(min=0)
     return weight[..., 1, :, None] * weight[..., 0, None, :]
 
 
+def _conv_bn_relu(c_in: int, c_out: int, kernel: int, groups: int = 1) -> Conv2dNormActivation:
+    return Conv2dNormActivation(c_in, c_out, kernel, groups=groups, bias=True)  # the repo's convs keep a bias
+
+
+def _interactive_block(channels: int, hidden: int, arch: str) -> nn.Sequential:
+    if arch == "k400":  # depthwise-separable opening
+        first = [_conv_bn_relu(channels, channels, 3, groups=channels), _conv_bn_relu(channels, hidden, 1)]
+    else:
+        first = [_conv_bn_relu(channels, hidden, 3)]
+    return nn.Sequential(*first, _conv_bn_relu(hidden, hidden, 3))
+
+
 class LearnableAlignment(nn.Module):
     """ILA's alignment of neighbouring frames (the repo's `ILA` module)."""
 
-    def __init__(self, dim: int, grid_size: int, hidden: int = 256, jitter: float = 0.2):
+    def __init__(self, dim: int, grid_size: int, hidden: int = 256, jitter: float = 0.2, arch: str = "ssv2"):
         super().__init__()
         self.grid_size = grid_size
         half = hidden // 2
-        # the repo's Kinetics variant: depthwise-separable first layer (its SSv2 one uses a full 3x3)
-        self.interact = nn.Sequential(
-            Conv2dNormActivation(2 * dim, 2 * dim, 3, groups=2 * dim),
-            Conv2dNormActivation(2 * dim, hidden, 1),
-            Conv2dNormActivation(hidden, hidden, 3),
-        )
-        self.predict = nn.Sequential(
-            Conv2dNormActivation(hidden, half, 3), nn.MaxPool2d(2),
-            Conv2dNormActivation(half, half, 3), nn.MaxPool2d(2),
+        self.interact = _interactive_block(2 * dim, hidden, arch)
+        self.predict = nn.Sequential(  # the repo pools before its ReLU: the same, as max and ReLU commute
+            _conv_bn_relu(hidden, half, 3), nn.MaxPool2d(2),
+            _conv_bn_relu(half, half, 3), nn.MaxPool2d(2),
             nn.AdaptiveMaxPool2d(1),
         )
         # one point per frame of the pair (the two groups see the two halves of the features);
@@ -73,6 +92,9 @@ class LearnableAlignment(nn.Module):
     def decay_jitter(self) -> None:
         """The repo halves the training jitter every epoch from epoch 30 on."""
         self.jitter.mul_(0.5)
+
+    def extra_repr(self) -> str:
+        return f"grid_size={self.grid_size}"
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, T, 1 + HW, D) -> aligned frames and interactive features (B, T, 1 + HW, D), loss."""
@@ -108,12 +130,13 @@ def _merge_pairs(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
 class ILABlock(Block):
     """timm ViT block preceded by ILA's alignment, joined through zero-initialised linear layers."""
 
-    def __init__(self, dim: int, *, num_frames: int, grid_size: int, align_hidden: int = 256, **block_kwargs):
+    def __init__(self, dim: int, *, num_frames: int, grid_size: int, align_hidden: int = 256, arch: str = "ssv2",
+                 **block_kwargs):
         super().__init__(dim, **block_kwargs)
         self.num_frames = num_frames
         self.align_fc = nn.Linear(dim, dim)
         self.align_norm = LayerNorm(dim)
-        self.align = LearnableAlignment(dim, grid_size, align_hidden)
+        self.align = LearnableAlignment(dim, grid_size, align_hidden, arch=arch)
         self.skip_aligned = nn.Linear(dim, dim)
         self.skip_interact = nn.Linear(dim, dim)
 
@@ -147,26 +170,105 @@ class FrameIntegration(nn.Module):
         return F.normalize(x.mean(1), dim=-1)
 
 
-class ILA(VideoViT):
-    trainable_keys = r"mit\.|head\.|blocks\.\d+\.(align|skip_)"
-    video_keys = trainable_keys
+class PromptAttention(nn.Module):
+    """Multi-head cross-attention from the class texts (queries) to a video's tokens (keys, values)."""
 
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v = (nn.Linear(dim, dim, bias=False) for _ in range(3))
+        self.proj = nn.Linear(dim, dim)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}"
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        heads = lambda t: t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # noqa: E731
+        out = F.scaled_dot_product_attention(heads(self.q(x)), heads(self.k(context)), heads(self.v(context)))
+        return self.proj(out.transpose(1, 2).flatten(2))
+
+
+class PromptBlock(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = PromptAttention(dim, max(1, dim // 64))
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, 4 * dim, act_layer=QuickGELU)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), context)
+        return x + self.mlp(self.norm2(x))
+
+
+class VideoPrompt(nn.Module):
+    """X-CLIP's video-specific prompt generator: class texts (B, K, E) attend to the video's tokens
+    (B, N, E); the result, scaled per channel by `alpha`, is added to the text embeddings."""
+
+    def __init__(self, dim: int, depth: int = 2, alpha: float = 0.1):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList([PromptBlock(dim) for _ in range(depth)])
+        self.alpha = nn.Parameter(torch.full((dim,), alpha))
+        for module in self.blocks.modules():
+            if isinstance(module, nn.Linear):
+                init_weights_vit_timm(module)
+
+    def forward(self, text: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+        video = self.norm(video)
+        for block in self.blocks:
+            text = block(text, video)
+        return self.alpha * text
+
+
+class ILA(VideoViT):
     def __init__(self, num_classes: int = 400, num_frames: int = 8, img_size: int = 224, patch_size: int = 16,
                  proj_dim: int = 512, mit_depth: int = 1, align_hidden: int = 256, drop_rate: float = 0.5,
-                 freeze_backbone: bool = True, **vit_kwargs):
+                 freeze_backbone: bool = True, arch: str = "ssv2", class_names: list[str] | None = None,
+                 text_width: int = 512, text_depth: int = 12, text_heads: int = 8, context_length: int = 77,
+                 vocab_size: int = 49408, prompt_depth: int = 2, prompt_alpha: float = 0.1, **vit_kwargs):
+        if arch not in ARCHS:
+            raise ValueError(f"ILA arch must be one of {ARCHS}, got {arch!r}")
+        _check_class_names(num_classes, class_names)
         block_fn = partial(ILABlock, num_frames=num_frames, grid_size=img_size // patch_size,
-                           align_hidden=align_hidden)
+                           align_hidden=align_hidden, arch=arch)
         super().__init__(num_frames, freeze_backbone, block_fn=block_fn, img_size=img_size, patch_size=patch_size,
                          num_classes=0, **vit_kwargs)
+        self.arch, self.num_classes, self.class_names = arch, num_classes, class_names
         self.proj = nn.Linear(self.embed_dim, proj_dim, bias=False)  # CLIP's visual.proj
         self.mit = FrameIntegration(proj_dim, num_frames, mit_depth)
-        self.head = nn.Sequential(nn.LayerNorm(proj_dim), nn.Dropout(drop_rate), nn.Linear(proj_dim, num_classes))
-        self.num_classes = num_classes
         self.mit.apply(init_weights_vit_timm)  # as the repo: truncated normal (0.02) linears
-        self.head.apply(init_weights_vit_timm)
+        self.text = None
+        if arch == "k400":
+            self._build_text_classifier(class_names, proj_dim, dict(
+                width=text_width, depth=text_depth, num_heads=text_heads, context_length=context_length,
+                vocab_size=vocab_size), prompt_depth, prompt_alpha)
+        else:
+            self.head = nn.Sequential(nn.LayerNorm(proj_dim), nn.Dropout(drop_rate),
+                                      nn.Linear(proj_dim, num_classes))
+            self.head.apply(init_weights_vit_timm)
+        trained = r"mit\.|blocks\.\d+\.(align|skip_)"
+        self.trainable_keys = trained + (r"|head\." if arch == "ssv2" else "")
+        # no image file has these; 'k400' takes its text tower and logit scale from CLIP in load_pretrained
+        self.video_keys = self.trainable_keys + (r"|prompt|text\.|logit_scale" if arch == "k400" else "")
         for block in self.blocks:
             block.init_skips()
         self.freeze()
+
+    def _build_text_classifier(self, class_names: list[str], proj_dim: int, text_args: dict, prompt_depth: int,
+                               prompt_alpha: float) -> None:
+        self.head_names = ()  # no linear classifier: the classes are the text embeddings
+        self.text = CLIPTextEncoder(proj_dim, **text_args)
+        # without names the model still builds (to load or check a file) but cannot classify
+        tokens = tokenize(class_names, text_args["context_length"]) if class_names else None
+        self.register_buffer("class_tokens", tokens, persistent=False)
+        self.prompt_norm = LayerNorm(self.embed_dim, eps=1e-5)
+        self.prompt_proj = nn.Linear(self.embed_dim, proj_dim, bias=False)
+        nn.init.normal_(self.prompt_proj.weight)  # the repo: torch.randn, never trained
+        self.prompt = VideoPrompt(proj_dim, prompt_depth, prompt_alpha)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self._class_cache = None
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_class_cache", None))
 
     def image_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """timm names CLIP's projection `head.weight`; here it is the frozen `proj`."""
@@ -174,6 +276,19 @@ class ILA(VideoViT):
         if "head.weight" in sd:
             sd["proj.weight"] = sd.pop("head.weight")
         return {k: v for k, v in sd.items() if not k.startswith("head.")}
+
+    def load_pretrained(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """As VideoViT's; for 'k400' an OpenAI CLIP file also gives the text tower and the logit scale."""
+        own_file = any(k.startswith(("mit.", "text.")) for k in state_dict)
+        if self.text is not None and not own_file:
+            if "token_embedding.weight" not in state_dict:
+                raise ValueError("ILA arch='k400' needs CLIP's text tower too: load an OpenAI CLIP state dict")
+            load_state_dict_checked(self.text, convert_clip_text(state_dict), source="OpenAI CLIP text tower")
+            self._class_cache = None
+            with torch.no_grad():
+                self.logit_scale.copy_(state_dict["logit_scale"])
+            state_dict = {k: v for k, v in state_dict.items() if k != "logit_scale"}  # not an own-file key here
+        super().load_pretrained(state_dict)
 
     def set_epoch(self, epoch: int) -> None:
         """Training hook (called by train before each 0-based epoch): the repo halves the alignment jitter
@@ -183,6 +298,32 @@ class ILA(VideoViT):
             align.jitter.copy_(torch.tensor(_JITTER, dtype=torch.float32, device=align.jitter.device)
                                * align.base_jitter * 0.5 ** max(0, epoch - 29))
 
+    def class_embeddings(self) -> torch.Tensor:
+        """(K, E) CLIP-text embeddings of the class names. With the text tower frozen (the repo's FIX_TEXT)
+        they are computed once and kept, as the repo's `use_cache`; a load, a move to another device or
+        dtype, or autocast recomputes them. A text tower that trains is run at every training step."""
+        if self.class_tokens is None:
+            raise ValueError("ILA arch='k400' classifies by the CLIP-text embeddings of the class names: build it "
+                             "with class_names=[...], one per class")
+        if self.training and any(p.requires_grad for p in self.text.parameters()):
+            self._class_cache = None  # the step changes the tower
+            return self.text(self.class_tokens)
+        weight = self.text.token_embedding.weight
+        key = (weight.device, weight.dtype, torch.is_autocast_enabled(weight.device.type))
+        if self._class_cache is None or self._class_cache[0] != key:
+            with torch.no_grad():
+                self._class_cache = (key, self.text(self.class_tokens))
+        return self._class_cache[1]
+
+    def text_logits(self, video: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """Normalised video embeddings (B, E) and the last block's patch tokens (B*T, HW, D) -> (B, K)."""
+        b = video.shape[0]
+        patches = self.prompt_proj(self.prompt_norm(patches))
+        patches = patches.view(b, self.num_frames, *patches.shape[1:]).mean(1)
+        text = self.class_embeddings().expand(b, -1, -1)
+        text = F.normalize(text + self.prompt(text, patches), dim=-1)
+        return self.logit_scale.exp() * torch.einsum("bd,bkd->bk", video, text)
+
     def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the summed alignment (cosine) loss of all blocks, which the repo adds to the loss."""
         b = x.shape[0]
@@ -191,8 +332,9 @@ class ILA(VideoViT):
         for block in self.blocks:
             x, loss = block(x)
             aux = aux + loss
-        x = self.proj(self.norm(x[:, 0])).view(b, self.num_frames, -1)
-        return self.head(self.mit(x)), aux
+        video = self.mit(self.proj(self.norm(x[:, 0])).view(b, self.num_frames, -1))
+        logits = self.head(video) if self.text is None else self.text_logits(video, x[:, 1:])
+        return logits, aux
 
     def forward(self, x: torch.Tensor, return_aux: bool = False):
         """`return_aux=True` (train passes it through DDP) also returns the alignment loss."""
@@ -200,24 +342,199 @@ class ILA(VideoViT):
         return (logits, aux) if return_aux else logits
 
 
-def _create_ila(num_classes: int, num_frames: int, crop_size: int, vit_args: dict, **kwargs) -> ILA:
-    model = ILA(num_frames=num_frames, img_size=crop_size, num_classes=num_classes, **{**vit_args, **kwargs})
+def _check_class_names(num_classes: int, class_names: list[str] | None) -> None:
+    if class_names and len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
+
+
+# --------------------------------------------------------------------------- the repo's released files
+
+# the repo's `ILA` module (message_attn) -> LearnableAlignment, module by module
+_ALIGN_PATHS = {
+    "conv": "temporal_conv", "fc": "fc",
+    "prediction_block.0": "predict.0.0", "prediction_block.1": "predict.0.1",
+    "prediction_block.4": "predict.2.0", "prediction_block.5": "predict.2.1",
+    "prediction_block.10": "point_head.0", "prediction_block.12": "point_head.2",
+}
+_INTERACT_PATHS = {
+    "ssv2": {"0": "0.0", "1": "0.1", "3": "1.0", "4": "1.1"},
+    "k400": {"0.depthwise_conv.0": "0.0", "0.depthwise_conv.1": "0.1", "0.pointwise_conv.0": "1.0",
+             "0.pointwise_conv.1": "1.1", "1": "2.0", "2": "2.1"},
+}
+_RENAMES = (
+    (r"^visual\.conv1\.", "patch_embed.proj."), (r"^visual\.class_embedding$", "cls_token"),
+    (r"^visual\.positional_embedding$", "pos_embed"), (r"^visual\.ln_pre\.", "norm_pre."),
+    (r"^visual\.ln_post\.", "norm."), (r"^visual\.proj$", "proj.weight"),
+    (r"^visual\.transformer\.resblocks\.", "blocks."), (r"\.message_fc\.", ".align_fc."),
+    (r"\.message_ln\.", ".align_norm."), (r"\.temporal_skip_fc\.", ".skip_interact."),
+    (r"\.temporal_skip_align_fc\.", ".skip_aligned."),
+    (r"^mit\.positional_embedding$", "mit.pos_embed"), (r"^mit\.resblocks\.", "mit.blocks."),
+    (r"^mit\.classify_head\.", "head."),
+    (r"^prompts_visual_ln\.", "prompt_norm."), (r"^prompts_visual_proj$", "prompt_proj.weight"),
+    (r"^prompts_generator\.decoder\.", "prompt.blocks."), (r"^prompts_generator\.", "prompt."),
+    (r"\.cross_attn\.(q|k|v)_proj\.", r".attn.\1."), (r"\.cross_attn\.proj\.", ".attn.proj."),
+    (r"(prompt\.blocks\.\d+)\.norm3\.", r"\1.norm2."), (r"(prompt\.blocks\.\d+)\.mlp\.0\.", r"\1.mlp.fc1."),
+    (r"(prompt\.blocks\.\d+)\.mlp\.3\.", r"\1.mlp.fc2."),
+) + CLIP_BLOCK_RENAMES
+_TRANSPOSED = ("visual.proj", "prompts_visual_proj")
+_TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
+
+
+def _align_key(key: str, arch: str) -> str:
+    block, path = key.split(".message_attn.")
+    path, param = path.rsplit(".", 1)
+    if path.startswith("interactive_block."):
+        new = "interact." + _INTERACT_PATHS[arch].get(path.removeprefix("interactive_block."), path)
+    else:
+        new = _ALIGN_PATHS.get(path, path)
+    return f"{rename(block, _RENAMES)}.align.{new}.{param}"
+
+
+def convert_ila(sd: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
+    """A state dict of the repo's XCLIP model (either branch) in this ILA's keys."""
+    out = {f"text.{k}": v for k, v in convert_clip_text(sd).items()}
+    for key, value in sd.items():
+        if key.startswith(_TEXT_KEYS):
+            continue
+        if ".message_attn." in key:
+            out[_align_key(key, arch)] = value
+            continue
+        if key in _TRANSPOSED:
+            value = value.t()
+        elif key == "visual.class_embedding":
+            value = value.view(1, 1, -1)
+        elif key == "visual.positional_embedding":
+            value = value.unsqueeze(0)
+        out[rename(key, _RENAMES)] = value
+    return out
+
+
+def _count(sd: dict, prefix: str) -> int:
+    return len({k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)})
+
+
+def _file_arch(path: str, sd: dict) -> str:
+    """'ssv2' or 'k400' from the keys: the interactive block's opening and the classifier must agree."""
+    separable = any(".interactive_block.0.depthwise_conv." in k for k in sd)
+    text = "token_embedding.weight" in sd and "prompts_generator.alpha" in sd
+    linear = "mit.classify_head.2.weight" in sd
+    if separable and text and not linear:
+        return "k400"
+    if not separable and linear and not text:
+        return "ssv2"
+    raise CheckpointError(f"{path}: ILA file with a {'separable' if separable else 'full'} interactive block and "
+                          f"{'a text' if text else 'a linear' if linear else 'no'} classifier: no released ILA "
+                          "architecture has that pair")
+
+
+def _vision_args(path: str, sd: dict, config: dict) -> tuple[str, dict]:
+    conv = sd["visual.conv1.weight"]
+    width, patch = conv.shape[0], conv.shape[-1]
+    name = next((n for n, v in _VARIANTS.items() if (v["embed_dim"], v["patch_size"]) == (width, patch)), None)
+    if name is None:
+        raise CheckpointError(f"{path}: ILA file with a ViT of width {width} and patch {patch}: no such ILA variant")
+    grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    hidden = [v.shape[0] for k, v in sd.items() if ".message_attn.interactive_block." in k and v.ndim == 4][-1]
+    found = dict(depth=_count(sd, "visual.transformer.resblocks."), img_size=grid * patch,
+                 proj_dim=sd["visual.proj"].shape[1], mit_depth=_count(sd, "mit.resblocks."), align_hidden=hidden)
+    size = (config.get("DATA") or {}).get("INPUT_SIZE")
+    if size not in (None, found["img_size"]):
+        raise CheckpointError(f"{path}: ILA file whose config says INPUT_SIZE {size} but whose position table "
+                              f"is for {found['img_size']}")
+    return name, found
+
+
+def _text_args(sd: dict) -> dict:
+    text = clip_text_args(sd)
+    return dict(text_width=text["width"], text_depth=text["depth"], text_heads=text["num_heads"],
+                context_length=text["context_length"], vocab_size=text["vocab_size"],
+                prompt_depth=_count(sd, "prompts_generator.decoder."))
+
+
+def _num_classes(sd: dict, arch: str, config: dict, overrides: dict) -> tuple[int, list[str]]:
+    """The classes a model of this file gets, and notes. 'ssv2': the head's rows, unless the caller asks
+    for the dataset's own count (config DATA.NUM_CLASSES): the repo's SSv2 code builds a 400-way head
+    for SSv2's 174 classes, whose first rows are the classes. 'k400': one per class name."""
+    names = overrides.get("class_names")
+    wanted = overrides.get("num_classes") or (len(names) if names else None)
+    if arch == "k400":
+        return (len(names) if names else wanted or (config.get("DATA") or {}).get("NUM_CLASSES", 400)), []
+    rows = sd["mit.classify_head.2.weight"].shape[0]
+    dataset = (config.get("DATA") or {}).get("NUM_CLASSES")
+    if wanted is not None and wanted != rows and wanted == dataset:
+        return wanted, [f"kept the first {wanted} of the head's {rows} rows (DATA.NUM_CLASSES {dataset})"]
+    return rows, []
+
+
+@register_origin
+def ila_released(ckpt: Checkpoint, overrides: dict) -> Recognized | None:
+    """Files of the repo's training script (`{'model', 'optimizer', ..., 'config'}`, XCLIP keys)."""
+    sd = ckpt.state_dict
+    if "visual.conv1.weight" not in sd or "mit.positional_embedding" not in sd \
+            or not any(".message_attn." in k for k in sd):
+        return None
+    config = ckpt.field("config") if isinstance(ckpt.field("config"), dict) else {}
+    arch = _file_arch(ckpt.path, sd)
+    name, found = _vision_args(ckpt.path, sd, config)
+    frames = sd["mit.positional_embedding"].shape[1]
+    if overrides.get("num_frames", frames) != frames:
+        raise CheckpointError(f"{ckpt.path}: ILA file for {frames} frames (mit.positional_embedding); "
+                              f"num_frames={overrides['num_frames']} does not fit it")
+    if arch == "k400":
+        found.update(_text_args(sd))
+    num_classes, notes = _num_classes(sd, arch, config, overrides)
+    defaults = _VARIANTS[name]
+    args = dict(arch=arch, num_classes=num_classes, num_frames=frames,
+                **{k: v for k, v in found.items() if defaults.get(k, _DEFAULTS.get(k)) != v})
+    state_dict = convert_ila(sd, arch)
+    if "head.2.weight" in state_dict and num_classes < state_dict["head.2.weight"].shape[0]:
+        state_dict["head.2.weight"] = state_dict["head.2.weight"][:num_classes]
+        state_dict["head.2.bias"] = state_dict["head.2.bias"][:num_classes]
+    model_name = (config.get("MODEL") or {}).get("ARCH", "?")
+    return Recognized(origin=f"ILA ({model_name}, arch '{arch}')", model=name, model_args=args,
+                      state_dict=state_dict, classes=overrides.get("class_names"), notes=notes)
+
+
+# ---------------------------------------------------------------------------------------- variants
+
+# the arguments of ILA that the variants set or that the repo's files may change
+_DEFAULTS = dict(img_size=224, proj_dim=512, mit_depth=1, align_hidden=256, text_width=512, text_depth=12,
+                 text_heads=8, context_length=77, vocab_size=49408, prompt_depth=2)
+_VARIANTS = {
+    "ila_vit_base_patch16": dict(CLIP_VIT_BASE, patch_size=16),
+    "ila_vit_base_patch32": dict(CLIP_VIT_BASE, patch_size=32),
+    "ila_vit_large_patch14": dict(CLIP_VIT_LARGE, patch_size=14, proj_dim=768, text_width=768, text_heads=12),
+    "ila_tiny": dict(CLIP_VIT_TINY, patch_size=8, img_size=32, proj_dim=16, align_hidden=16, text_width=32,
+                     text_depth=1, text_heads=2),
+}
+
+
+def _create_ila(name: str, num_classes: int, num_frames: int, **kwargs) -> ILA:
+    args = {**_VARIANTS[name], **kwargs}
+    model = ILA(num_frames=num_frames, num_classes=num_classes, **args)
     # the repo normalises with ImageNet statistics (X-CLIP's pipeline) and samples one frame per segment
-    model.input_contract = video_contract(num_frames, crop_size, IMAGENET_MEAN, IMAGENET_STD, "tsn")
+    crop = args.get("img_size", _DEFAULTS["img_size"])
+    model.input_contract = video_contract(num_frames, crop, IMAGENET_MEAN, IMAGENET_STD, "tsn")
     return model
 
 
 @register_model
 def ila_vit_base_patch16(num_classes: int = 400, num_frames: int = 8, **kwargs) -> ILA:
-    return _create_ila(num_classes, num_frames, 224, dict(CLIP_VIT_BASE, patch_size=16), **kwargs)
+    """arch='ssv2' (linear head, default) or 'k400' (video-text classifier: pass class_names)."""
+    return _create_ila("ila_vit_base_patch16", num_classes, num_frames, **kwargs)
 
 
 @register_model
 def ila_vit_base_patch32(num_classes: int = 400, num_frames: int = 8, **kwargs) -> ILA:
-    return _create_ila(num_classes, num_frames, 224, dict(CLIP_VIT_BASE, patch_size=32), **kwargs)
+    return _create_ila("ila_vit_base_patch32", num_classes, num_frames, **kwargs)
+
+
+@register_model
+def ila_vit_large_patch14(num_classes: int = 400, num_frames: int = 8, **kwargs) -> ILA:
+    """img_size=336 for the repo's ViT-L/14@336px files."""
+    return _create_ila("ila_vit_large_patch14", num_classes, num_frames, **kwargs)
 
 
 @register_model
 def ila_tiny(num_classes: int = 400, num_frames: int = 4, **kwargs) -> ILA:
-    tiny = dict(CLIP_VIT_TINY, patch_size=8, proj_dim=16, align_hidden=16)
-    return _create_ila(num_classes, num_frames, 32, tiny, **kwargs)
+    return _create_ila("ila_tiny", num_classes, num_frames, **kwargs)

@@ -65,7 +65,9 @@ def load_pretrained(model: nn.Module, path: str) -> None:
     from .checkpoints import check_same_architecture, load_recognized, read_checkpoint, recognize
 
     ckpt = read_checkpoint(path)
-    recognized = recognize(ckpt, required=False)
+    # the classes the model was built for: an origin that can adapt its head to them does (ILA's SSv2 files)
+    wanted = {"num_classes": model.num_classes} if getattr(model, "num_classes", None) else {}
+    recognized = recognize(ckpt, wanted, required=False)
     if recognized is not None:
         check_same_architecture(model, recognized, path)
         load_recognized(model, recognized, path, reset_head=True)
