@@ -1,5 +1,5 @@
 """`python -m models list` | `info NAME [--num-classes C --frames T --size S] [--json]` | `info --ckpt FILE`
-| `zoo [PATTERN] [--project P] [--dataset D] [--json]`."""
+| `zoo [PATTERN] [--project P] [--dataset D] [--json]` | `export --ckpt CKPT --format onnx|torchscript --out FILE`."""
 from __future__ import annotations
 
 import argparse
@@ -144,6 +144,18 @@ def cmd_zoo(args) -> None:
 
 
 
+def cmd_export(args) -> None:
+    from .export import export
+
+    rec, model, overrides = _recognise(args)
+    if model is None:
+        raise ValueError(f"{args.ckpt}: {rec.origin} needs {', '.join(rec.needs)} (pass --classes)")
+    diff = export(model, args.format, args.out)
+    c = model.input_contract
+    print(f"{args.out}: {rec.model} as {args.format}, input {c.layout} {c.num_frames}x{c.crop_size} "
+          f"(contract stored in the file), max |logits - PyTorch| {diff:.2e}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,10 +176,16 @@ def main(argv=None) -> int:
     p_zoo.add_argument("--project", default="", choices=("",) + tuple(zoo.PROJECTS))
     p_zoo.add_argument("--dataset", default="", choices=("",) + tuple(zoo.DATASETS))
     p_zoo.add_argument("--json", action="store_true", help="print a JSON list (with links and notes)")
+    p_export = sub.add_parser("export", help="a checkpoint's model as ONNX or TorchScript, checked against PyTorch")
+    p_export.add_argument("--ckpt", required=True)
+    p_export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p_export.add_argument("--out", required=True)
+    p_export.add_argument("--frames", type=int, default=None, help="frames per clip (default: the checkpoint's)")
+    p_export.add_argument("--classes", default="", help="class names for origins that need them")
     args = parser.parse_args(argv)
     try:
-        {"list": cmd_list, "info": cmd_info, "zoo": cmd_zoo}[args.command](args)
-    except (ValueError, OSError) as err:
+        {"list": cmd_list, "info": cmd_info, "zoo": cmd_zoo, "export": cmd_export}[args.command](args)
+    except (ValueError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

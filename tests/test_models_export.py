@@ -39,3 +39,19 @@ def test_a_wrong_export_is_an_error(tmp_path):
         model.fc.bias.add_(1.0)  # the file no longer matches the model it claims to be
     with pytest.raises(ExportError, match="differs from PyTorch"):
         check_export(model, "onnx", out)
+
+
+def test_export_command_from_a_checkpoint(tmp_path, capsys):
+    from models.__main__ import main
+
+    model = models.create_model("i3d_tiny", num_classes=5, num_frames=4)
+    ckpt = tmp_path / "best.pt"
+    torch.save({"model_name": "i3d_tiny", "num_classes": 5, "classes": list("abcde"),
+                "contract": model.input_contract.to_dict(), "config": {"model_args": {}}, "model": model.state_dict(),
+                "ema": None}, ckpt)
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--ckpt", str(ckpt), "--format", "onnx", "--out", str(out)]) == 0
+    assert "max |logits - PyTorch|" in capsys.readouterr().out
+    assert read_contract("onnx", str(out))["num_frames"] == 4
+    assert main(["export", "--ckpt", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
+    assert "not found" in capsys.readouterr().err
