@@ -6,31 +6,50 @@ alpha-th of them. 4x16: Slow 4 frames at stride 16, Fast 32 at stride 2 (alpha 8
 widths), time-strided 1D convolutions carry Fast features into Slow after the stem and after
 res2-res4 (channel ratio 2). Slow: SlowOnly's blocks (temporal kernels in res4-res5 only, 1x7x7
 stem); Fast: temporal kernels in every stage and a 5x7x7 stem. No temporal striding anywhere.
+
+mmaction's ResNet3dSlowFast (the STS authors' released files) is the same network but for two
+parameter-free details, options here: its lateral connections are a bare conv (`lateral_norm=False`;
+PySlowFast follows it with BN + ReLU) and its SlowFastHead concatenates the pooled Fast features
+before the Slow ones (`feature_order="fast_slow"`). Its slow pathway samples frames 0, alpha, 2 alpha..
+of the clip (nearest interpolation by 1/tau with tau = alpha in its configs), as here.
 """
 from __future__ import annotations
+
+import re
 
 import torch
 from torch import nn
 from torchvision.models.video.resnet import Conv3DNoTemporal
 
+from .checkpoints import CheckpointError
 from .registry import IMAGENET_MEAN, IMAGENET_STD, InputContract, register_model
 from .resnet3d import SLOWONLY_BLOCKS, TINY_CROP, TINY_WIDTHS, Stem3d, TemporalBottleneck, init_weights_, make_res_stage
-from .sts import convert_to_sts
+from .resnet3d import mmaction_layers, mmaction_pathway_key
+from .sts import convert_to_sts, sts_mode
 from .weights import load_state_dict_checked
 
 
 class LateralFusion(nn.Module):
-    """Fast -> Slow lateral connection: a time-strided tx1x1 conv, concatenated to Slow."""
+    """Fast -> Slow lateral connection: a time-strided tx1x1 conv (+ BN + ReLU with `norm`),
+    concatenated to Slow."""
 
-    def __init__(self, fast_channels: int, alpha: int, kernel: int, channel_ratio: int = 2):
+    def __init__(self, fast_channels: int, alpha: int, kernel: int, channel_ratio: int = 2, norm: bool = True):
         super().__init__()
         self.conv = nn.Conv3d(fast_channels, fast_channels * channel_ratio, (kernel, 1, 1),
                               (alpha, 1, 1), (kernel // 2, 0, 0), bias=False)
-        self.bn = nn.BatchNorm3d(fast_channels * channel_ratio)
-        self.relu = nn.ReLU(inplace=True)
+        if norm:
+            self.bn = nn.BatchNorm3d(fast_channels * channel_ratio)
+            self.relu = nn.ReLU(inplace=True)
+        self.norm = norm
 
     def forward(self, slow: torch.Tensor, fast: torch.Tensor) -> torch.Tensor:
-        return torch.cat([slow, self.relu(self.bn(self.conv(fast)))], dim=1)
+        lateral = self.conv(fast)
+        if self.norm:
+            lateral = self.relu(self.bn(lateral))
+        return torch.cat([slow, lateral], dim=1)
+
+
+FEATURE_ORDERS = ("slow_fast", "fast_slow")
 
 
 class SlowFast(nn.Module):
@@ -38,9 +57,13 @@ class SlowFast(nn.Module):
 
     def __init__(self, layers=(3, 4, 6, 3), widths=(64, 128, 256, 512), alpha: int = 8,
                  beta_inv: int = 8, fusion_kernel: int = 5, fusion_ratio: int = 2,
-                 fast_stem_kernel: int = 5, num_classes: int = 400, drop_rate: float = 0.5):
+                 fast_stem_kernel: int = 5, num_classes: int = 400, drop_rate: float = 0.5,
+                 lateral_norm: bool = True, feature_order: str = "slow_fast"):
         super().__init__()
+        if feature_order not in FEATURE_ORDERS:
+            raise ValueError(f"feature_order must be one of {FEATURE_ORDERS}, got {feature_order!r}")
         self.alpha = alpha
+        self.feature_order = feature_order
         fast_widths = [w // beta_inv for w in widths]
         self.slow_stem = Stem3d(widths[0], 1, pool=True)
         self.fast_stem = Stem3d(fast_widths[0], fast_stem_kernel, pool=True)
@@ -48,7 +71,7 @@ class SlowFast(nn.Module):
         slow_in, fast_in = widths[0], fast_widths[0]
         for i, num_blocks in enumerate(layers):
             stride = 1 if i == 0 else 2
-            self.fusions.append(LateralFusion(fast_in, alpha, fusion_kernel, fusion_ratio))
+            self.fusions.append(LateralFusion(fast_in, alpha, fusion_kernel, fusion_ratio, lateral_norm))
             slow_in += fast_in * fusion_ratio
             self.slow_layers.append(make_res_stage(SLOWONLY_BLOCKS[i], Conv3DNoTemporal, slow_in, widths[i],
                                                    num_blocks, stride))
@@ -61,18 +84,28 @@ class SlowFast(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes)
         init_weights_(self)
 
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, feature_order={self.feature_order}"
+
     def res_stages(self) -> tuple[nn.Module, ...]:
         return (*self.slow_layers, *self.fast_layers)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, num_features): the pathways' maps differ in frames and width, so each is pooled and joined here."""
         slow, fast = self.slow_stem(x[:, :, :: self.alpha]), self.fast_stem(x)
         for fuse, slow_stage, fast_stage in zip(self.fusions, self.slow_layers, self.fast_layers):
             slow = slow_stage(fuse(slow, fast))
             fast = fast_stage(fast)
-        return torch.cat([self.avgpool(slow).flatten(1), self.avgpool(fast).flatten(1)], dim=1)
+        pooled = [self.avgpool(slow).flatten(1), self.avgpool(fast).flatten(1)]
+        return torch.cat(pooled if self.feature_order == "slow_fast" else pooled[::-1], dim=1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """`x`: forward_features' pooled (N, num_features) pathways; `pre_logits` returns them past the dropout."""
+        x = self.dropout(x)
+        return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.forward_features(x)))
+        return self.forward_head(self.forward_features(x))
 
     def load_pretrained(self, state_dict: dict) -> None:
         """Only SlowFast (3D) weights of this layout: the Fast pathway and the lateral
@@ -88,13 +121,14 @@ SLOWFAST_CONTRACT = InputContract("NCTHW", 32, 224, IMAGENET_MEAN, IMAGENET_STD,
 
 
 def create_slowfast(contract: InputContract, num_classes: int = 400, num_frames: int | None = None,
-                    sts: bool = False, **kwargs) -> SlowFast:
+                    sts: bool | str = False, **kwargs) -> SlowFast:
     model = SlowFast(num_classes=num_classes, **kwargs)
     num_frames = num_frames or contract.num_frames
     if num_frames % model.alpha:
         raise ValueError(f"SlowFast needs num_frames divisible by alpha={model.alpha}, got {num_frames}")
-    if sts:
-        convert_to_sts(*model.res_stages())
+    mode = sts_mode(sts)
+    if mode:  # both pathways' temporal convs (the authors' reshape_t), not the lateral connections
+        convert_to_sts(*model.res_stages(), mode=mode)
     model.input_contract = contract.replace(num_frames=num_frames)
     return model
 
@@ -115,3 +149,43 @@ def slowfast_50_8x8(num_classes=400, num_frames=32, **kwargs):
 def slowfast_tiny(num_classes=400, num_frames=8, **kwargs):
     kwargs = dict(layers=(1, 1, 1, 1), widths=TINY_WIDTHS, alpha=2, beta_inv=2, fusion_kernel=5) | kwargs
     return create_slowfast(SLOWFAST_CONTRACT.replace(crop_size=TINY_CROP), num_classes, num_frames, **kwargs)
+
+
+# ------------------------------------------------------------------ mmaction files (the STS paper's)
+# Recognised by models/resnet3d.py's `mmaction_resnet3d`, which hands `backbone.slow_path.*` files here.
+
+_MMACTION_SLOWFAST = {"4x16": ("slowfast_50_4x16", 5), "8x8": ("slowfast_50_8x8", 7)}  # fusion kernels
+
+
+def _mmaction_slowfast_key(key: str) -> str:
+    """`backbone.{slow,fast}_path.*` / `cls_head.fc_cls.*` -> this SlowFast's key."""
+    if key.startswith("cls_head.fc_cls."):
+        return "fc." + key[len("cls_head.fc_cls."):]
+    path, rest = key[len("backbone."):].split(".", 1)
+    lateral = re.match(r"(conv1|layer(\d))_lateral\.conv\.(.*)", rest)
+    if lateral:  # laterals feed the slow stage after the stem (conv1) or after stage N
+        return f"fusions.{int(lateral[2] or 0)}.conv.{lateral[3]}"
+    new = mmaction_pathway_key(rest, factorized_stem=False)
+    side = path.split("_")[0]
+    if new.startswith("stem."):
+        return f"{side}_stem.{new[len('stem.'):]}"
+    stage = re.match(r"layer(\d)\.(.*)", new)
+    return f"{side}_layers.{int(stage[1]) - 1}.{stage[2]}" if stage else new
+
+
+def mmaction_slowfast(sd: dict, meta: dict) -> tuple[str, dict, dict]:
+    """(registered name, arguments, state dict) of an mmaction ResNet3dSlowFast + SlowFastHead file.
+    alpha is not in the weights: the experiment name's 4x16 / 8x8 says it, else the fusion kernel
+    (5 and 7 in the configs of both)."""
+    kernel = sd["backbone.slow_path.conv1_lateral.conv.weight"].shape[2]
+    exp = str(meta.get("exp_name") or meta.get("config_name") or "")
+    tag = next((t for t in _MMACTION_SLOWFAST if t in exp), None)
+    tag = tag or next((t for t, (_, k) in _MMACTION_SLOWFAST.items() if k == kernel), None)
+    layers = mmaction_layers(sd, "backbone.slow_path.")
+    slow_width, fast_width = (sd[f"backbone.{p}.conv1.conv.weight"].shape[0] for p in ("slow_path", "fast_path"))
+    fast_ratio = slow_width // fast_width
+    if tag is None or _MMACTION_SLOWFAST[tag][1] != kernel or layers != (3, 4, 6, 3) or fast_ratio != 8:
+        raise CheckpointError(f"mmaction SlowFast ({exp or 'no experiment name'}: fusion kernel {kernel}, slow "
+                              f"blocks {layers}, beta 1/{fast_ratio}) is not SlowFast-50 4x16 or 8x8")
+    args = dict(lateral_norm=False, feature_order="fast_slow")
+    return _MMACTION_SLOWFAST[tag][0], args, {_mmaction_slowfast_key(k): v for k, v in sd.items()}

@@ -1,5 +1,7 @@
 """3D ResNets, SlowFast, STS convolution and 2D->3D inflation (models/resnet3d.py, slowfast.py,
 sts.py, inflate.py). Full-size models only on the meta device; real compute on tiny variants."""
+import re
+
 import pytest
 import torch
 import timm
@@ -10,9 +12,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.video.resnet import Bottleneck, Conv3DSimple
 
-from models import create_model, list_models
+from models import CheckpointError, create_model, list_models
+from models.registry import IMAGENET_MEAN
+from models.checkpoints import Checkpoint, check_same_architecture
 from models.inflate import inflate_kernel
-from models.resnet3d import ResNet3d, Stem3d
+from models.resnet3d import FactorizedConv3d, ResNet3d, Stem3d, mmaction_resnet3d
 from models.sts import STSConv3d, convert_to_sts
 
 TINY = ["i3d_tiny", "r3d_tiny", "r2plus1d_tiny", "ircsn_tiny", "slowonly_tiny", "slowfast_tiny"]
@@ -106,6 +110,22 @@ def test_i3d_structure_follows_ibm():
     assert [stage[0].conv2[0].stride for stage in model.res_stages()] == [(1, 1, 1)] + [(2, 2, 2)] * 3
 
 
+def test_i3d_without_temporal_stride_keeps_every_frame():
+    """IBM's --without_t_stride (all of their released I3D files): stride 2 in space only, blocks and shortcuts."""
+    model = meta_model("i3d_resnet50", temporal_stride=False)
+    stages = model.res_stages()
+    assert [s[0].conv2[0].stride for s in stages] == [(1, 1, 1)] + [(1, 2, 2)] * 3
+    assert [s[0].downsample[0].stride for s in stages] == [(1, 1, 1)] + [(1, 2, 2)] * 3
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in meta_model("i3d_resnet50").parameters())
+
+
+def test_temporal_strides_need_full_3d_convs():
+    with pytest.raises(ValueError, match="temporal_strides needs full 3D convolutions"):
+        with torch.device("meta"):
+            ResNet3d(Bottleneck, torchvision.models.video.resnet.Conv2Plus1D, (1, 1, 1, 1), Stem3d(8),
+                     temporal_strides=(1, 1, 1, 1))
+
+
 # ---------------------------------------------------------------- tiny models: real compute
 
 @pytest.mark.parametrize("name", TINY)
@@ -181,7 +201,7 @@ def _sts_convs(model):
 
 @pytest.mark.parametrize("name, expected", [
     ("ircsn_tiny", lambda n: n.endswith("conv2.0")),  # depthwise 3x3x3 of every block
-    ("r2plus1d_tiny", lambda n: n.endswith(".0.3")),  # temporal conv of every (2+1)D pair
+    ("r2plus1d_tiny", lambda n: n.endswith(".0.3") or n == "stem.3"),  # every (2+1)D pair's temporal conv
     ("slowonly_tiny", lambda n: n.startswith(("layer3", "layer4")) and n.endswith("conv1.0")),
     ("slowfast_tiny", lambda n: (n.startswith(("slow_layers.2", "slow_layers.3", "fast_layers")))
      and n.endswith("conv1.0")),
@@ -194,7 +214,7 @@ def test_sts_replaces_the_intended_convs(name, expected):
     temporal = [n for n, m in plain.named_modules() if isinstance(m, nn.Conv3d) and m.kernel_size[0] > 1
                 and expected(n)]
     assert converted and sorted(converted) == sorted(temporal)
-    assert not any("stem" in n or "fusions" in n for n in converted)
+    assert not any(("stem" in n and name != "r2plus1d_tiny") or "fusions" in n for n in converted)
     assert params(sts) == params(plain) and sts.state_dict().keys() == plain.state_dict().keys()
     sts.load_state_dict(plain.state_dict())
     x = plain.input_contract.example_input(1)
@@ -202,14 +222,15 @@ def test_sts_replaces_the_intended_convs(name, expected):
         assert not torch.allclose(sts(x), plain(x))
 
 
+@pytest.mark.parametrize("mode", ["authors", "2d"])
 @pytest.mark.parametrize("kernel, groups, stride, bias", [
     ((3, 3, 3), 8, (1, 1, 1), False), ((3, 3, 3), 8, (2, 2, 2), True), ((3, 3, 3), 1, (1, 2, 2), False),
     ((3, 1, 1), 1, (2, 1, 1), True),
 ])
-def test_sts_appearance_half_has_no_temporal_receptive_field(kernel, groups, stride, bias):
+def test_sts_appearance_half_has_no_temporal_receptive_field(kernel, groups, stride, bias, mode):
     torch.manual_seed(0)
     padding = tuple(k // 2 for k in kernel)
-    conv = STSConv3d(8, 8, kernel, stride, padding, groups=groups, bias=bias)
+    conv = STSConv3d(8, 8, kernel, stride, padding, groups=groups, bias=bias, mode=mode)
     plain = nn.Conv3d(8, 8, kernel, stride, padding, groups=groups, bias=bias)
     plain.weight, plain.bias = conv.weight, conv.bias
     x = torch.randn(1, 8, 8, 12, 12)
@@ -225,10 +246,12 @@ def test_sts_appearance_half_has_no_temporal_receptive_field(kernel, groups, str
     assert changed[:4, centre].all() and not changed[:4, others].any()
 
 
-def test_sts_spatiotemporal_impulse_uses_row_and_column_slices():
-    """Depthwise 3x3x3: appearance = centre 3x3 + first slice as a 1x9 row + last slice as a 9x1 column."""
+@pytest.mark.parametrize("mode", ["authors", "2d"])
+def test_sts_spatiotemporal_impulse_uses_row_and_column_slices(mode):
+    """Depthwise 3x3x3: appearance = centre 3x3 + first slice as a 1x9 row + last slice as a 9x1 column
+    (an impulse away from the borders: both modes agree)."""
     torch.manual_seed(0)
-    conv = STSConv3d(2, 2, 3, padding=1, groups=2, bias=False)
+    conv = STSConv3d(2, 2, 3, padding=1, groups=2, bias=False, mode=mode)
     x = torch.zeros(1, 2, 3, 11, 11)
     x[0, 0, 1, 5, 5] = 1.0
     with torch.no_grad():
@@ -243,7 +266,9 @@ def test_sts_spatiotemporal_impulse_uses_row_and_column_slices():
 
 @pytest.mark.parametrize("args", [
     dict(kernel_size=(1, 3, 3), padding=(0, 1, 1)),  # no temporal kernel
-    dict(kernel_size=(3, 1, 1), padding=(1, 0, 0), out_channels=6),  # not divisible by 4
+    dict(kernel_size=(3, 1, 1), padding=(1, 0, 0), groups=2),  # grouped temporal kernel
+    dict(kernel_size=(3, 1, 1), padding=(1, 0, 0), stride=(1, 2, 2)),  # the authors' have no spatial stride
+    dict(kernel_size=3, padding=1, out_channels=6, groups=2, mode="wrapped"),  # unknown mode
     dict(kernel_size=3, padding=0),  # not 'same' padding
 ])
 def test_sts_rejects_unsupported_convs(args):
@@ -257,6 +282,221 @@ def test_convert_to_sts_shares_weights():
     weight = block[0].weight
     assert convert_to_sts(block) == 1
     assert isinstance(block[0], STSConv3d) and block[0].weight is weight and type(block[1]) is nn.Conv3d
+
+
+def test_convert_to_sts_kinds_and_mode():
+    """The authors' reshape_st / reshape_t flags pick spatiotemporal or temporal kernels; the mode is kept."""
+    def block():
+        return nn.Sequential(nn.Conv3d(4, 8, (3, 1, 1), padding=(1, 0, 0)), nn.Conv3d(8, 8, 3, padding=1, groups=8))
+
+    only_t, only_st = block(), block()
+    assert convert_to_sts(only_t, reshape_st=False, mode="2d") == 1 and convert_to_sts(only_st, reshape_t=False) == 1
+    assert isinstance(only_t[0], STSConv3d) and type(only_t[1]) is nn.Conv3d and only_t[0].mode == "2d"
+    assert type(only_st[0]) is nn.Conv3d and isinstance(only_st[1], STSConv3d) and only_st[1].mode == "authors"
+    assert "sts_mode=authors" in only_st[1].extra_repr()
+
+
+def _flattened_filter(x, taps, stride, columns):
+    """The authors' 1-D STS filter read independently: output j of a frame sums taps[:, :, i] times the
+    frame's (row-major, or column-major for `columns`) flattened sample j*s*s + i - L//2, zero outside
+    the frame; output j is cell j of the strided grid in the same order."""
+    n, _, t, h, w = x.shape
+    length, s = taps.shape[-1], stride
+    frames = (x.transpose(3, 4) if columns else x).reshape(n, -1, t, h * w)
+    out = torch.zeros(n, taps.shape[0], t, (h // s) * (w // s))
+    for j in range(out.shape[-1]):
+        for i in range(length):
+            q = j * s * s + i - length // 2
+            if 0 <= q < h * w:
+                out[..., j] += torch.einsum("oc,nct->not", taps[:, :, i], frames[..., q])
+    return out.view(n, -1, t, w // s, h // s).transpose(3, 4) if columns else out.view(n, -1, t, h // s, w // s)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("columns", [False, True])
+def test_sts_authors_mode_runs_slices_on_flattened_frames(stride, columns):
+    """Depthwise 3x3x3, the authors' way: the first (rows) or last (columns) slice is a 9-tap filter over
+    each frame flattened row- or column-major, wrapping across row ends, spatial stride s as s*s."""
+    torch.manual_seed(0)
+    conv = STSConv3d(4, 4, 3, (1, stride, stride), 1, groups=4, bias=False, mode="authors")
+    with torch.no_grad():  # keep one 1-D slice of the appearance half
+        conv.weight[:2, :, [1, 0 if columns else 2]] = 0
+    x = torch.randn(1, 4, 3, 6, 8)
+    taps = torch.diag_embed(conv.weight[:2, 0, 2 if columns else 0].detach().flatten(1).T).permute(1, 2, 0)
+    with torch.no_grad():
+        got = conv(x)[:, :2]
+        other = STSConv3d.from_conv(conv, mode="2d")(x)[:, :2]
+    torch.testing.assert_close(got, _flattened_filter(x[:, :2], taps, stride, columns))
+    assert not torch.allclose(got, other)  # the 2-D filters do not wrap
+
+
+def test_sts_authors_temporal_kernel_splits_rows_then_columns():
+    """t x 1 x 1 kernels: the appearance half's first ceil(n/2) channels run the taps along the
+    flattened rows, the rest along the columns (torch.chunk's split); the motion half is the plain conv."""
+    torch.manual_seed(0)
+    conv = STSConv3d(5, 6, (3, 1, 1), padding=(1, 0, 0), bias=False)
+    plain = nn.Conv3d(5, 6, (3, 1, 1), padding=(1, 0, 0), bias=False)
+    plain.weight = conv.weight
+    x = torch.randn(1, 5, 4, 4, 6)
+    taps = conv.weight[:3].detach().flatten(2)
+    with torch.no_grad():
+        out = conv(x)
+        torch.testing.assert_close(out[:, :2], _flattened_filter(x, taps[:2], 1, False))
+        torch.testing.assert_close(out[:, 2:3], _flattened_filter(x, taps[2:], 1, True))
+        torch.testing.assert_close(out[:, 3:], plain(x)[:, 3:])
+
+
+def test_sts_authors_mode_needs_even_sides_under_spatial_stride():
+    conv = STSConv3d(4, 4, 3, (1, 2, 2), 1, groups=4, mode="authors")
+    x = torch.randn(1, 4, 2, 7, 8)
+    with pytest.raises(ValueError, match="divisible by 2.*sts='2d'"):
+        conv(x)
+    assert STSConv3d.from_conv(conv, mode="2d")(x).shape[-2:] == (4, 4)
+
+
+def test_sts_argument_of_the_builders():
+    assert meta_model("ircsn_tiny", sts=True).layer1[0].conv2[0].mode == "authors"
+    # STS networks fine-tune from ImageNet weights: torchvision's Kinetics statistics give way to ImageNet's
+    assert meta_model("r2plus1d_tiny", sts=True).input_contract.mean == IMAGENET_MEAN != meta_model(
+        "r2plus1d_tiny").input_contract.mean
+    assert meta_model("slowfast_tiny", sts="2d").fast_layers[0][0].conv1[0].mode == "2d"
+    with pytest.raises(ValueError, match="sts must be"):
+        meta_model("slowonly_tiny", sts="flat")
+
+
+# ---------------------------------------------------------------- mmaction structures (the STS paper's files)
+
+MMACTION_R2PLUS1D = dict(bn_eps=1e-3, temporal_strides=1, stem_pool=True, factorize_all=True)
+
+
+def test_r2plus1d_factorize_all_is_mmactions_resnet2plus1d():
+    """83-channel factorised stem + max-pool, factorised 1x1x1 shortcuts, block norms at eps 1e-3 but the
+    norms inside each (2+1)D pair at torch's default, no temporal stride: the authors' 63.76M parameters."""
+    model = meta_model("r2plus1d_34", **MMACTION_R2PLUS1D)
+    assert model.stem[0].out_channels == 83 and isinstance(model.stem[6], nn.MaxPool3d)
+    assert (model.stem[1].eps, model.stem[4].eps) == (1e-5, 1e-3)
+    block = model.layer2[0]
+    assert isinstance(block.downsample[0], FactorizedConv3d) and block.downsample[0][0].out_channels == 54
+    assert (block.conv1[0][1].eps, block.conv1[1].eps, block.downsample[0][1].eps) == (1e-5, 1e-3, 1e-5)
+    assert all(m.stride[0] == 1 for m in model.modules() if isinstance(m, nn.Conv3d))
+    assert params(model) == 63_759_281
+    plain = meta_model("r2plus1d_34")
+    assert plain.stem[0].out_channels == 45 and plain.layer2[0].conv1[0][3].stride == (2, 1, 1)
+    with pytest.raises(ValueError, match="factorize_all"):
+        meta_model("r3d_18", factorize_all=True)
+
+
+@pytest.mark.parametrize("name, kwargs", [("r2plus1d_tiny", dict(MMACTION_R2PLUS1D, sts=True)),
+                                          ("ircsn_tiny", dict(bn_eps=1e-3, temporal_strides=1, sts=True))])
+def test_no_temporal_stride_keeps_every_frame(name, kwargs):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, **kwargs).eval()
+    x = model.input_contract.example_input(1)
+    with torch.no_grad():
+        assert model.forward_features(x).shape[2] == x.shape[2]
+        assert create_model(name, num_classes=10).forward_features(x).shape[2] < x.shape[2]
+
+
+def test_slowfast_mmaction_laterals_and_head_order():
+    """mmaction's laterals are bare convs, and its head sees [Fast, Slow] pooled features."""
+    torch.manual_seed(0)
+    ours = create_model("slowfast_tiny", num_classes=10, lateral_norm=False).eval()
+    theirs = create_model("slowfast_tiny", num_classes=10, lateral_norm=False, feature_order="fast_slow").eval()
+    assert not hasattr(ours.fusions[0], "bn") and "feature_order=fast_slow" in theirs.extra_repr()
+    theirs.load_state_dict(ours.state_dict())
+    x = ours.input_contract.example_input(1)
+    with torch.no_grad():
+        slow_fast, fast_slow = ours.forward_features(x), theirs.forward_features(x)
+    slow = ours.slow_layers[-1][-1].conv3[0].out_channels
+    torch.testing.assert_close(fast_slow, torch.cat([slow_fast[:, slow:], slow_fast[:, :slow]], 1))
+    with pytest.raises(ValueError, match="feature_order"):
+        create_model("slowfast_tiny", feature_order="slow_first")
+
+
+_TO_MMACTION = (  # our ResNet3d keys -> mmaction's Recognizer3D names (first match wins)
+    (r"^fc\.", "cls_head.fc_cls."),
+    (r"^stem\.0\.", "conv1.conv{s}."), (r"^stem\.1\.", "conv1.{bn}."), (r"^stem\.3\.", "conv1.conv.conv_t."),
+    (r"^stem\.4\.", "conv1.bn."),
+    (r"\.(conv\d|downsample)\.0\.0\.", r".\1.conv.conv_s."), (r"\.(conv\d|downsample)\.0\.1\.", r".\1.conv.bn_s."),
+    (r"\.(conv\d|downsample)\.0\.3\.", r".\1.conv.conv_t."),
+    (r"\.conv2\.0\.(?=weight)", ".conv2.{csn}conv."), (r"\.conv2\.1\.", ".conv2.{csn_bn}."),
+    (r"\.(conv\d|downsample)\.0\.", r".\1.conv."), (r"\.(conv\d|downsample)\.1\.", r".\1.bn."),
+)
+
+
+def _mmaction_file(model, meta=None):
+    """A Checkpoint as the authors' mmaction code would save `model` (meta tensors: shapes only)."""
+    factorized, csn = model.stem.factorized, getattr(model.layer1[0].conv2[0], "groups", 1) > 1
+    fill = dict(s=".conv_s" if factorized else "", bn="conv.bn_s" if factorized else "bn",
+                csn="0." if csn else "", csn_bn="0.bn" if csn else "bn")
+    sd = {}
+    for key, value in model.state_dict().items():
+        pattern, replacement = next((p, r) for p, r in _TO_MMACTION if re.search(p, key))
+        name = re.sub(pattern, replacement.format(**fill), key, count=1)
+        sd[name if name.startswith("cls_head.") else "backbone." + name] = value
+    container = {"meta": meta if meta is not None else {"exp_name": "x_STS_k400_video"}, "state_dict": sd}
+    return Checkpoint("epoch_50.pth", container, sd)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("ircsn_152", dict(sts=True, bn_eps=1e-3, temporal_strides=1)),
+    ("slowonly_50", dict(sts=True)),
+    ("r2plus1d_18", dict(sts=True, **MMACTION_R2PLUS1D)),
+])
+def test_mmaction_files_are_recognised_and_refuse_other_variants(name, kwargs):
+    model = meta_model(name, num_classes=174, **kwargs)
+    rec = mmaction_resnet3d(_mmaction_file(model), {})
+    assert (rec.model, rec.model_args) == (name, dict(num_classes=174, **kwargs))
+    own = model.state_dict()
+    assert {k: v.shape for k, v in rec.state_dict.items()} == {k: v.shape for k, v in own.items()}
+    check_same_architecture(model, rec, "epoch_50.pth")
+    for other in (meta_model(name, num_classes=174), meta_model(name, num_classes=174, **dict(kwargs, sts="2d"))):
+        with pytest.raises(CheckpointError, match="another variant") as err:
+            check_same_architecture(other, rec, "epoch_50.pth")
+        assert "\n" not in str(err.value)
+
+
+def test_mmaction_sts_comes_from_the_meta_or_the_caller():
+    model = meta_model("r2plus1d_18", **MMACTION_R2PLUS1D)
+    config = "model = dict(backbone=dict(conv_cfg=dict(type='Conv2plus1d_reshape'), temporal_strides=(1, 1, 1, 1)))"
+    assert mmaction_resnet3d(_mmaction_file(model, {"config": config}), {}).model_args["sts"] is True
+    plain = mmaction_resnet3d(_mmaction_file(model, {"exp_name": "r2plus1d_r34_8x8_k400"}), {}).model_args
+    assert plain["sts"] is False and "temporal_strides" not in plain  # mmaction2's configs stride time
+    csn = _mmaction_file(meta_model("ircsn_50"), {"exp_name": "ircsn_ig65m_pretrained_r152_32x2x1_58e_k400.py"})
+    assert mmaction_resnet3d(csn, {}).model_args == dict(num_classes=400, sts=False, bn_eps=1e-3)
+    with pytest.raises(CheckpointError, match="pass sts=True or sts=False"):
+        mmaction_resnet3d(_mmaction_file(model, {}), {})
+    assert mmaction_resnet3d(_mmaction_file(model, {}), {"sts": True}).model_args["sts"] is True
+
+
+def test_mmaction_recogniser_leaves_other_files_alone():
+    with torch.device("meta"):
+        head = {"cls_head.fc_cls.weight": torch.empty(400, 768)}
+        aim = {"backbone.conv1.weight": torch.empty(768, 3, 16, 16), **head}  # CLIP names
+        x3d = {"backbone.conv1_s.conv.weight": torch.empty(24, 3, 1, 3, 3), **head}
+        tsn = {"backbone.conv1.conv.weight": torch.empty(64, 3, 7, 7), **head}  # mmaction's 2D ResNet
+    for sd in (aim, x3d, tsn):
+        assert mmaction_resnet3d(Checkpoint("f.pth", {"state_dict": sd}, sd), {}) is None
+    slowonly = _mmaction_file(meta_model("slowonly_50"))
+    with torch.device("meta"):  # an I3D-style stem: an mmaction ResNet3d the toolkit does not build
+        slowonly.state_dict["backbone.conv1.conv.weight"] = torch.empty(64, 3, 5, 7, 7)
+    with pytest.raises(CheckpointError, match="other than ir-CSN"):
+        mmaction_resnet3d(slowonly, {})
+
+
+def test_mmaction_slowfast_alpha_from_name_or_fusion_kernel():
+    with torch.device("meta"):
+        sd = {"backbone.slow_path.conv1.conv.weight": torch.empty(64, 3, 1, 7, 7),
+              "backbone.fast_path.conv1.conv.weight": torch.empty(8, 3, 5, 7, 7),
+              "backbone.slow_path.conv1_lateral.conv.weight": torch.empty(16, 8, 7, 1, 1),
+              "cls_head.fc_cls.weight": torch.empty(400, 2304)}
+        for i, blocks in enumerate((3, 4, 6, 3), 1):
+            sd.update({f"backbone.slow_path.layer{i}.{j}.conv1.conv.weight": torch.empty(1) for j in range(blocks)})
+    rec = mmaction_resnet3d(Checkpoint("f.pth", {"meta": {"exp_name": "slowfast50_STS"}, "state_dict": sd}, sd), {})
+    assert rec.model == "slowfast_50_8x8" and rec.model_args["feature_order"] == "fast_slow"
+    assert rec.state_dict["fusions.0.conv.weight"].shape == (16, 8, 7, 1, 1)
+    with pytest.raises(CheckpointError, match="not SlowFast-50 4x16 or 8x8"):
+        mmaction_resnet3d(Checkpoint("f.pth", {"meta": {"exp_name": "slowfast50_4x16_STS"}}, sd), {})
 
 
 # ---------------------------------------------------------------- 2D -> 3D inflation

@@ -26,6 +26,18 @@ CASES = sorted(p.stem for p in (REFS / "cases").glob("*.json"))
 
 # case -> (registered model, arguments) a user would write to build the authors' variant by hand
 TOOLKIT_VARIANT = {
+    "ila_vitb16_f8_ssv2": ("ila_vit_base_patch16", {"arch": "ssv2"}),
+    "ila_vitb16_f8_k400": ("ila_vit_base_patch16", {"arch": "k400"}),
+    "sts_ircsn50_f32": ("ircsn_50", {"sts": True, "bn_eps": 1e-3, "temporal_strides": 1}),
+    "sts_slowonly50_f8": ("slowonly_50", {"sts": True}),
+    "sts_slowfast50_4x16_f32": ("slowfast_50_4x16", {"sts": True, "lateral_norm": False, "feature_order": "fast_slow"}),
+    "sts_r2plus1d34_f8": ("r2plus1d_34", {"sts": True, "bn_eps": 1e-3, "temporal_strides": 1, "stem_pool": True,
+                                          "factorize_all": True}),
+    "ibm_tam_r50_nots": ("tam_resnet50", {}),
+    "ibm_i3d_r50_nots": ("i3d_resnet50", {"temporal_stride": False}),
+    "aim_vitb16_f8_k400": ("aim_vit_base_patch16", {}),
+    "sifar_b14_224_3x3_pe_f8": ("sifar_base_patch4_window14_224_3x3", {"hpe_to_token": True}),
+    "sts_x3d_s_f13": ("x3d_s", {"sts": True}),
     "ibm_tsn_r50_nots": ("tsn_resnet50", {}),
 }
 
