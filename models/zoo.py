@@ -155,6 +155,13 @@ _STS_MODELS = {
     "Slowonly50": ("slowonly_50", 8, 8, 256, "slowonly/slowonly50_8x8", "slowonly/slowonly50_1x8"),
     "X3D-S": ("x3d_s", 13, 6, 192, "x3d/x3d_s_13x6", "x3d/x3d_s_1x8"),
 }
+# the arguments the STS repo's mmaction structures need (what models.from_checkpoint reads from their files)
+_STS_ARGS = {
+    "ircsn_50": {"sts": True, "bn_eps": 1e-3, "temporal_strides": 1},
+    "r2plus1d_34": {"sts": True, "bn_eps": 1e-3, "temporal_strides": 1, "stem_pool": True, "factorize_all": True},
+    "slowfast_50_4x16": {"sts": True, "lateral_norm": False, "feature_order": "fast_slow"},
+    "slowfast_50_8x8": {"sts": True, "lateral_norm": False, "feature_order": "fast_slow"},
+}
 _STS_IMAGENET = ("python -m eval reads an authors' file as a video checkpoint, and no recogniser reads "
                  "Image_Pre_Training's timm files yet")
 
@@ -174,7 +181,8 @@ def _sts(row: str, dataset: str, top1: float, epochs: int = 50) -> Release:
         protocol, key = Protocol(1, "tsn", 1, 1, 1, 256, 224), f"sts-{slug}-imagenet"
         note = "ImageNet pre-training (one-frame clips): Image_Pre_Training/scripts/*/distributed_eval.sh"
     file = f"{row} {'' if dataset != 'kinetics400' else f'{epochs}-epoch '}file in the README's {folder} folder"
-    return Release(key, "sts", row, file, url, dataset, top1, model, {"sts": True}, protocol,
+    args = _STS_ARGS.get(model, {"sts": True}) if dataset != "imagenet" else {"sts": True}
+    return Release(key, "sts", row, file, url, dataset, top1, model, dict(args), protocol,
                    config="configs/ircsn_50_ssv2.yaml" if (model, dataset) == ("ircsn_50", "ssv2") else "",
                    unsupported=_STS_IMAGENET if dataset == "imagenet" else "", note=note)
 
