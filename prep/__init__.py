@@ -1,2 +1,2 @@
 """Offline prep: decode each video once into a few large shards (`python -m prep --help`)."""
-from .dataset import DamagedEntry, PreppedDataset, open_dataset  # noqa: F401
+from .dataset import DamagedEntry, DamagedShard, PreppedDataset, open_dataset  # noqa: F401

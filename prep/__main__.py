@@ -8,11 +8,14 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 
 from .decode import DecodeOptions
 from .presets import diving48_tasks, hmdb51_tasks, kinetics700_tasks, restrict_to_classes, ucf101_tasks
-from .runner import JobOptions, merge, parse_part, run_prep
+from .guard import PrepFailed, PrepInterrupted
+from .runner import JobOptions, merge, parse_part, part_lock, run_prep
+from .store import DEFAULT_CHUNK_BYTES, DiskFull
 from .tasks import kinetics_tasks, number_tasks, parse_video_lists, ssv2_tasks
 
 
@@ -32,6 +35,10 @@ def _job_args(p: argparse.ArgumentParser, short_side: int = 256) -> None:
     p.add_argument("--format", choices=("lmdb", "arrow"), default="lmdb")
     p.add_argument("--store", choices=("frames", "video"), default="frames",
                    help="JPEG frames (default) or the encoded video bytes (GPU-decode path)")
+    p.add_argument("--reencode", nargs="?", const="h264", default="", choices=("h264", "vp9"),
+                   help="with --store video: re-encode each video once to --short-side with a keyframe every few "
+                        "frames and no B-frames, in a codec every NVDEC decodes (h264, the default) or vp9 (DALI's "
+                        "CPU video decoder); without it the source bytes are kept")
     p.add_argument("--short-side", type=int, default=short_side, help="resize the short side to this (0: keep)")
     p.add_argument("--fps", type=float, default=None, help="keep about this many frames per second (default: all)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality")
@@ -42,6 +49,8 @@ def _job_args(p: argparse.ArgumentParser, short_side: int = 256) -> None:
     p.add_argument("--part", type=parse_part, default=(0, 1), metavar="I/N",
                    help="do only part I of N (0-based): one per machine or Slurm array task")
     p.add_argument("--shard-size", type=parse_size, default=parse_size("1G"), help="cap per shard file")
+    p.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK_BYTES,
+                   help="a longer video's frames are written in pieces of about this size (bounds memory)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -53,8 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeatable; the split defaults to train/val/test from the file name")
     p.add_argument("--root", required=True, help="folder the list's paths are relative to")
     p.add_argument("--classes", help="class names, one per line (line = label); default: from the lists")
+    p.add_argument("--num-classes", type=int, help="numeric labels run 0..N-1 (default: inferred from the lists)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="store list entries that lie outside --root (absolute paths, ../); rejected by default")
     _job_args(p)
-    for name, helptext in (("ssv2", "Something-Something v2 (labels.json, train.json, validation.json)"),
+    for name, helptext in (("ssv2", "Something-Something v2 (labels.json, train.json, validation.json, or their "
+                            "something-something-v2-*.json release names)"),
                            ("kinetics400", "Kinetics-400 (CSV: label,youtube_id,time_start,time_end,split)"),
                            ("kinetics700", "Kinetics-700 (CSVs as Kinetics-400)"),
                            ("diving48", "Diving48 (Diving48_V2_train.json, _test.json, rgb/<vid_name>.mp4)"),
@@ -95,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _tasks_for(args):
     if args.command == "videos":
-        return parse_video_lists(args.list, args.root, args.classes)
+        return parse_video_lists(args.list, args.root, args.classes, num_classes=args.num_classes,
+                                 allow_outside_root=args.allow_outside_root)
     if args.command in SUBSET_PRESETS:
         tasks, classes = SUBSET_PRESETS[args.command](args.root, args.videos)
         return restrict_to_classes(tasks, classes, args.subset) if args.subset else (tasks, classes)
@@ -113,14 +127,17 @@ def _tasks_for(args):
 
 
 def _prep(args) -> dict:
-    tasks, classes = _tasks_for(args)
-    if not tasks:
-        raise ValueError("no videos to prep: the lists or annotation files are empty")
-    decode = DecodeOptions(short_side=args.short_side, fps=args.fps, quality=args.quality, chroma=args.chroma,
-                           store=args.store, min_frames=args.min_frames)
-    job = JobOptions(fmt=args.format, shard_bytes=args.shard_size, workers=args.workers, part=args.part,
-                     progress=not args.no_progress)
-    return run_prep(number_tasks(tasks), classes, args.out, decode, job)
+    with part_lock(args.out, args.part):  # before anything is written, the synthetic videos included
+        tasks, classes = _tasks_for(args)
+        if not tasks:
+            raise ValueError("no videos to prep: the lists or annotation files are empty")
+        if args.reencode and args.store != "video":
+            raise ValueError("--reencode re-encodes stored videos: it needs --store video")
+        decode = DecodeOptions(short_side=args.short_side, fps=args.fps, quality=args.quality, chroma=args.chroma,
+                               store=args.store, min_frames=args.min_frames, reencode=args.reencode)
+        job = JobOptions(fmt=args.format, shard_bytes=args.shard_size, workers=args.workers, part=args.part,
+                         progress=not args.no_progress, chunk_bytes=args.chunk_size)
+        return run_prep(number_tasks(tasks), classes, args.out, decode, job)
 
 
 def main(argv=None) -> int:
@@ -148,6 +165,18 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"prep: error: {e}", file=sys.stderr)
         return 2
+    except DiskFull as e:
+        print(f"prep: error: {e}: free some space and run the same command again to resume", file=sys.stderr)
+        return 1
+    except PrepFailed as e:
+        print(f"prep: error: {e}", file=sys.stderr)
+        return 1
+    except PrepInterrupted as e:
+        print(f"prep: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # before the run proper (reading lists, making synthetic videos): nothing to resume
+        print("prep: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     print(json.dumps(summary))
     return 0
 

@@ -7,9 +7,9 @@ import os
 import zlib
 
 from .runner import read_jsonl
-from .store import DamagedEntry, ShardReader
+from .store import DamagedEntry, DamagedShard, ShardReader
 
-__all__ = ["PreppedDataset", "open_dataset", "DamagedEntry"]
+__all__ = ["PreppedDataset", "open_dataset", "DamagedEntry", "DamagedShard"]
 
 
 class PreppedDataset:
@@ -19,7 +19,7 @@ class PreppedDataset:
         manifest = os.path.join(root, "manifest.jsonl")
         if not os.path.exists(manifest):
             raise FileNotFoundError(f"{root} is not a prepped dataset (no manifest.jsonl; unfinished prep or "
-                                    "parts not merged: `python -m prep merge {root}`)")
+                                    f"parts not merged: `python -m prep merge {root}`)")
         rows = read_jsonl(manifest)
         if split is not None:
             splits = sorted({r["split"] for r in rows})
@@ -29,7 +29,9 @@ class PreppedDataset:
         with open(os.path.join(root, "classes.json")) as f:
             self.classes: list[str] = json.load(f)
         self.root, self.split, self.rows = root, split, rows
-        self.reader = ShardReader(os.path.join(root, "shards"))
+        # each shard's identity as prep recorded it: a shard file from another prep run is refused
+        identities = {r["shard"]: r["shard_id"] for r in rows if r.get("shard_id")}
+        self.reader = ShardReader(os.path.join(root, "shards"), identities)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -48,6 +50,17 @@ class PreppedDataset:
     def record(self, i: int) -> dict:
         return dict(self.rows[i])
 
+    def check_shards(self) -> dict[str, str]:
+        """{shard: why it cannot be used} for every shard of these rows that is missing, truncated, unreadable or
+        from another prep run; cheap (headers and sizes only)."""
+        bad = {}
+        for shard in sorted({r["shard"] for r in self.rows}):
+            try:
+                self.reader.open(shard)
+            except (DamagedEntry, OSError) as e:
+                bad[shard] = str(e)
+        return bad
+
     def frames(self, i: int, indices, verify: bool = False) -> list[bytes]:
         """JPEG bytes of the chosen frames; with `verify`, raises DamagedEntry unless each matches its CRC."""
         row = self.rows[i]
@@ -56,7 +69,7 @@ class PreppedDataset:
         bad = [j for j in indices if not 0 <= j < n]
         if bad:
             raise IndexError(f"video {row['id']}: frame indices {bad[:5]} outside 0..{n - 1}")
-        data = self.reader.frames(row["shard"], row["key"], indices)
+        data = self.reader.frames(row["shard"], row["key"], indices, row.get("chunk_frames"))
         if verify:
             crcs = self.reader.meta(row["shard"], row["key"])["frame_crc"]
             for j, blob in zip(indices, data):

@@ -5,15 +5,19 @@ so one broken file can never stop a run of 200k videos.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import os
+import sys
+import zlib
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import av
 from PIL import Image
 
-from .store import frame_crcs
+from .store import FrameSpool
 
 MIN_FRAMES_DEFAULT = 4
 
@@ -21,9 +25,13 @@ MIN_FRAMES_DEFAULT = 4
 @dataclass
 class Decoded:
     meta: dict
-    frames: list[bytes] | None = None
+    spool: FrameSpool | None = None  # the JPEG frames (--store frames)
     video: bytes | None = None
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def frames(self) -> list[bytes] | None:
+        return self.spool.all() if self.spool is not None else None
 
 
 @dataclass
@@ -40,6 +48,7 @@ class DecodeOptions:
     # halving the chroma of sharp colour edges costs ~6 dB PSNR at quality 90
     chroma: str = "auto"
     store: str = "frames"  # "frames" (JPEG) or "video" (the encoded bytes as they are)
+    reencode: str = ""  # --store video: "" keeps the source bytes; "h264" | "vp9" re-encodes (prep.nvdec)
     min_frames: int = MIN_FRAMES_DEFAULT
     threads: int = 1
 
@@ -53,89 +62,166 @@ def target_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, int(round(width * short_side / height / 2)) * 2), short_side
 
 
+def display_size(width: int, height: int, sample_aspect: Fraction) -> tuple[int, int]:
+    """The size with square pixels: the width scaled by the sample aspect ratio (ffmpeg's scale=iw*sar:ih),
+    rounded to even; unchanged when the pixels are square."""
+    if sample_aspect == 1:
+        return width, height
+    return max(2, int(round(width * sample_aspect / 2)) * 2), height
+
+
+def sample_aspect(stream) -> Fraction:
+    """The container's sample aspect ratio if it states one, else the codec's (ffmpeg's own guess, in that order).
+    Read after the first frame: the decoder learns the codec's from the bitstream."""
+    for sar in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if sar is not None and sar > 0:
+            return Fraction(sar)
+    return Fraction(1)
+
+
+class FpsKeeper:
+    """Keeps frames about 1/fps apart, deciding frame by frame (never duplicates one)."""
+
+    def __init__(self, fps: float | None, source_fps: float):
+        self.fps = fps if fps and fps < source_fps else None
+        self.half = 0.5 / source_fps  # timestamps jitter by less than half a source frame
+        self.next_t = 0.0
+
+    def keep(self, t: float) -> bool:
+        if self.fps is None:
+            return True
+        if t + self.half < self.next_t:
+            return False
+        self.next_t = (int((t + self.half) * self.fps) + 1) / self.fps
+        return True
+
+
 def keep_by_fps(times: list[float], fps: float | None, source_fps: float) -> list[int]:
     """Indices of the frames to keep so that the kept ones are about 1/fps apart (never duplicated)."""
-    if not fps or fps >= source_fps:
-        return list(range(len(times)))
-    keep, next_t = [], 0.0
-    half = 0.5 / source_fps  # timestamps jitter by less than half a source frame
-    for i, t in enumerate(times):
-        if t + half >= next_t:
-            keep.append(i)
-            next_t = (int((t + half) * fps) + 1) / fps
-    return keep
+    keeper = FpsKeeper(fps, source_fps)
+    return [i for i, t in enumerate(times) if keeper.keep(t)]
 
 
-def decode_video(path: str, opts: DecodeOptions) -> Decoded | Rejected:
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_buffers_kept = [False]
+
+
+def keep_frame_buffers() -> None:
+    """Once per decoding process (Linux glibc; elsewhere a no-op): keep freed frame-sized buffers for the next frame.
+    glibc hands a large freed block back to the OS, and with nothing long-lived above it on the heap (frames are
+    spooled, not held) every 1080p frame faulted its ~20 MB of buffers in afresh: 3x the system time, measured."""
+    if _buffers_kept[0] or not sys.platform.startswith("linux"):
+        return
+    _buffers_kept[0] = True
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20)  # frame buffers from the heap, not from a fresh mmap each
+        libc.mallopt(_M_TRIM_THRESHOLD, 128 << 20)  # and not given back while under this
+    except (OSError, AttributeError):
+        pass  # another C library: only slower
+
+
+def decode_video(path: str, opts: DecodeOptions, spool_dir: str | None = None) -> Decoded | Rejected:
+    """Decodes `path`; the JPEG frames go to a FrameSpool in `spool_dir` (in memory when None)."""
     if not os.path.exists(path):
         return Rejected("missing file")
     if os.path.getsize(path) == 0:
         return Rejected("zero-length file")
+    # made outside the try below: a failure here is prep's own disk, not a bad video
+    spool = FrameSpool(spool_dir) if opts.store == "frames" else None
+    try:
+        result = _open_and_decode(path, opts, spool)
+    except BaseException:
+        if spool is not None:
+            spool.discard()
+        raise
+    if spool is not None and not isinstance(result, Decoded):
+        spool.discard()
+    return result
+
+
+def _open_and_decode(path: str, opts: DecodeOptions, spool: FrameSpool | None) -> Decoded | Rejected:
     try:
         with av.open(path, metadata_errors="ignore") as container:
             if not container.streams.video:
                 return Rejected("no video stream")
-            return _decode_stream(path, container, container.streams.video[0], opts)
+            return _decode_stream(path, container, container.streams.video[0], opts, spool)
     except av.error.FFmpegError as e:
         return Rejected(f"unreadable: {_short(e)}")
     except (OSError, ValueError, MemoryError) as e:
         return Rejected(f"unreadable: {type(e).__name__}: {_short(e)}")
 
 
-def _decode_stream(path: str, container, stream, opts: DecodeOptions) -> Decoded | Rejected:
+@dataclass
+class _Scan:
+    """What one pass over the frames found; the kept frames themselves are in the spool."""
+    decoded: int = 0
+    kept: int = 0
+    notes: list[str] = field(default_factory=list)
+    orig: tuple[int, int] | None = None
+    out: tuple[int, int] | None = None
+    sample_aspect: Fraction = Fraction(1)
+    crcs: list[int] = field(default_factory=list)
+    digest: object = field(default_factory=hashlib.sha1)
+
+
+def _decode_stream(path: str, container, stream, opts: DecodeOptions, spool: FrameSpool | None):
     stream.thread_type = "AUTO"
     stream.codec_context.thread_count = max(1, opts.threads)
     # make bitstream damage an error instead of a concealed (garbage) frame
     stream.codec_context.options = {"err_detect": "careful"}
     rate = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
-    width, height = stream.codec_context.width, stream.codec_context.height
-    frames, times, notes = [], [], []
-    out_w = out_h = None
+    try:
+        scan = _scan_frames(container, stream, opts, rate, spool)
+    except MemoryError:
+        return Rejected("out of memory while decoding")
+    notes = scan.notes
+    if not scan.decoded:
+        return Rejected("no decodable frame" + (f" ({notes[0]})" if notes else ""))
+    if opts.store == "video":
+        return _keep_encoded(path, scan.decoded, rate, scan.orig, notes, opts)
+    if scan.kept < opts.min_frames:
+        return Rejected(f"only {scan.kept} clean frames (< {opts.min_frames})" + (f"; {notes[0]}" if notes else ""))
+    meta = {"num_frames": scan.kept, "fps": round(float(min(opts.fps or rate, rate)), 4),
+            "orig_size": list(scan.orig), "size": list(scan.out), "checksum": scan.digest.hexdigest()}
+    if scan.sample_aspect != 1:
+        meta["sample_aspect"] = f"{scan.sample_aspect.numerator}:{scan.sample_aspect.denominator}"
+    meta["frame_crc"] = scan.crcs
+    return Decoded(meta=meta, spool=spool.finish(), notes=notes)
+
+
+def _scan_frames(container, stream, opts: DecodeOptions, rate: float, spool: FrameSpool | None) -> _Scan:
+    """Decodes frame by frame, JPEG-encoding each kept one straight into the spool: memory holds one frame."""
+    scan, keeper = _Scan(), FpsKeeper(opts.fps, rate)
     try:
         for frame in container.decode(stream):
             if frame.is_corrupt:
-                notes.append(f"corrupt frame at {len(times)}: kept the {len(frames)} frames before it")
+                scan.notes.append(f"corrupt frame at {scan.decoded}: kept the {scan.decoded} frames before it")
                 break
-            if out_w is None:
-                width, height = frame.width, frame.height
-                out_w, out_h = target_size(width, height, opts.short_side)
-            times.append(frame.time if frame.time is not None else len(times) / rate)
-            frames.append(_encode_jpeg(frame, out_w, out_h, opts) if opts.store == "frames" else None)
+            if scan.out is None:
+                scan.orig, scan.sample_aspect = (frame.width, frame.height), sample_aspect(stream)
+                scan.out = target_size(*display_size(frame.width, frame.height, scan.sample_aspect), opts.short_side)
+            t = frame.time if frame.time is not None else scan.decoded / rate
+            scan.decoded += 1
+            if spool is not None and keeper.keep(t):
+                jpeg = _encode_jpeg(frame, *scan.out, opts)
+                spool.append(jpeg)
+                scan.crcs.append(zlib.crc32(jpeg))
+                scan.digest.update(jpeg)
+                scan.kept += 1
     except av.error.FFmpegError as e:
-        notes.append(f"decode error after {len(frames)} frames ({_short(e)}): kept those")
-    except MemoryError:
-        return Rejected("out of memory while decoding")
-    if not frames:
-        return Rejected("no decodable frame" + (f" ({notes[0]})" if notes else ""))
-    if opts.store == "video":
-        return _keep_encoded(path, times, rate, (width, height), notes, opts)
-    keep = keep_by_fps(times, opts.fps, rate)
-    if len(keep) < opts.min_frames:
-        return Rejected(f"only {len(keep)} clean frames (< {opts.min_frames})" + (f"; {notes[0]}" if notes else ""))
-    kept = [frames[i] for i in keep]
-    meta = _meta(len(kept), min(opts.fps or rate, rate), (width, height), (out_w, out_h), kept)
-    meta["frame_crc"] = frame_crcs(kept)
-    return Decoded(meta=meta, frames=kept, notes=notes)
+        scan.notes.append(f"decode error after {scan.decoded} frames ({_short(e)}): kept those")
+    return scan
 
 
-def _keep_encoded(path, times, rate, size, notes, opts) -> Decoded | Rejected:
+def _keep_encoded(path, count, rate, size, notes, opts) -> Decoded | Rejected:
     if notes:  # the GPU decoder would meet the same damage at training time
         return Rejected(f"partly corrupt, cannot store as video: {notes[0]}")
-    if len(times) < opts.min_frames:
-        return Rejected(f"only {len(times)} frames (< {opts.min_frames})")
-    with open(path, "rb") as f:
-        data = f.read()
-    meta = _meta(len(times), rate, size, size, [data])
-    meta["codec"] = _codec_name(path)
-    return Decoded(meta=meta, video=data)
+    if count < opts.min_frames:
+        return Rejected(f"only {count} frames (< {opts.min_frames})")
+    from .nvdec import store_video  # stream facts, NVDEC's refusals, --reencode
 
-
-def _meta(num_frames, fps, orig_size, size, blobs) -> dict:
-    digest = hashlib.sha1()
-    for b in blobs:
-        digest.update(b)
-    return {"num_frames": num_frames, "fps": round(float(fps), 4), "orig_size": list(orig_size),
-            "size": list(size), "checksum": digest.hexdigest()}
+    return store_video(path, count, rate, size, opts)
 
 
 _SUBSAMPLING = {"444": 0, "422": 1, "420": 2}
@@ -149,11 +235,6 @@ def _encode_jpeg(frame, width: int, height: int, opts: DecodeOptions) -> bytes:
     Image.fromarray(rgb.to_ndarray()).save(buf, format="JPEG", quality=opts.quality,
                                            subsampling=_SUBSAMPLING[chroma], optimize=True)
     return buf.getvalue()
-
-
-def _codec_name(path: str) -> str:
-    with av.open(path) as c:
-        return c.streams.video[0].codec_context.name
 
 
 def _short(e: Exception) -> str:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 SPLITS = ("train", "val", "test")
+MAX_CLASSES = 1_000_000  # a class list past this is a typo, and its names alone would fill memory
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv")
 
 
@@ -27,12 +28,21 @@ class Task:
 
 
 def number_tasks(tasks: list[Task]) -> list[Task]:
-    seen = set()
+    """Gives each task its storage key; rejects a repeated id within a split, and a video already taken in
+    another split (even under another label): one video in both train and val would leak into the evaluation."""
+    seen, taken = set(), {}
     for i, t in enumerate(tasks):
         t.key = f"{i:08d}"
         if (t.split, t.id) in seen and not t.reject:
             t.reject = "duplicate id in the list"
         seen.add((t.split, t.id))
+        where = os.path.normpath(os.path.abspath(t.path))
+        first = taken.get(where)
+        if first is not None and not t.reject:
+            t.reject = (f"duplicate of {first.id!r} in the list" if first.split == t.split else
+                        f"same video as {first.id!r} in split {first.split!r} (train/val leakage)")
+        elif not t.reject:
+            taken[where] = t
     return tasks
 
 
@@ -53,8 +63,12 @@ def read_classes_file(path: str) -> list[str]:
     return names
 
 
-def parse_video_lists(lists: list[str], root: str, classes_file: str | None = None) -> tuple[list[Task], list[str]]:
-    """`lists` entries are `PATH` or `SPLIT=PATH`; each line of a list is `relative/path label`."""
+def parse_video_lists(lists: list[str], root: str, classes_file: str | None = None, num_classes: int | None = None,
+                      allow_outside_root: bool = False) -> tuple[list[Task], list[str]]:
+    """`lists` entries are `PATH` or `SPLIT=PATH`; each line of a list is `relative/path label`.
+
+    Labels are class names or numbers into the class list: that of `classes_file`, else 0..num_classes-1, else
+    inferred from the lists; a label outside it is a reject. So is a path outside `root` unless allowed."""
     rows = []
     for entry in lists:
         split, _, path = entry.rpartition("=") if "=" in entry else ("", "", entry)
@@ -64,10 +78,40 @@ def parse_video_lists(lists: list[str], root: str, classes_file: str | None = No
         if not os.path.isfile(path):
             raise ValueError(f"video list not found: {path}")
         rows += [(split, *r) for r in _read_list(path)]
-    classes = read_classes_file(classes_file) if classes_file else _classes_from_labels([r[2] for r in rows])
+    classes, scope = _list_classes([r[2] for r in rows], classes_file, num_classes)
     index = {name: i for i, name in enumerate(classes)}
-    tasks = [_list_task(split, rel, label, root, classes, index) for split, rel, label in rows]
+    tasks = [_list_task(split, rel, label, root, classes, index, scope) for split, rel, label in rows]
+    if not allow_outside_root:
+        for t in tasks:
+            if not t.reject and _outside(root, t.id):
+                t.reject = "path outside --root (absolute or ../); pass --allow-outside-root to store it"
     return tasks, classes
+
+
+def _outside(root: str, rel: str) -> bool:
+    """Whether the list entry names a file outside `root` (as written: a symlinked folder inside root is inside)."""
+    if os.path.isabs(rel):
+        return True
+    base = os.path.normpath(os.path.abspath(root))
+    return os.path.commonpath([base, os.path.normpath(os.path.join(base, rel))]) != base
+
+
+def _list_classes(labels: list[str], classes_file: str | None, num_classes: int | None) -> tuple[list[str], str]:
+    """The class list and how to name it in a reject."""
+    if classes_file and num_classes is not None:
+        raise ValueError("give --classes or --num-classes, not both")
+    if classes_file:
+        classes = read_classes_file(classes_file)
+        return classes, f"the {len(classes)} classes of {classes_file}"
+    if num_classes is not None:
+        if not 1 <= num_classes <= MAX_CLASSES:
+            raise ValueError(f"--num-classes must be from 1 to {MAX_CLASSES}, got {num_classes}")
+        if not all(re.fullmatch(r"\d+", x) for x in labels):
+            raise ValueError("--num-classes needs numeric labels; the lists hold class names (use --classes)")
+        return [str(i) for i in range(num_classes)], f"--num-classes {num_classes}"
+    classes = _classes_from_labels(labels)
+    return classes, (f"the {len(classes)} classes inferred from the lists "
+                     "(pass --num-classes or --classes if the label is right)")
 
 
 def _read_list(path: str) -> list[tuple[str, str]]:
@@ -85,18 +129,22 @@ def _read_list(path: str) -> list[tuple[str, str]]:
 
 
 def _classes_from_labels(labels: list[str]) -> list[str]:
-    if all(re.fullmatch(r"\d+", x) for x in labels):
-        return [str(i) for i in range(max(int(x) for x in labels) + 1)] if labels else []
-    return sorted(set(labels))
+    """Names as they come, or for numeric labels 0..L where L is the largest label with at least half of 0..L in
+    use: a stray label (a typo, 2000000) must not make millions of classes, yet a class without videos may be."""
+    if not all(re.fullmatch(r"\d+", x) for x in labels):
+        return sorted(set(labels))
+    used = sorted({int(x) for x in labels})
+    count = max((v + 1 for n, v in enumerate(used, 1) if 2 * n >= v + 1), default=0)
+    return [str(i) for i in range(count)]
 
 
-def _list_task(split, rel, label, root, classes, index) -> Task:
+def _list_task(split, rel, label, root, classes, index, scope="the class list") -> Task:
     path = os.path.join(root, rel)
     if re.fullmatch(r"\d+", label) and label not in index:
         i = int(label)
         if i < len(classes):
             return Task(rel, path, split, i, classes[i])
-        return Task(rel, path, split, -1, label, reject=f"unknown label {label}")
+        return Task(rel, path, split, -1, label, reject=f"unknown label {label}: outside {scope}")
     if label not in index:
         return Task(rel, path, split, -1, label, reject=f"unknown label {label!r}")
     return Task(rel, path, split, index[label], label)
@@ -105,10 +153,13 @@ def _list_task(split, rel, label, root, classes, index) -> Task:
 # --------------------------------------------------------------------------- Something-Something v2
 
 
+SSV2_RELEASE_PREFIX = "something-something-v2-"
+
+
 def ssv2_tasks(root: str, videos: str | None = None) -> tuple[list[Task], list[str]]:
-    """labels.json ({template: "index"}), train.json and validation.json, videos `<id>.webm`."""
-    ann = _find_dir(root, "labels.json")
-    with open(os.path.join(ann, "labels.json")) as f:
+    """labels.json ({template: "index"}), train.json and validation.json, videos `<id>.webm`; each file also under
+    the release's own name (something-something-v2-labels.json, ...). The test list has no labels: not read."""
+    with open(_ssv2_file(root, "labels.json")) as f:
         label_index = {k: int(v) for k, v in json.load(f).items()}
     classes = [None] * len(label_index)
     for name, i in label_index.items():
@@ -116,7 +167,7 @@ def ssv2_tasks(root: str, videos: str | None = None) -> tuple[list[Task], list[s
     vdir = videos or _first_existing(root, ["20bn-something-something-v2", "videos"]) or root
     tasks = []
     for split, fname in (("train", "train.json"), ("val", "validation.json")):
-        for item in _read_json(os.path.join(ann, fname)):
+        for item in _read_json(_ssv2_file(root, fname)):
             name = ssv2_template(item["template"])
             path = os.path.join(vdir, f"{item['id']}.webm")
             if name not in label_index:
@@ -124,6 +175,15 @@ def ssv2_tasks(root: str, videos: str | None = None) -> tuple[list[Task], list[s
             else:
                 tasks.append(Task(str(item["id"]), path, split, label_index[name], name))
     return tasks, classes
+
+
+def _ssv2_file(root: str, name: str) -> str:
+    """`name` or its release name, in root, root/labels or root/annotations."""
+    for d in (root, os.path.join(root, "labels"), os.path.join(root, "annotations")):
+        for n in (name, SSV2_RELEASE_PREFIX + name):
+            if os.path.isfile(os.path.join(d, n)):
+                return os.path.join(d, n)
+    raise ValueError(f"{name} (or {SSV2_RELEASE_PREFIX}{name}) not found under {root} (nor labels/ or annotations/)")
 
 
 def ssv2_template(template: str) -> str:
@@ -193,13 +253,6 @@ def _read_json(path: str):
         raise ValueError(f"annotation file not found: {path}")
     with open(path) as f:
         return json.load(f)
-
-
-def _find_dir(root: str, name: str) -> str:
-    for d in (root, os.path.join(root, "labels"), os.path.join(root, "annotations")):
-        if os.path.isfile(os.path.join(d, name)):
-            return d
-    raise ValueError(f"{name} not found under {root} (nor labels/ or annotations/)")
 
 
 def _first_existing(root: str, names: list[str]) -> str | None:
