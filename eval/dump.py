@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 SCORES, VIEWS, INDEX = "scores.npy", "scores_views.npy", "scores_index.json"
+FEATURES, FEATURES_INDEX = "features.npy", "features_index.json"
 
 
 def save_scores(out_dir: str, scores: torch.Tensor, rows: list[dict], classes: list[str], meta: dict,
@@ -18,8 +19,18 @@ def save_scores(out_dir: str, scores: torch.Tensor, rows: list[dict], classes: l
     np.save(os.path.join(out_dir, SCORES), scores.numpy().astype(np.float32))
     if views is not None:
         np.save(os.path.join(out_dir, VIEWS), views.numpy().astype(np.float32))
+    _write_index(os.path.join(out_dir, INDEX), meta, rows, classes)
+
+
+def save_features(out_dir: str, features: torch.Tensor, rows: list[dict], classes: list[str], meta: dict) -> None:
+    """`python -m eval features`' embeddings, (videos x D) or (videos x views x D), with the same kind of index."""
+    np.save(os.path.join(out_dir, FEATURES), features.numpy().astype(np.float32))
+    _write_index(os.path.join(out_dir, FEATURES_INDEX), meta, rows, classes)
+
+
+def _write_index(path: str, meta: dict, rows: list[dict], classes: list[str]) -> None:
     index = dict(meta, ids=[r["id"] for r in rows], labels=[r.get("label") for r in rows], classes=list(classes))
-    with open(os.path.join(out_dir, INDEX), "w") as f:
+    with open(path, "w") as f:
         json.dump(index, f, allow_nan=False)
 
 

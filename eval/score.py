@@ -1,4 +1,5 @@
-"""Multi-view inference: softmax scores of every (video, view) summed per video, once across all ranks."""
+"""Multi-view inference: softmax scores (or embeddings) of every (video, view) averaged per video, once across all
+ranks."""
 from __future__ import annotations
 
 import contextlib
@@ -18,12 +19,13 @@ def autocast(device: torch.device, amp: str):
 
 @dataclass
 class Scores:
-    """Mean softmax per video over its scored views, and the bookkeeping that proves coverage."""
+    """Mean per video over its scored views (softmax scores, or embeddings for `python -m eval features`), and
+    the bookkeeping that proves coverage."""
 
     scores: torch.Tensor  # (N, C) float32
     counts: torch.Tensor  # (N,) views scored per video
     damaged_views: torch.Tensor  # (N,) views that could not be read (served as placeholders, not scored)
-    views: torch.Tensor | None = None  # (N, V, C) softmax per view, when asked for
+    views: torch.Tensor | None = None  # (N, V, C) each view's values, when asked for
 
     @property
     def damaged(self) -> list[int]:
@@ -33,31 +35,42 @@ class Scores:
 @torch.no_grad()
 def score_videos(model, loader, num_videos: int, num_classes: int, device: torch.device, amp: str = "bf16",
                  progress: bool = False, keep_views: int = 0) -> Scores:
-    """Softmax scores of every readable (video, view) averaged per video, identical on every rank. A view
-    the loader could not read arrives with view -1 and is counted as damaged instead of scored.
-    `keep_views`: the number of views per video, to keep each view's scores too."""
+    """Softmax scores of every readable (video, view) averaged per video (see `average_views`)."""
     model.eval()
-    per_view = torch.zeros(num_videos, keep_views, num_classes, device=device) if keep_views else None
-    sums = torch.zeros(num_videos, num_classes, dtype=torch.float64, device=device)
+
+    def probabilities(clips: torch.Tensor) -> torch.Tensor:
+        with autocast(device, amp):
+            logits = model(clips)
+        return logits.float().softmax(-1)
+
+    return average_views(probabilities, loader, num_videos, num_classes, device, progress, keep_views)
+
+
+@torch.no_grad()
+def average_views(infer, loader, num_videos: int, dim: int, device: torch.device, progress: bool = False,
+                  keep_views: int = 0) -> Scores:
+    """`infer(clips)` -> (B, dim) float32 of every readable (video, view), averaged per video, identical on every
+    rank. A view the loader could not read arrives with view -1 and is counted as damaged instead of inferred.
+    `keep_views`: the number of views per video, to keep each view's values too."""
+    per_view = torch.zeros(num_videos, keep_views, dim, device=device) if keep_views else None
+    sums = torch.zeros(num_videos, dim, dtype=torch.float64, device=device)
     counts = torch.zeros(num_videos, dtype=torch.float64, device=device)
     damaged = torch.zeros(num_videos, dtype=torch.float64, device=device)
     for batch in tqdm(loader, total=len(loader), desc="eval", unit="batch", disable=not progress, leave=False):
         clips = batch["clips"].to(device, non_blocking=True)
         index = batch["index"].to(device)
         readable = batch["view"].to(device) >= 0
-        with autocast(device, amp):
-            logits = model(clips)
-        probs = logits.float().softmax(-1).double()
-        sums.index_add_(0, index[readable], probs[readable])
+        values = infer(clips).double()
+        sums.index_add_(0, index[readable], values[readable])
         counts.index_add_(0, index[readable], torch.ones_like(index[readable], dtype=torch.float64))
         damaged.index_add_(0, index[~readable], torch.ones_like(index[~readable], dtype=torch.float64))
         if per_view is not None:
             view = batch["view"].to(device)
-            per_view[index[readable], view[readable]] = probs[readable].float()
+            per_view[index[readable], view[readable]] = values[readable].float()
     reduced = [sums, counts, damaged] + ([per_view] if per_view is not None else [])
     if dist.is_available() and dist.is_initialized():
         for t in reduced:
-            dist.all_reduce(t)  # every (video, view) is scored on one rank only: the sum is a gather
+            dist.all_reduce(t)  # every (video, view) is inferred on one rank only: the sum is a gather
     return Scores((sums / counts.clamp(min=1).unsqueeze(1)).float().cpu(), counts.cpu(), damaged.cpu(),
                   per_view.cpu() if per_view is not None else None)
 

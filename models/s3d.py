@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from functools import partial
 
+import torch
 from torch import nn
 from torchvision.models.video.s3d import S3D as TorchvisionS3D, SepInceptionBlock3D, TemporalSeparableConv
 from torchvision.ops.misc import Conv3dNormActivation
 
 from .registry import KINETICS_MEAN, KINETICS_STD, InputContract, register_model
+from .tuning import checkpoint_seq
 
 # torchvision's inception table: (b0_out, b1_mid, b1_out, b2_mid, b2_out, b3_out) per block,
 # "pool" marks the max-pools between groups (kernel, stride, padding).
@@ -30,6 +32,9 @@ _INCEPTION_PLAN = (
     (256, 160, 320, 32, 128, 128),
     (384, 192, 384, 48, 128, 128),
 )
+
+
+_STEM_LAYERS = 5  # Conv_1a, pool, Conv_2b, Conv_2c, pool: what precedes the first inception group
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -76,7 +81,36 @@ class S3D(TorchvisionS3D):
             nn.Conv3d(channels, num_classes, kernel_size=1, stride=1, bias=True),
         )
         self.num_classes = num_classes
+        self.num_features = channels
         self.head_names = ("classifier.",)
+        self.grad_checkpointing = False
+
+    def stage_modules(self) -> list[tuple[nn.Module, ...]]:
+        """The stem, then each inception group (Mixed_3, Mixed_4, Mixed_5, each opened by its max-pool), for
+        models/tuning.py's freeze_stages."""
+        groups = [tuple(self.features[:_STEM_LAYERS])]
+        for layer in self.features[_STEM_LAYERS:]:
+            if isinstance(layer, nn.MaxPool3d) or len(groups) == 1:
+                groups.append(())
+            groups[-1] += (layer,)
+        return groups
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return checkpoint_seq(self.features, x) if self.grad_checkpointing else self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """torchvision's head; `pre_logits`: the (N, num_features) pooled clip embedding its 1x1x1 conv takes."""
+        x = self.classifier[0](self.avgpool(x))
+        if pre_logits:
+            return x.flatten(1)
+        return self.classifier[1](x).mean(dim=(2, 3, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
 def _create_s3d(num_classes: int, num_frames: int, crop_size: int, width: float, **kwargs) -> S3D:

@@ -24,13 +24,14 @@ import math
 import re
 
 import torch
-from timm.layers import make_divisible
+from timm.layers import DropPath, make_divisible
 from torch import nn
 from torchvision.ops.misc import Conv3dNormActivation
 
 from .checkpoints import Checkpoint, CheckpointError, Recognized, register_origin
 from .registry import IMAGENET_MEAN, IMAGENET_STD, InputContract, register_model
 from .sts import convert_to_sts, sts_mode
+from .tuning import checkpoint_seq, drop_path_rates
 
 X3D_MEAN = (0.45, 0.45, 0.45)  # PySlowFast's DATA.MEAN / DATA.STD
 X3D_STD = (0.225, 0.225, 0.225)
@@ -53,9 +54,11 @@ class SqueezeExcite3d(nn.Module):
 
 
 class X3DBlock(nn.Module):
-    """1x1x1 expand -> channel-wise 3x3x3 (+SE, Swish) -> 1x1x1 project, plus shortcut."""
+    """1x1x1 expand -> channel-wise 3x3x3 (+SE, Swish) -> 1x1x1 project, plus shortcut; `drop_path`: the
+    probability of dropping the residual branch of a sample (stochastic depth, PySlowFast's drop-connect)."""
 
-    def __init__(self, dim_in: int, dim_inner: int, dim_out: int, spatial_stride: int, se_ratio: float):
+    def __init__(self, dim_in: int, dim_inner: int, dim_out: int, spatial_stride: int, se_ratio: float,
+                 drop_path: float = 0.0):
         super().__init__()
         stride = (1, spatial_stride, spatial_stride)
         self.conv_a = Conv3dNormActivation(dim_in, dim_inner, kernel_size=1, bias=False)
@@ -69,11 +72,12 @@ class X3DBlock(nn.Module):
         if dim_in != dim_out or spatial_stride != 1:
             self.shortcut = Conv3dNormActivation(
                 dim_in, dim_out, kernel_size=1, stride=stride, padding=0, bias=False, activation_layer=None)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act_b(self.se(self.bn_b(self.conv_b(self.conv_a(x)))))
-        return self.act(self.shortcut(x) + self.conv_c(y))
+        return self.act(self.shortcut(x) + self.drop_path(self.conv_c(y)))
 
 
 class X3DHead(nn.Module):
@@ -89,13 +93,16 @@ class X3DHead(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(head_width, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.lin_5(self.pool(self.conv_5(x))))
-        return self.fc(self.drop(x.flatten(1)))
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """`pre_logits`: the (N, head_width) clip embedding after lin_5's ReLU, which the classifier takes."""
+        x = self.drop(self.act(self.lin_5(self.pool(self.conv_5(x)))).flatten(1))
+        return x if pre_logits else self.fc(x)
 
 
 class X3D(nn.Module):
-    """X3D built from width / depth / bottleneck expansion factors (pytorchvideo's parameters)."""
+    """X3D built from width / depth / bottleneck expansion factors (pytorchvideo's parameters). `drop_path_rate`:
+    stochastic depth rising linearly over the blocks from 0 to the rate (timm's rule; PySlowFast's X3D raises
+    it per stage instead, and its ResBlock never applies it: its drop_path call leaves training=False)."""
 
     def __init__(
         self,
@@ -109,6 +116,7 @@ class X3D(nn.Module):
         se_ratio: float = 0.0625,
         dropout: float = 0.5,
         head_bias: bool = False,
+        drop_path_rate: float = 0.0,
     ):
         super().__init__()
         dim = make_divisible(stem_width * width_factor)
@@ -118,26 +126,47 @@ class X3D(nn.Module):
             nn.BatchNorm3d(dim),
             nn.ReLU(inplace=True),
         )
+        depths = [math.ceil(depth * depth_factor) for depth in stage_depths]
+        drop_paths = iter(drop_path_rates(drop_path_rate, sum(depths)))
         stages, base_width = [], stem_width
-        for i, depth in enumerate(stage_depths):
+        for i, depth in enumerate(depths):
             if i > 0:
                 base_width = make_divisible(base_width * 2)  # unscaled widths double per stage
             dim_out = make_divisible(base_width * width_factor)
             dim_inner = int(bottleneck_factor * dim_out)
             blocks = [
                 X3DBlock(dim if j == 0 else dim_out, dim_inner, dim_out, 2 if j == 0 else 1,
-                         se_ratio if j % 2 == 0 else 0.0)
-                for j in range(math.ceil(depth * depth_factor))
+                         se_ratio if j % 2 == 0 else 0.0, next(drop_paths))
+                for j in range(depth)
             ]
             stages.append(nn.Sequential(*blocks))
             dim = dim_out
         self.stages = nn.Sequential(*stages)
         self.head = X3DHead(dim, dim_inner, head_width, num_classes, dropout, head_bias)
         self.num_classes = num_classes
+        self.num_features = head_width
         self.head_names = ("head.fc.",)
+        self.grad_checkpointing = False
+
+    def stage_modules(self) -> list[tuple[nn.Module, ...]]:
+        """The stem, then each stage (models/tuning.py's freeze_stages); conv_5 belongs to the head."""
+        return [(self.stem,), *((stage,) for stage in self.stages)]
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        if self.grad_checkpointing:
+            return checkpoint_seq([block for stage in self.stages for block in stage], x)
+        return self.stages(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.stages(self.stem(x)))
+        return self.forward_head(self.forward_features(x))
 
 
 def _create_x3d(num_classes: int, num_frames: int, crop_size: int, frame_stride: int, sts: bool | str = False,

@@ -1,0 +1,88 @@
+"""python -m eval features: pre-logit embeddings of the evaluation's views, averaged or per view, damaged videos
+left out and listed."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import models
+from eval.__main__ import main as eval_main
+from eval.features import extract_features
+from eval.run import evaluate
+from prep import open_dataset
+from test_eval import CPU, _checkpoint, _damage_val_video
+
+COMMON = ["--device", "cpu", "--batch-size", "4", "--py-workers", "1", "--no-progress", "--amp", "none"]
+
+
+def _features(out) -> tuple[np.ndarray, dict]:
+    return np.load(out / "features.npy", allow_pickle=False), json.load(open(out / "features_index.json"))
+
+
+@pytest.fixture(scope="module")
+def extracted(data, tmp_path_factory):
+    """A 2-clip evaluation's scores, and the features of the same views: averaged and per view."""
+    tmp = tmp_path_factory.mktemp("features")
+    classes = open_dataset(data, "val").classes
+    ckpt = _checkpoint(tmp / "best.pt", data, classes)
+    evaluate(ckpt, CPU, clips=2, batch_size=4, py_workers=1, progress=False, amp="none", out_dir=str(tmp / "eval"),
+             save_views=True)
+    for name, extra in (("mean", []), ("views", ["--per-view"])):
+        assert eval_main(["features", "--ckpt", ckpt, "--clips", "2", "--out", str(tmp / name), *COMMON, *extra]) == 0
+    return ckpt, tmp
+
+
+def test_one_embedding_per_video_with_its_index(data, extracted):
+    ckpt, tmp = extracted
+    features, index = _features(tmp / "mean")
+    val = open_dataset(data, "val")
+    dim = models.create_model("tsn_tiny").num_features
+    assert features.dtype == np.float32 and features.shape == (len(val), dim)
+    assert index["ids"] == [r["id"] for r in val.rows] and index["labels"] == [r["label"] for r in val.rows]
+    assert index["classes"] == val.classes and index["damaged"] == []
+    assert (index["model"], index["checkpoint"], index["split"], index["views"]) == ("tsn_tiny", ckpt, "val", 2)
+    assert np.isfinite(features).all() and not np.allclose(features[0], features[1])
+
+
+def test_view_mean_equals_the_mean_of_the_per_view_features(extracted):
+    _, tmp = extracted
+    mean, _ = _features(tmp / "mean")
+    views, index = _features(tmp / "views")
+    assert views.shape == (mean.shape[0], 2, mean.shape[1]) and index["per_view"]
+    np.testing.assert_allclose(views.mean(1), mean, rtol=0, atol=1e-6)
+    assert not np.allclose(views[:, 0], views[:, 1])  # two clips, two embeddings
+
+
+def test_features_are_what_the_classifier_scored(extracted):
+    """The classifier on each view's embedding gives that view's evaluation scores: the same views, pre-logits."""
+    ckpt, tmp = extracted
+    views, _ = _features(tmp / "views")
+    fc = torch.load(ckpt, weights_only=True)["model"]
+    logits = torch.from_numpy(views) @ fc["fc.weight"].T + fc["fc.bias"]
+    scored = np.load(tmp / "eval" / "scores_views.npy")
+    np.testing.assert_allclose(logits.softmax(-1).numpy(), scored, rtol=0, atol=1e-5)
+
+
+def test_damaged_video_is_left_out_and_listed(data, tmp_path):
+    root = str(tmp_path / "data")
+    shutil.copytree(data, root)
+    _damage_val_video(root, 2)
+    val = open_dataset(root, "val")
+    ckpt = _checkpoint(tmp_path / "best.pt", root, val.classes)
+    index = extract_features(ckpt, CPU, clips=2, batch_size=4, py_workers=1, progress=False,
+                             out_dir=str(tmp_path / "out"), per_view=True)
+    features, saved = _features(tmp_path / "out")
+    assert [d["id"] for d in index["damaged"]] == [val.rows[2]["id"]] and index["damaged"][0]["reason"]
+    assert saved["damaged"] == index["damaged"]
+    assert features.shape[:2] == (len(val) - 1, 2)
+    assert saved["ids"] == [r["id"] for i, r in enumerate(val.rows) if i != 2]
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    assert eval_main(["features", "--ckpt", str(tmp_path / "missing.pt"), *COMMON]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("eval features: error:") and len(err.splitlines()) == 1
