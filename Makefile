@@ -19,13 +19,17 @@ NODE_RANK ?= 0
 MASTER ?= 127.0.0.1:29500
 CLIPS ?= 1
 CROPS ?= 1
-RUN ?= runs/$(MODEL)_$(DATASET)
+# An alias (MODEL=i3d_resnet) finds the recipe and run folder of the model it stands for; only the registry
+# knows the aliases. Looked up once, and only by the targets that use it.
+MODEL_NAME = $(eval MODEL_NAME := $(shell $(PYTHON) -c 'import sys; from models.registry import resolve_name; \
+  print(resolve_name(sys.argv[1]))' $(MODEL) 2>/dev/null || echo $(MODEL)))$(MODEL_NAME)
+RUN ?= runs/$(MODEL_NAME)_$(DATASET)
 CKPT ?= $(RUN)/best.pt
-CONFIG ?= $(wildcard configs/$(MODEL)_$(DATASET).yaml)
+CONFIG ?= $(wildcard configs/$(MODEL_NAME)_$(DATASET).yaml)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-quick demo prep train pretrain-image eval bench-prep bench-data bench-models bench-images clean
+.PHONY: help install test test-quick demo prep train pretrain-image eval predict bench-prep bench-data bench-models bench-images gpu-check clean
 
 help:
 	@echo "make install                       create .venv with the pinned versions of requirements.txt"
@@ -35,7 +39,9 @@ help:
 	@echo "make train MODEL=i3d_resnet50 DATA=... [GPUS=8 NODES=1 NODE_RANK=0 MASTER=host:port ARGS=...]"
 	@echo "make pretrain-image MODEL=ircsn_50 DATA=IMAGENET_DIR [GPUS=8 ARGS=...]   image pre-training (STS recipe)"
 	@echo "make eval CKPT=... [DATA=...] CLIPS=3 CROPS=3"
+	@echo "make predict VIDEO='a.mp4 dir/ list.txt' CKPT=... [CLIPS=3 CROPS=3]   top classes of video files, no prep step"
 	@echo "make bench-prep | bench-data | bench-models | bench-images"
+	@echo "make gpu-check [STEP=\"tests data images meter nvdec\"]   on a GPU: checks, docs/benchmarks-gpu.md"
 
 install: $(STAMP)
 
@@ -64,19 +70,25 @@ prep: install
 
 TORCHRUN = $(BIN)/torchrun --nnodes $(NODES) --node-rank $(NODE_RANK) --nproc-per-node $(GPUS) \
 	  $(if $(filter 1,$(NODES)),--standalone,--rdzv-backend c10d --rdzv-endpoint $(MASTER))
-IMAGE_CONFIG ?= $(firstword $(wildcard configs/$(MODEL)_imagenet.yaml) configs/imagenet_sts.yaml)
+# One process runs without torchrun, which would follow its one-line error with a ChildFailedError dump.
+LAUNCH = $(if $(and $(filter 1,$(GPUS)),$(filter 1,$(NODES))),$(PYTHON),$(TORCHRUN))
+IMAGE_CONFIG ?= $(firstword $(wildcard configs/$(MODEL_NAME)_imagenet.yaml) configs/imagenet_sts.yaml)
 
 train: install
-	$(TORCHRUN) -m train $(if $(CONFIG),--config $(CONFIG)) --model $(MODEL) --dataset $(DATASET) --data $(DATA) $(ARGS)
+	$(LAUNCH) -m train $(if $(CONFIG),--config $(CONFIG)) --model $(MODEL) --dataset $(DATASET) --data $(DATA) $(ARGS)
 
 pretrain-image: install
 	@test "$(origin DATA)" = "command line" || { echo "make pretrain-image needs DATA=PATH (an ImageNet-style folder: train/<class>/*.JPEG, val/<class>/*.JPEG)"; exit 2; }
-	$(TORCHRUN) -m train --task image $(if $(IMAGE_CONFIG),--config $(IMAGE_CONFIG)) --model $(MODEL) \
+	$(LAUNCH) -m train --task image $(if $(IMAGE_CONFIG),--config $(IMAGE_CONFIG)) --model $(MODEL) \
 	  --dataset imagenet --data $(DATA) $(ARGS)
 
 eval: install
-	$(BIN)/torchrun --standalone --nproc-per-node $(GPUS) -m eval --ckpt $(CKPT) \
+	$(if $(filter 1,$(GPUS)),$(PYTHON),$(BIN)/torchrun --standalone --nproc-per-node $(GPUS)) -m eval --ckpt $(CKPT) \
 	  $(if $(filter command line,$(origin DATA)),--data $(DATA)) --clips $(CLIPS) --crops $(CROPS) $(ARGS)
+
+predict: install
+	@test -n "$(VIDEO)" || { echo "make predict needs VIDEO=FILE (video files, folders or list files; CKPT=... too)"; exit 2; }
+	$(PYTHON) -m eval predict $(VIDEO) --ckpt $(CKPT) --clips $(CLIPS) --crops $(CROPS) $(ARGS)
 
 bench-prep: install
 	@command -v ffmpeg >/dev/null || { echo "installing Debian's ffmpeg for the baseline"; \
@@ -91,6 +103,11 @@ bench-models: install
 
 bench-images: install
 	$(PYTHON) -m bench.images $(ARGS)
+
+# no `install` prerequisite: a lent GPU machine runs it on its own python3 with carried wheels (bench/gpu_check.py)
+GPU_CHECK_PY = $(if $(wildcard $(PYTHON)),$(PYTHON),python3)
+gpu-check:
+	$(GPU_CHECK_PY) -m bench.gpu_check $(foreach s,$(STEP),--step $(s)) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -28,10 +28,24 @@ def main(argv=None) -> int:
         from .setup import setup_distributed
 
         trainer = Trainer(cfg, setup_distributed(cfg.device))
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
         print(f"train: error: {e}", file=sys.stderr)
         return 2
-    row = trainer.fit()
+    from .guard import RunStopped
+
+    try:
+        row = trainer.fit()
+    except (ConfigError, FileNotFoundError, ValueError) as e:  # refused at resume, before the first step
+        if trainer.d.main:
+            print(f"train: error: {e}", file=sys.stderr)
+        return 2
+    except RunStopped as e:  # diverged, interrupted, disk full: the line says what was kept
+        if trainer.d.main:
+            print(f"train: {'error: ' if e.code == 1 else ''}{e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:  # a second Ctrl-C: abort without the checkpoint
+        print("train: aborted by a second SIGINT; the last checkpoint written is kept", file=sys.stderr)
+        return 130
     if trainer.d.main:
         print(json.dumps({"run_dir": trainer.run_dir, **row}))
     return 0

@@ -1,43 +1,198 @@
-"""Checkpoints written atomically (temporary file, fsync, rename): a kill never leaves a torn one."""
+"""A run's checkpoints: plain data, checksummed, written atomically, the previous good one kept.
+
+A checkpoint holds only tensors, numbers, strings, None, lists, tuples and dicts, so it loads with
+`torch.load(weights_only=True)`: reading one never runs code. It carries a SHA-256 of everything in it;
+`torch.load` checks no CRC, so a flipped byte in a tensor would otherwise resume silently. Writing goes
+through a temporary file, fsync and rename (a kill never leaves a torn file), and `last.pt` moves to
+`previous.pt` first, so a damaged `last.pt` still leaves a good checkpoint to resume from.
+"""
 from __future__ import annotations
 
+import errno
+import hashlib
+import logging
 import os
+import pickle
+import random
+import shutil
+import zipfile
 
+import numpy as np
 import torch
 
-LAST, BEST = "last.pt", "best.pt"
+from models.checkpoints import CheckpointError
+
+log = logging.getLogger("train")
+
+LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
+CHECKSUM = "checksum"
 
 
-def save_atomic(state: dict, path: str) -> None:
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint that could not be written; the message is one line naming the file."""
+
+
+# ------------------------------------------------------------------------------------------- writing
+
+
+def save_atomic(state: dict, path: str, keep_previous: bool = False) -> None:
+    """Write `state` (plus its checksum) to `path`; with `keep_previous` the file there becomes previous.pt."""
+    state = dict(state, **{CHECKSUM: checksum(state)})
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        _remove(tmp)
+        raise CheckpointWriteError(_write_failure(err, path)) from None
+    if keep_previous and os.path.exists(path):
+        os.replace(path, os.path.join(os.path.dirname(path), PREVIOUS))
     os.replace(tmp, path)
     dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut
+        os.fsync(dir_fd)  # the renames themselves survive a power cut
     finally:
         os.close(dir_fd)
 
 
+def _write_failure(err: OSError, path: str) -> str:
+    kept = "the previous checkpoint is kept; run the same command again to resume"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        return f"no space left on device writing {path} ({free / 2**20:.0f} MiB free): free some space; {kept}"
+    return f"could not write {path}: {err.strerror or err}; {kept}"
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def checksum(state: dict) -> str:
+    """SHA-256 over every value of the checkpoint (tensor bytes, dtypes, shapes, numbers, strings), in order."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != CHECKSUM})
+    return h.hexdigest()
+
+
+def _feed(h, obj) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for key, value in obj.items():
+            _feed(h, key)
+            _feed(h, value)
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[" if isinstance(obj, list) else b"(")
+        for value in obj:
+            _feed(h, value)
+        h.update(b"]")
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
 def load(path: str) -> dict:
+    """A checkpoint written by `python -m train`, read without running code and verified; else one-line
+    CheckpointError (missing, empty, truncated, damaged, holding objects, or not a training checkpoint)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: empty file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path}: refused: it holds Python objects other than tensors and plain data, "
+                              f"which could run code when loaded ({_first_line(err)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: truncated or damaged ({_first_line(err)})") from None
+    if not (isinstance(state, dict) and "model_name" in state and isinstance(state.get("model"), dict)):
+        raise CheckpointError(f"{path}: not a checkpoint written by `python -m train`")
+    if CHECKSUM not in state:
+        log.warning("%s has no checksum (written by an older version): it cannot be verified", path)
+    elif state[CHECKSUM] != checksum(state):
+        raise CheckpointError(f"{path}: damaged: its contents do not match the checksum stored in it")
+    return state
 
 
-def resume_path(run_dir: str, resume: str) -> str | None:
-    """`auto`: the run folder's last checkpoint if there is one; `none`: start fresh; else a path."""
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    for line in text:  # torch's weights-only refusal puts the offending global on a later line
+        if "Unsupported global" in line:
+            return line.strip().removeprefix("WeightsUnpickler error: ")[:200]
+    return (text or [type(err).__name__])[0][:200]
+
+
+def resume_candidates(run_dir: str, resume: str) -> list[str]:
+    """The checkpoints to try in order: `auto`: the run folder's last, then previous; `none`: none; a path."""
     if resume in ("", "none"):
-        return None
+        return []
     if resume == "auto":
-        path = os.path.join(run_dir, LAST)
-        return path if os.path.isfile(path) else None
+        return [p for p in (os.path.join(run_dir, LAST), os.path.join(run_dir, PREVIOUS)) if os.path.isfile(p)]
     if not os.path.isfile(resume):
         raise FileNotFoundError(f"--resume: checkpoint not found: {resume}")
-    return resume
+    return [resume]
+
+
+def load_first_good(paths: list[str], warn: bool = True) -> tuple[str, dict] | None:
+    """(path, state) of the first readable, intact checkpoint; a warning for each damaged one passed over,
+    a one-line CheckpointError when all are damaged."""
+    problems = []
+    for path in paths:
+        try:
+            state = load(path)
+        except CheckpointError as err:
+            problems.append(str(err))
+            continue
+        if problems and warn:
+            log.warning("%s; resuming from %s instead (epoch %d, step %d)", "; ".join(problems), path,
+                        state["epoch"], state["step"])
+        return path, state
+    if problems:
+        raise CheckpointError(f"{'; '.join(problems)}; no good checkpoint to resume from: move it away to "
+                              f"start over, or pass --resume none")
+    return None
+
+
+# ---------------------------------------------------------------------------------------- RNG state
+
+
+def rng_state(device: torch.device) -> dict:
+    """Every random generator the loop draws from, as plain data (numpy's and Python's as lists)."""
+    np_state = np.random.get_state(legacy=False)
+    version, internal, gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                      "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                      "gauss": float(np_state["gauss"])},
+            "python": [version, list(internal), gauss]}
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937", "state": {"key": n["key"].numpy().astype(np.uint32),
+                                                                "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def all_finite(tensors: dict) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point())
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

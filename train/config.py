@@ -5,6 +5,7 @@ Only `train` and `eval` see this object; models and pipelines get explicit argum
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -33,8 +34,11 @@ class TrainConfig:
     model_args: dict = field(default_factory=dict)
     # data pipeline
     batch_size: int = 8  # per process
-    py_workers: int = 2
-    threads: int = 2
+    py_workers: int = 0  # DALI source processes per rank (0: a share of the cores, pipelines.resources)
+    threads: int = 0  # DALI CPU threads per rank (0: the rank's share of the cores)
+    hw_decoder_load: float = 0.9  # share of the JPEG frames sent to the GPU's hardware decoder (DALI's default 0.65)
+    preallocate_width_hint: int = 0  # nvJPEG preallocation (0: from the dataset's largest stored frame)
+    preallocate_height_hint: int = 0
     data_path: str = "auto"  # frames | video | auto
     image_size: int = 0  # task image: training and evaluation crop (0: the model's crop size)
     repeated_aug: int = 1  # task image: repeated augmentation, copies of each image per epoch (timm's aug_repeats)
@@ -78,6 +82,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True
     log_every: int = 20
+    ckpt_every_steps: int = 0  # >0: also checkpoint every N optimizer steps inside an epoch (resumes exactly)
 
     def run_dir(self) -> str:
         return os.path.join(self.output, self.name or f"{self.model}_{self.dataset or 'data'}")
@@ -98,7 +103,20 @@ def _coerce(key: str, value, kind):
     ok = isinstance(value, kind) or (kind is float and isinstance(value, int) and not isinstance(value, bool))
     if not ok or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"config key {key!r}: expected {kind.__name__}, got {value!r}")
+    _check_finite(key, value)
     return float(value) if kind is float else value
+
+
+def _check_finite(key: str, value) -> None:
+    """nan and inf parse as floats (YAML's .nan, the command line's "nan") but are never a setting."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {key!r}: expected a finite number, got {value!r}")
+    if isinstance(value, dict):
+        for sub, v in value.items():
+            _check_finite(f"{key}.{sub}", v)
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check_finite(key, v)
 
 
 def _from_text(key: str, text: str, kind):
@@ -128,7 +146,9 @@ def apply(cfg: TrainConfig, values: dict, source: str) -> TrainConfig:
         if sub:  # --augment.flip true
             if kind is not dict:
                 raise ConfigError(f"{source}: config key {head!r} has no sub-keys ({key!r})")
-            getattr(cfg, head)[sub] = yaml.safe_load(value) if isinstance(value, str) else value
+            value = yaml.safe_load(value) if isinstance(value, str) else value
+            _check_finite(key, value)
+            getattr(cfg, head)[sub] = value
             continue
         value = _coerce(key, value, kind)
         if head in CHOICES and value not in CHOICES[head]:
@@ -181,8 +201,48 @@ def load_config(argv: list[str]) -> TrainConfig:
     return cfg
 
 
+# Bounds of the numeric keys, checked before anything is built.
+RULES = {
+    "num_classes": (lambda v: v >= 0, ">= 0 (0: the dataset's classes)"),
+    "num_frames": (lambda v: v >= 0, ">= 0 (0: the model's)"),
+    "frame_stride": (lambda v: v >= 0, ">= 0 (0: the model's)"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "py_workers": (lambda v: v >= 0, ">= 0 (0: a share of the cores)"),
+    "threads": (lambda v: v >= 0, ">= 0 (0: a share of the cores)"),
+    "hw_decoder_load": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "preallocate_width_hint": (lambda v: v >= 0, ">= 0 (0: the dataset's largest frame)"),
+    "preallocate_height_hint": (lambda v: v >= 0, ">= 0 (0: the dataset's largest frame)"),
+    "epochs": (lambda v: v >= 1, ">= 1"),
+    "max_steps": (lambda v: v >= 0, ">= 0 (0: no limit)"),
+    "lr": (lambda v: v > 0, "> 0"),
+    "lr_base_batch": (lambda v: v >= 0, ">= 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "warmup_lr": (lambda v: v >= 0, ">= 0"),
+    "min_lr": (lambda v: v >= 0, ">= 0"),
+    "decay_epochs": (lambda v: v > 0, "> 0"),
+    "decay_rate": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "aux_loss_weight": (lambda v: v >= 0, ">= 0"),
+    "mixup": (lambda v: v >= 0, ">= 0"),
+    "cutmix": (lambda v: v >= 0, ">= 0"),
+    "mixup_prob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "grad_accum": (lambda v: v >= 1, ">= 1"),
+    "clip_grad": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "eval_every": (lambda v: v >= 0, ">= 0 (0: no validation)"),
+    "eval_clips": (lambda v: v >= 1, ">= 1"),
+    "log_every": (lambda v: v >= 1, ">= 1"),
+    "ckpt_every_steps": (lambda v: v >= 0, ">= 0 (0: at epoch ends only)"),
+}
+
+
 def check(cfg: TrainConfig) -> None:
-    """Rules that involve more than one key."""
+    """Every rule a value can break, before anything is built: ranges, then rules that involve more than one key."""
+    for key, (ok, rule) in RULES.items():
+        if not ok(getattr(cfg, key)):
+            raise ConfigError(f"config key {key!r} must be {rule}, got {getattr(cfg, key)!r}")
     if not cfg.data:
         what = "an ImageNet-style folder (train/<class>/*.JPEG)" if cfg.task == "image" else \
             "the folder written by `python -m prep`"
@@ -195,6 +255,63 @@ def check(cfg: TrainConfig) -> None:
     if cfg.image_size < 0 or (cfg.image_size and cfg.task != "image"):
         raise ConfigError(f"config key 'image_size' is for task image (videos follow the model's contract), "
                           f"got {cfg.image_size}")
+    if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:
+        raise ConfigError(f"config key 'batch_size' must be even with mixup/cutmix (they pair clips), "
+                          f"got {cfg.batch_size}")
+    _check_pipeline_keys(cfg)
+    cfg.model = _canonical_model(cfg.model)
+
+
+def _check_pipeline_keys(cfg: TrainConfig) -> None:
+    from pipelines.augment import EVAL_CROPS, AugmentConfig
+
+    if cfg.eval_crops not in EVAL_CROPS:
+        raise ConfigError(f"config key 'eval_crops' must be one of {EVAL_CROPS}, got {cfg.eval_crops}")
+    try:
+        AugmentConfig(**cfg.augment)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config key 'augment': {e}") from None
+
+
+def _canonical_model(name: str) -> str:
+    """An alias trains (and names its run folder) as the model it stands for."""
+    from models.registry import resolve_name
+
+    try:
+        return resolve_name(name)
+    except ValueError as e:
+        raise ConfigError(f"config key 'model': {e}") from None
+
+
+# Keys a resumed run may change: how long, how it is evaluated, and how it runs, not what it computes.
+SAFE_ON_RESUME = ("epochs", "max_steps", "eval_every", "eval_clips", "eval_crops", "val_split", "progress",
+                  "log_every", "py_workers", "threads", "hw_decoder_load", "preallocate_width_hint",
+                  "preallocate_height_hint", "data_path", "resume", "output", "name", "device", "ckpt_every_steps",
+                  "amp", "ema", "channels_last", "compile")
+
+
+def config_changes(saved: dict, cfg: TrainConfig) -> tuple[list[str], list[str]]:
+    """(safe, unsafe) differences between a checkpoint's saved config and `cfg`, as "key: old -> new" texts."""
+    safe, unsafe = [], []
+    defaults = TrainConfig().to_dict()
+    for key, new in cfg.to_dict().items():
+        old = saved.get(key, defaults[key])  # a key added since the checkpoint was written: its default
+        if _same(key, old, new):
+            continue
+        text = f"{key}: {_short(old)} -> {_short(new)}"
+        (safe if key in SAFE_ON_RESUME else unsafe).append(text)
+    return safe, unsafe
+
+
+def _same(key: str, old, new) -> bool:
+    if key in ("data", "pretrained") and old and new and isinstance(old, str):
+        return os.path.realpath(old) == os.path.realpath(new)
+    return old == new
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def save_config(cfg: TrainConfig, path: str) -> None:

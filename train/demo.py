@@ -67,13 +67,18 @@ def main(argv=None) -> int:
     prep_synthetic(args)
     from eval.run import evaluate
 
+    from .guard import RunStopped
     from .setup import setup_distributed
 
     d = setup_distributed(args.device)
     summary = {}
     for model in args.models:
         print(f"[demo] training {model}")
-        best = train_one(model, args, d)
+        try:
+            best = train_one(model, args, d)
+        except (ValueError, FileNotFoundError, RunStopped) as e:  # refused or stopped: one line, not a traceback
+            print(f"demo: {model}: {e}", file=sys.stderr)
+            return getattr(e, "code", 2)
         result = evaluate(best, d, clips=args.clips, crops=args.crops, progress=False)
         summary[model] = {k: result[k] for k in ("top1", "top5", "mean_class_acc")}
         summary[model]["report"] = result.get("out_dir", "")

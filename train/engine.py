@@ -1,14 +1,21 @@
-"""The training loop: DDP, autocast, accumulation, clipping, EMA, the data-starvation meter, checkpoints."""
+"""The training loop: DDP, autocast, accumulation, clipping, EMA, the data-starvation meter, checkpoints.
+
+A run never ends silently wrong: a non-finite loss or gradient stops it before the update is applied, a
+signal stops it at the next optimizer step with a checkpoint it resumes from exactly (mid-epoch too), and a
+checkpoint that cannot be written stops it with the previous one intact. Each is one line and a non-zero
+exit (`guard.RunStopped`).
+"""
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import math
 import os
-import random
+import signal
 import time
+from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -20,7 +27,8 @@ from pipelines.images import ImageLoader, open_image_folder
 from prep import open_dataset
 
 from . import checkpoint as ckpt
-from .config import TrainConfig, save_config
+from .config import ConfigError, TrainConfig, check, config_changes, save_config
+from .guard import DamageCounter, RunStopped, StopSignals, check_stored_videos, training_amp
 from .meter import StepMeter
 from .setup import (Dist, build_ema, build_loss, build_mixup, build_model, build_optimizer, build_scheduler,
                     check_one_frame, mix_clips, seed_everything, wrap_model)
@@ -28,32 +36,56 @@ from .setup import (Dist, build_ema, build_loss, build_mixup, build_model, build
 log = logging.getLogger("train")
 
 
+@dataclass
+class EpochProgress:
+    """Where the current epoch stands: saved in mid-epoch checkpoints so a resumed epoch ends as it would have."""
+
+    batches: int = 0  # loader batches consumed (a whole number of optimizer steps)
+    loss_sum: float = 0.0
+    micro: int = 0  # batches trained on
+    clips: int = 0
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, d: Dist):
+        check(cfg)
         self.cfg, self.d = cfg, d
         self.run_dir = cfg.run_dir()
         seed_everything(cfg.seed + d.rank)
         train_set = self._open_split(cfg.train_split)
         self.classes = train_set.classes
         self.num_classes = cfg.num_classes or len(self.classes)
+        if self.num_classes < len(self.classes):
+            raise ConfigError(f"config key 'num_classes' is {self.num_classes}, but {cfg.train_split} has "
+                              f"{len(self.classes)} classes")
         self.model = build_model(cfg, self.num_classes, d)
         self.contract = self.model.input_contract
+        self.amp = training_amp(cfg.amp, d.device, self.model, warn=d.main)
         if cfg.task == "image":
             check_one_frame(self.model, cfg.image_size or self.contract.crop_size, d.device)
+        elif d.main:
+            check_stored_videos(train_set.rows, self.contract, cfg.train_split)
         self.train_loader = self._loader(train_set, cfg.train_split, training=True)
+        self.steps_per_epoch = self._check_batches(len(self.train_loader))
         self.val_loader = None
         self.net = wrap_model(self.model, cfg, d)
         self.optimizer = build_optimizer(cfg, self.model, d)
-        self.steps_per_epoch = max(1, len(self.train_loader) // cfg.grad_accum)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
         self.mixup = build_mixup(cfg, self.num_classes)
         self.criterion = build_loss(cfg, self.mixup)
         self.ema = build_ema(cfg, self.model)
-        self.scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.amp == "fp16")
+        self.scaler = torch.amp.GradScaler(d.device.type, enabled=self.amp == "fp16")
         self.epoch, self.step, self.best = 0, 0, -1.0
+        self.progress = EpochProgress()
+        self.damage = DamageCounter(self.train_loader)
+        self.stop = StopSignals(announce=d.main)
+        self.stopping = 0  # the stop signal all processes agreed on (they must stop at the same step)
+        self.last_good: tuple[str, int] | None = None  # (path, step) of the newest intact checkpoint
+        self._last_pt_good = False  # whether run_dir/last.pt may become previous.pt at the next save
+        self._bad_loss: float | None = None  # the first non-finite loss since the last optimizer step
+        self._last_loss = 0.0
         if d.main:
             os.makedirs(self.run_dir, exist_ok=True)
-            save_config(cfg, os.path.join(self.run_dir, "config.yaml"))
         self.writer = self._tensorboard() if d.main else None
 
     # ------------------------------------------------------------------ setup helpers
@@ -62,10 +94,14 @@ class Trainer:
         if self.cfg.task == "image":  # evaluation splits take the training split's class list
             return open_image_folder(self.cfg.data, split, classes=getattr(self, "classes", None),
                                      progress=self.cfg.progress and self.d.main)
-        return open_dataset(self.cfg.data, split)
+        data = open_dataset(self.cfg.data, split)
+        if not data.labelled:  # a test split prepped without labels: nothing to learn or measure
+            raise ConfigError(f"split {split!r} of {self.cfg.data} has no labels (an unlabelled test split): train "
+                              f"and validate on labelled splits; score it with `python -m eval --split {split}`")
+        return data
 
     def _loader(self, data, split: str, training: bool, clips: int = 1, crops: int = 1):
-        augment = pipelines.AugmentConfig(**self.cfg.augment) if training else None
+        augment = pipelines.AugmentConfig(**self.cfg.augment)  # evaluation reads its eval_scale and eval_crop
         if self.cfg.task == "image":
             return ImageLoader(data, self.contract, self.cfg.batch_size, training, device_id=self.d.device_id,
                                rank=self.d.rank, world_size=self.d.world, seed=self.cfg.seed,
@@ -75,7 +111,17 @@ class Trainer:
             data, split, self.contract, batch_size=self.cfg.batch_size, training=training, clips=clips,
             crops=crops, device_id=self.d.device_id, rank=self.d.rank, world_size=self.d.world,
             seed=self.cfg.seed, num_threads=self.cfg.threads, py_workers=self.cfg.py_workers,
-            augment=augment, path=self.cfg.data_path)
+            augment=augment, path=self.cfg.data_path, hw_decoder_load=self.cfg.hw_decoder_load,
+            preallocate=(self.cfg.preallocate_width_hint, self.cfg.preallocate_height_hint))
+
+    def _check_batches(self, batches: int) -> int:
+        """Optimizer steps per epoch; a split too small for one step is a config error, not a run of nothing."""
+        cfg = self.cfg
+        if batches < cfg.grad_accum:
+            raise ConfigError(f"{cfg.train_split} gives {batches} full batches of {cfg.batch_size} per process "
+                              f"({self.d.world} processes) an epoch, fewer than grad_accum {cfg.grad_accum}: "
+                              f"lower batch_size or grad_accum")
+        return batches // cfg.grad_accum
 
     def _tensorboard(self):
         from torch.utils.tensorboard import SummaryWriter
@@ -85,82 +131,123 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def state(self) -> dict:
+        """Plain data only (see train.checkpoint): the config as a dict, RNG states as tensors and lists."""
         return {
             "model": ckpt.unwrap(self.model).state_dict(),
             "ema": self.ema.module.state_dict() if self.ema else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch, "step": self.step, "best_top1": self.best,
+            "epoch": self.epoch, "step": self.step, "best_top1": self.best, "progress": asdict(self.progress),
             "config": self.cfg.to_dict(), "model_name": self.cfg.model, "num_classes": self.num_classes,
-            "classes": self.classes, "contract": self.contract.to_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "classes": list(self.classes), "contract": self.contract.to_dict(),
+            "rng": ckpt.rng_state(self.d.device),
         }
 
     def resume(self) -> None:
-        path = ckpt.resume_path(self.run_dir, self.cfg.resume)
-        if path is None:
+        found = ckpt.load_first_good(ckpt.resume_candidates(self.run_dir, self.cfg.resume), warn=self.d.main)
+        if found is None:
             return
-        state = ckpt.load(path)
-        if state["model_name"] != self.cfg.model or state["num_classes"] != self.num_classes:
-            raise ValueError(f"{path} is a checkpoint of {state['model_name']} with {state['num_classes']} "
-                             f"classes, not {self.cfg.model} with {self.num_classes}: use another run name")
+        path, state = found
+        self._check_same_run(path, state)
         self.model.load_state_dict(state["model"])
         if self.ema and state["ema"]:
             self.ema.module.load_state_dict(state["ema"])
         elif self.ema:  # EMA switched on at resume: average from the loaded weights, not the random start
             self.ema.set(self.model)
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler and state["scheduler"]:
-            self.scheduler.load_state_dict(state["scheduler"])
         if state["scaler"]:  # empty when the run was saved without fp16
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best_top1"]
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        self.progress = EpochProgress(**state.get("progress") or {})
+        if self.scheduler:  # a pure function of the config and the step: a longer run stretches its schedule
+            self.scheduler.step_update(self.step)
+        ckpt.set_rng_state(state["rng"], self.d.device)
+        self.last_good = (path, self.step)
+        self._last_pt_good = os.path.abspath(path) == os.path.abspath(os.path.join(self.run_dir, ckpt.LAST))
         if self.d.main:
             _truncate_metrics(os.path.join(self.run_dir, "metrics.jsonl"), self.epoch)
-            log.info("resumed from %s at epoch %d (step %d)", path, self.epoch, self.step)
+            where = f" + {self.progress.batches} batches" if self.progress.batches else ""
+            log.info("resumed from %s at epoch %d%s (step %d)", path, self.epoch, where, self.step)
 
-    def save(self, is_best: bool) -> None:
-        if not self.d.main:
-            return
-        state = self.state()
-        ckpt.save_atomic(state, os.path.join(self.run_dir, ckpt.LAST))
-        if is_best:
-            ckpt.save_atomic(state, os.path.join(self.run_dir, ckpt.BEST))
+    def _check_same_run(self, path: str, state: dict) -> None:
+        """Resume only what the user asks for now: a changed model, data or recipe is refused, not ignored."""
+        safe, unsafe = config_changes(state.get("config") or {}, self.cfg)
+        if state["model_name"] != self.cfg.model or state["num_classes"] != self.num_classes:
+            unsafe.insert(0, f"model {state['model_name']} with {state['num_classes']} classes -> "
+                             f"{self.cfg.model} with {self.num_classes}")
+        if state["epoch"] > self.cfg.epochs:
+            unsafe.append(f"epochs: the run has trained {state['epoch']}, more than {self.cfg.epochs}")
+        if unsafe:
+            raise ConfigError(f"{path} belongs to a run with another config ({'; '.join(unsafe)}): pass "
+                              f"--name NEW to train a new run, or --resume none to start this one over")
+        if safe and self.d.main:
+            log.info("resuming %s with %s", path, "; ".join(safe))
+
+    def save(self, is_best: bool = False) -> None:
+        """Checkpoint now; refuses (RunStopped) to write weights that are not finite."""
+        if not ckpt.all_finite(ckpt.unwrap(self.model).state_dict()):
+            raise RunStopped(f"the weights are not finite after step {self.step}: not saved; "
+                             f"{self._last_good_text()}")
+        if self.d.main:
+            state = self.state()
+            last = os.path.join(self.run_dir, ckpt.LAST)
+            try:
+                ckpt.save_atomic(state, last, keep_previous=self._last_pt_good)
+                if is_best:
+                    ckpt.save_atomic(state, os.path.join(self.run_dir, ckpt.BEST))
+            except ckpt.CheckpointWriteError as e:
+                raise RunStopped(str(e)) from None
+            self._last_pt_good = True
+        self.last_good = (os.path.join(self.run_dir, ckpt.LAST), self.step)
+
+    def _last_good_text(self) -> str:
+        if self.last_good is None:
+            return "no checkpoint written yet"
+        return f"last good checkpoint: {self.last_good[0]} (step {self.last_good[1]})"
 
     # ------------------------------------------------------------------ training
 
-    def train_epoch(self) -> dict:
+    def train_epoch(self) -> tuple[dict, bool]:
+        """(stats, whether the epoch ran to its end); resumes mid-epoch from `self.progress`."""
         cfg, d = self.cfg, self.d
         self.net.train()
         self.train_loader.set_epoch(self.epoch)
         if hasattr(self.model, "set_epoch"):  # models with per-epoch schedules of their own (ILA)
             self.model.set_epoch(self.epoch)
-        meter = StepMeter(d.device)
-        bar = tqdm(total=len(self.train_loader), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch",
+        meter, done = StepMeter(d.device), self.progress
+        usable = self.steps_per_epoch * cfg.grad_accum  # a trailing partial accumulation is not trained on
+        bar = tqdm(total=usable, initial=done.batches, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not (cfg.progress and d.main), dynamic_ncols=True)
-        loss_sum = torch.zeros((), device=d.device)
-        micro = 0
+        loss_sum = torch.full((), done.loss_sum, device=d.device)
+        complete = done.batches >= usable
         meter.start()
-        for batch in self.train_loader:
+        for i, batch in enumerate(self.train_loader if not complete else ()):
+            if i < done.batches or i >= usable:  # trained before the checkpoint resumed from / left over
+                meter.start()
+                continue
             meter.data_ready()
-            loss = self._micro_step(batch, last=(micro + 1) % cfg.grad_accum == 0)
+            stepped = (i + 1) % cfg.grad_accum == 0
+            loss = self._micro_step(batch, last=stepped)
             loss_sum += loss.detach()
-            micro += 1
             meter.step_done(batch["clips"].shape[0])
             if d.main:
                 bar.set_postfix_str(meter.postfix(), refresh=False)
                 bar.update(1)
                 self._log_step(loss, meter)
-            if cfg.max_steps and self.step >= cfg.max_steps:
-                break
+            if stepped:
+                self.progress = EpochProgress(i + 1, float(loss_sum), done.micro + meter.steps,
+                                              done.clips + meter.clips)
+                self._after_step(at_end=i + 1 == usable)
+                if cfg.max_steps and self.step >= cfg.max_steps and i + 1 < usable:
+                    break
+        else:
+            complete = True
         bar.close()
         stats = meter.summary()
-        stats["train_loss"] = _mean_across(loss_sum / max(micro, 1))
-        return stats
+        stats.update(steps=done.micro + meter.steps, clips=done.clips + meter.clips,
+                     train_loss=_mean_across(loss_sum / max(done.micro + meter.steps, 1)))
+        return stats, complete
 
     def _micro_step(self, batch, last: bool) -> torch.Tensor:
         clips, labels = batch["clips"], batch["labels"]
@@ -171,8 +258,11 @@ class Trainer:
             clips, targets = mix_clips(self.mixup, clips, labels)
         sync = contextlib.nullcontext() if last or self.d.world == 1 else self.net.no_sync()
         with sync:
-            with autocast(self.d.device, self.cfg.amp):
+            with autocast(self.d.device, self.amp):
                 loss = self._loss(clips, targets)
+            self._last_loss = float(loss.detach())
+            if self._bad_loss is None and not math.isfinite(self._last_loss):
+                self._bad_loss = self._last_loss
             self.scaler.scale(loss / self.cfg.grad_accum).backward()
         if last:
             self._optimizer_step()
@@ -185,10 +275,8 @@ class Trainer:
         return self.criterion(logits, targets) + self.cfg.aux_loss_weight * aux
 
     def _optimizer_step(self) -> None:
-        if self.cfg.clip_grad > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
-                                           self.cfg.clip_grad)
+        norm = self._grad_norm()
+        self._check_finite(norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -197,6 +285,53 @@ class Trainer:
             self.scheduler.step_update(self.step)
         if self.ema:
             self.ema.update(self.model, step=self.step)
+
+    def _grad_norm(self) -> float | None:
+        """The total gradient norm (clipped to clip_grad when set); None under fp16 without clipping, where
+        GradScaler itself skips steps whose gradients overflowed."""
+        if self.scaler.is_enabled() and self.cfg.clip_grad <= 0:
+            return None
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.cfg.clip_grad > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        return float(norm)
+
+    def _check_finite(self, norm: float | None) -> None:
+        """Stop before applying an update from a non-finite loss or gradient (on every rank alike)."""
+        bad_norm = norm is not None and not math.isfinite(norm) and not self.scaler.is_enabled()
+        bad = self._agree(self._bad_loss is not None or bad_norm)
+        if bad:
+            loss = self._last_loss if self._bad_loss is None else self._bad_loss
+            raise RunStopped(f"diverged at step {self.step + 1} (epoch {self.epoch + 1}): loss {loss:.4g}, gradient "
+                             f"norm {norm}: stopped before applying that update, nothing saved; "
+                             f"{self._last_good_text()}")
+
+    def _agree(self, bad: bool = False) -> bool:
+        """Whether any process saw a non-finite value; `self.stopping`: whether any was asked to stop."""
+        flags = torch.tensor([float(bad), float(self.stop.signum)], device=self.d.device)
+        if self.d.world > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        self.stopping = int(flags[1])
+        return bool(flags[0])
+
+    def _after_step(self, at_end: bool) -> None:
+        """Mid-epoch checkpoints: every ckpt_every_steps steps, and on a stop signal (then stop)."""
+        self._agree()  # a signal that came during this step stops the run right after it
+        every = self.cfg.ckpt_every_steps
+        if self.stopping or (every and self.step % every == 0 and not at_end):
+            self.save()
+        self._stop_if_asked()
+
+    def _stop_if_asked(self) -> None:
+        if not self.stopping:
+            return
+        batches = self.steps_per_epoch * self.cfg.grad_accum
+        raise RunStopped(f"stopped by {signal.Signals(self.stopping).name} at step {self.step} (epoch "
+                         f"{self.epoch + 1}, batch {self.progress.batches} of {batches}); {self._last_good_text()}; "
+                         f"run the same command again to resume", code=128 + self.stopping)
 
     def _log_step(self, loss, meter) -> None:
         if self.writer and self.step % max(1, self.cfg.log_every) == 0:
@@ -211,12 +346,14 @@ class Trainer:
         if self.val_loader is None:
             val_set = self._open_split(cfg.val_split)
             self.val_records = val_set.rows
+            if cfg.task != "image" and self.d.main:
+                check_stored_videos(val_set.rows, self.contract, cfg.val_split)
             self.val_loader = self._loader(val_set, cfg.val_split, training=False,
                                            clips=cfg.eval_clips, crops=cfg.eval_crops)
         model = self.ema.module if self.ema else self.model
         self.val_loader.set_epoch(0)
         result = score_videos(model, self.val_loader, len(self.val_records), self.num_classes,
-                              self.d.device, cfg.amp)
+                              self.d.device, self.amp)
         labels = torch.tensor([r["label"] for r in self.val_records])
         report, damaged = readable_accuracy(result, labels, self.classes, cfg.eval_clips * cfg.eval_crops)
         if damaged and self.d.main:
@@ -228,26 +365,76 @@ class Trainer:
     # ------------------------------------------------------------------ the run
 
     def fit(self) -> dict:
-        self.resume()
-        row = {}
-        while self.epoch < self.cfg.epochs and not (self.cfg.max_steps and self.step >= self.cfg.max_steps):
-            t0 = time.time()
-            row = {"epoch": self.epoch + 1, **self.train_epoch()}
-            self.epoch += 1
-            if self.cfg.eval_every and (self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs):
-                row.update(self.validate())
-            row.update(lr=self.optimizer.param_groups[0]["lr"], epoch_seconds=round(time.time() - t0, 2))
-            is_best = row.get("val_top1", -1) > self.best
-            self.best = max(self.best, row.get("val_top1", -1))
-            self._log_epoch(row)
-            self.save(is_best)
+        with self.stop.installed():
+            try:
+                self.resume()
+                self._start()
+                row = {}
+                while self.epoch < self.cfg.epochs and not (self.cfg.max_steps and self.step >= self.cfg.max_steps):
+                    row = self._run_epoch()
+            finally:
+                if self.writer:  # what was logged before a stop reaches TensorBoard too
+                    self.writer.flush()
+        if not row and self.d.main:
+            log.info("nothing to train: the run is at epoch %d of %d (step %d)", self.epoch, self.cfg.epochs,
+                     self.step)
+            row = (_read_metrics(os.path.join(self.run_dir, "metrics.jsonl")) or [{}])[-1]
         self.finish()
         return row
+
+    def _start(self) -> None:
+        """After the resume check (which may refuse): the run folder now belongs to this config."""
+        self._agree()
+        self._stop_if_asked()
+        if not self.d.main:
+            return
+        with self._writing("config.yaml"):
+            save_config(self.cfg, os.path.join(self.run_dir, "config.yaml"))
+            if self.last_good is None:  # a fresh start (--resume none included) has no earlier epochs
+                _truncate_metrics(os.path.join(self.run_dir, "metrics.jsonl"), 0)
+
+    @contextlib.contextmanager
+    def _writing(self, name: str):
+        """A run-folder file that cannot be written (disk full) stops the run in one line, not a traceback."""
+        try:
+            yield
+        except OSError as e:
+            raise RunStopped(f"could not write {os.path.join(self.run_dir, name)}: {e.strerror or e}; "
+                             f"{self._last_good_text()}") from None
+
+    def _run_epoch(self) -> dict:
+        t0 = time.time()
+        stats, complete = self.train_epoch()
+        row = {"epoch": self.epoch + 1, **stats, **self.damage.epoch_row()}
+        if not complete:  # max_steps reached mid-epoch: a checkpoint that resumes there
+            if self.last_good is None or self.last_good[1] != self.step:
+                self.save()
+            return row
+        self.epoch += 1
+        self.progress = EpochProgress()
+        if self.cfg.eval_every and (self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs):
+            row.update(self._validate_or_stop())
+        row.update(lr=self.optimizer.param_groups[0]["lr"], epoch_seconds=round(time.time() - t0, 2))
+        top1 = row.get("val_top1")
+        is_best = top1 is not None and math.isfinite(top1) and top1 > self.best
+        self.best = max(self.best, top1) if is_best else self.best
+        self._log_epoch(row)
+        self.save(is_best)
+        self._agree()  # a signal during validation or saving: the checkpoint just written resumes here
+        self._stop_if_asked()
+        return row
+
+    def _validate_or_stop(self) -> dict:
+        try:
+            return self.validate()
+        except RuntimeError as e:  # non-finite scores, broken sharding: no accuracy to report or rank by
+            raise RunStopped(f"validation after epoch {self.epoch}: {str(e).splitlines()[0]}; "
+                             f"{self._last_good_text()}") from None
 
     def _log_epoch(self, row: dict) -> None:
         if not self.d.main:
             return
-        with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
+        with self._writing("metrics.jsonl"), open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(row) + "\n")
         for k, v in row.items():
             if isinstance(v, (int, float)) and k != "epoch":
@@ -281,6 +468,8 @@ def _read_metrics(path: str) -> list[dict]:
 
 def _truncate_metrics(path: str, epoch: int) -> None:
     """A run killed after logging an epoch but before its checkpoint redoes that epoch: drop the old line."""
+    if not os.path.exists(path):
+        return
     rows = [r for r in _read_metrics(path) if r["epoch"] <= epoch]
     with open(path + ".tmp", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)

@@ -16,7 +16,7 @@ from timm.utils import ModelEmaV3
 
 import models
 from models.profile import has_convs, to_channels_last
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 
 
 @dataclass
@@ -39,7 +39,7 @@ def setup_distributed(device: str = "auto") -> Dist:
     """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) when present; a single process otherwise."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda asked for, but CUDA is not available")
+        raise ValueError("config key 'device' is cuda, but CUDA is not available")
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
     dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
@@ -57,8 +57,11 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(cfg: TrainConfig, num_classes: int, d: Dist) -> torch.nn.Module:
-    model = models.create_model(cfg.model, num_classes=num_classes, num_frames=cfg.num_frames or None,
-                                 pretrained=cfg.pretrained or None, **cfg.model_args)
+    try:
+        model = models.create_model(cfg.model, num_classes=num_classes, num_frames=cfg.num_frames or None,
+                                     pretrained=cfg.pretrained or None, **cfg.model_args)
+    except TypeError as e:  # an argument the model's builder does not take
+        raise ConfigError(f"config key 'model_args' {cfg.model_args}: {cfg.model} refuses it ({e})") from None
     if cfg.sampling or cfg.frame_stride:  # e.g. a dense-sampling model fine-tuned with TSN sampling on SSv2
         contract = model.input_contract
         model.input_contract = contract.replace(sampling=cfg.sampling or contract.sampling,
