@@ -2,12 +2,18 @@
 
 Multi-view evaluation (CLIPS temporal clips x CROPS spatial crops per video); torchrun-compatible, each
 video scored exactly once across ranks. Writes metrics.json, per_class.csv, predictions.json and
-confusion.png next to the checkpoint (or --out).
+confusion.png next to the checkpoint (or --out). A split prepped without labels (a test set) gets no accuracy:
+predictions.json and the submission files submission.csv (id, top-5 class names) and submission_ssv2.csv
+(`id;class`, the format of Something-Something v2's answer key) instead of per_class.csv and confusion.png.
 
 Protocol options (default: what the run trained with, else the model's contract): --frames, --sampling,
 --frame-stride choose the frames of a clip; --eval-scale resizes the short side to crop x scale and
 --eval-crop full takes crops as large as that short side (`python -m models zoo` prints each released
 checkpoint's settings).
+
+Subcommands: `python -m eval features` (the same views, pre-logit embeddings instead of scores: eval/features.py),
+`python -m eval ensemble` (fuses saved scores: eval/ensemble.py) and `python -m eval predict VIDEO...` (classifies
+video files as they are, through prep and this evaluation: eval/predict.py).
 """
 from __future__ import annotations
 
@@ -19,9 +25,20 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
+    add_view_args(p)
+    p.add_argument("--save-views", action="store_true", help="also save every view's scores (scores_views.npy)")
+    return p
+
+
+def add_view_args(p: argparse.ArgumentParser, data: bool = True) -> None:
+    """The checkpoint, data and test-view options `python -m eval` shares with `python -m eval features` (and,
+    without the data options --data, --split and --out, with `python -m eval predict`)."""
     p.add_argument("--ckpt", required=True, help="checkpoint written by `python -m train`, or a released file of the "
                    "source projects (`python -m models zoo` lists them)")
-    p.add_argument("--data", default="", help="prepped dataset (default: the one the run trained on)")
+    if data:
+        p.add_argument("--data", default="", help="prepped dataset (default: the one the run trained on)")
+        p.add_argument("--split", default="val")
+        p.add_argument("--out", default="", help="report folder")
     p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the checkpoint's or model's)")
     p.add_argument("--sampling", choices=("tsn", "dense"), default="",
                    help="frame sampling (default: the checkpoint's)")
@@ -30,18 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="short side = crop size x this (default: the run's augment.eval_scale, else 256/224)")
     p.add_argument("--eval-crop", choices=("contract", "full"), default=None,
                    help="crop side: the model's crop size, or the whole short side (default: the run's, else contract)")
-    p.add_argument("--split", default="val")
     p.add_argument("--clips", type=int, default=1, help="temporal clips per video")
     p.add_argument("--crops", type=int, choices=(1, 3, 5, 10), default=1, help="spatial crops per clip")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--py-workers", type=int, default=2)
+    p.add_argument("--py-workers", type=int, default=0, help="DALI source processes (0: a share of the cores)")
     p.add_argument("--amp", choices=("bf16", "fp16", "none"), default="bf16")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
-    p.add_argument("--out", default="", help="report folder")
-    p.add_argument("--save-views", action="store_true", help="also save every view's scores (scores_views.npy)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--no-progress", action="store_true")
-    return p
 
 
 def augment_overrides(args: argparse.Namespace) -> dict:
@@ -75,9 +88,14 @@ def main(argv=None) -> int:
         return 2
     if d.main:
         damaged = f", {len(summary['damaged'])} damaged videos left out" if summary["damaged"] else ""
-        print(f"{summary['model']}: top-1 {summary['top1']:.2f}  top-5 {summary['top5']:.2f}  "
-              f"mean class {summary['mean_class_acc']:.2f}  ({summary['videos']} videos{damaged}, "
-              f"{args.clips}x{args.crops} views) -> {summary['out_dir']}")
+        if summary["top1"] is None:  # an unlabelled split
+            print(f"{summary['model']}: no labels in split {args.split!r}, no accuracy: predictions of "
+                  f"{summary['videos']} videos ({args.clips}x{args.crops} views{damaged}) -> "
+                  f"{summary['submission']['csv']}, {summary['submission']['ssv2']}")
+        else:
+            print(f"{summary['model']}: top-1 {summary['top1']:.2f}  top-5 {summary['top5']:.2f}  "
+                  f"mean class {summary['mean_class_acc']:.2f}  ({summary['videos']} videos{damaged}, "
+                  f"{args.clips}x{args.crops} views) -> {summary['out_dir']}")
         print(json.dumps(summary))
     return 0
 
@@ -88,7 +106,19 @@ def _ensemble(argv) -> int:
     return ensemble_main(argv)
 
 
-SUBCOMMANDS = {"ensemble": _ensemble}
+def _features(argv) -> int:
+    from .features import main as features_main
+
+    return features_main(argv)
+
+
+def _predict(argv) -> int:
+    from .predict import main as predict_main
+
+    return predict_main(argv)
+
+
+SUBCOMMANDS = {"ensemble": _ensemble, "features": _features, "predict": _predict}
 
 if __name__ == "__main__":
     sys.exit(main())

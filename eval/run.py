@@ -21,9 +21,9 @@ from train.config import TrainConfig
 from train.setup import Dist
 
 from .dump import save_scores
-from .metrics import write_per_class_csv, write_predictions
+from .metrics import write_per_class_csv, write_predictions, write_submissions
 from .plots import plot_confusion
-from .score import readable_accuracy, score_videos
+from .score import check_coverage, readable_accuracy, score_videos
 
 log = logging.getLogger("eval")
 
@@ -51,8 +51,9 @@ def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips:
     if not data:
         raise ValueError(f"{ckpt_path} is a {rec.origin} file, which records no dataset: pass --data")
     dataset = _open_split(cfg, data, split, rec.classes, progress and d.main)
-    model, rec = load_model(ckpt_path, d.device, use_ema, dataset.classes, num_frames, rec)
-    column = _class_columns(ckpt_path, rec.classes, dataset.classes, model.num_classes)
+    classes = _split_classes(ckpt_path, rec, dataset, data)
+    model, rec = load_model(ckpt_path, d.device, use_ema, classes, num_frames, rec)
+    column = _class_columns(ckpt_path, rec.classes, classes, model.num_classes)
     contract, view = _test_protocol(cfg, model.input_contract, sampling, frame_stride, augment)
     loader = _loader(cfg, dataset, contract, split, clips, crops, batch_size, d, py_workers, view)
     loader.set_epoch(0)
@@ -61,15 +62,14 @@ def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips:
     if column is not None:
         result.scores = result.scores[:, column]
         result.views = result.views[..., column] if result.views is not None else None
-    labels = torch.tensor(dataset.labels)
-    report, damaged = readable_accuracy(result, labels, dataset.classes, clips * crops)
+    report, damaged = _accuracy(result, dataset, classes, clips * crops)
     summary = {"model": rec.model, "origin": rec.origin, "checkpoint": ckpt_path, "data": data, "split": split,
-               "clips": clips, "crops": crops, "videos": report["videos"], "top1": report["top1"],
-               "top5": report["top5"], "mean_class_acc": report["mean_class_acc"],
+               "clips": clips, "crops": crops, "videos": len(dataset) - len(damaged),
+               **{k: report[k] if report else None for k in ("top1", "top5", "mean_class_acc")},
                "damaged": _damaged_rows(damaged, dataset.rows, loader),
                "protocol": _protocol_row(contract, view, cfg.get("image_size") or contract.crop_size)}
     if damaged and d.main:
-        log.warning("%d of %d videos could not be read and are left out of the accuracy (listed in metrics.json)",
+        log.warning("%d of %d videos could not be read and are left out (listed in metrics.json)",
                     len(damaged), len(dataset))
     if d.main:
         out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), f"eval_{split}_{clips}x{crops}")
@@ -77,9 +77,26 @@ def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips:
         readable = [i for i in range(len(dataset)) if i not in left_out]
         views = result.views[readable] if result.views is not None else None
         write_reports(out_dir, summary, report, result.scores[readable], [dataset.rows[i] for i in readable],
-                      dataset.classes, views)
+                      classes, views)
         summary["out_dir"] = out_dir
     return summary
+
+
+def _split_classes(path: str, rec, dataset, data: str) -> list[str]:
+    """The dataset's classes; for an unlabelled split prepped without a class list, the checkpoint's."""
+    if dataset.classes:
+        return dataset.classes
+    if not rec.classes:
+        raise CheckpointError(f"{data} records no class names and {path} ({rec.origin}) has none either: prep the "
+                              "split with --classes FILE (the classes the model was trained on, in its order)")
+    return list(rec.classes)
+
+
+def _accuracy(result, dataset, classes: list[str], views: int) -> tuple[dict | None, list[int]]:
+    """(accuracy report, damaged videos); no report for an unlabelled split, whose files are its submission."""
+    if not getattr(dataset, "labelled", True):  # an image folder is always labelled
+        return None, check_coverage(result, views)
+    return readable_accuracy(result, torch.tensor(dataset.labels), classes, views)
 
 
 def _run_config(rec) -> dict:
@@ -137,7 +154,9 @@ def _loader(cfg: dict, dataset, contract, split, clips, crops, batch_size, d: Di
     return pipelines.build_loader(
         dataset, split, contract, batch_size=batch_size, training=False, clips=clips, crops=crops,
         device_id=d.device_id, rank=d.rank, world_size=d.world, seed=cfg["seed"], num_threads=cfg["threads"],
-        py_workers=py_workers, path=cfg.get("data_path", "auto"), augment=augment)
+        py_workers=py_workers, path=cfg.get("data_path", "auto"), augment=augment,
+        hw_decoder_load=cfg.get("hw_decoder_load", 0.9),
+        preallocate=(cfg.get("preallocate_width_hint", 0), cfg.get("preallocate_height_hint", 0)))
 
 
 def _damaged_rows(damaged: list[int], rows: list[dict], loader) -> list[dict]:
@@ -147,14 +166,19 @@ def _damaged_rows(damaged: list[int], rows: list[dict], loader) -> list[dict]:
 
 
 def write_reports(out_dir, summary, report, scores, records, classes, views=None) -> None:
-    """metrics.json, per_class.csv, predictions.json, confusion.png and the score dump of one evaluation."""
+    """metrics.json, per_class.csv, predictions.json, confusion.png and the score dump of one evaluation; for an
+    unlabelled split (report None) the submission files instead of per_class.csv and confusion.png."""
     os.makedirs(out_dir, exist_ok=True)
+    if report is None:
+        summary["submission"] = write_submissions(scores, records, classes, out_dir)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(summary, f, indent=1, allow_nan=False)
-    write_per_class_csv(report, os.path.join(out_dir, "per_class.csv"))
     write_predictions(scores, records, classes, os.path.join(out_dir, "predictions.json"))
     save_scores(out_dir, scores, records, classes, {k: summary[k] for k in ("model", "checkpoint", "split")
                                                      if k in summary}, views)
+    if report is None:
+        return
+    write_per_class_csv(report, os.path.join(out_dir, "per_class.csv"))
     plot_confusion(report["confusion"], classes, os.path.join(out_dir, "confusion.png"),
                    title=f"{summary['model']}: top-1 {summary['top1']:.1f}% ({summary.get('clips', '?')}x"
                          f"{summary.get('crops', '?')} views)")

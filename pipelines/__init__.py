@@ -2,12 +2,15 @@
 
     from pipelines import build_loader, AugmentConfig, sampling
     loader = build_loader(data, split, contract, batch_size, training, clips=1, crops=1, device_id=None,
-                          rank=0, world_size=1, seed=0, num_threads=2, py_workers=2, augment=None,
+                          rank=0, world_size=1, seed=0, num_threads=None, py_workers=None, augment=None,
                           dtype=torch.float32, path="auto")
     for epoch in range(epochs):
         loader.set_epoch(epoch)
         for batch in loader:  # "clips" (contract layout, dtype), "labels", "index", "view": int64
             ...
+
+num_threads / py_workers None: this rank's share of the usable cores (resources.host_threads). NCTHW clips come
+as a channels_last_3d view of DALI's per-frame output (call .contiguous() for the standard layout).
 
 Training: reshuffled per (seed, epoch), disjoint slices per rank padded by wrap-around, partial batch
 dropped. Evaluation: every (video, view) pair exactly once across ranks, views = clips x crops, the last

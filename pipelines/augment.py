@@ -1,15 +1,17 @@
 """Clip augmentation: one set of random parameters per clip, applied alike to every frame.
 
-Two halves. The parameters (crop box, flip, colour factors, evaluation crop position) are drawn with numpy
-in the external-source callback from the sample's own generator (`sampling.sample_rng`), so a sample's
-augmentation depends only on (seed, epoch, video, view), never on worker count or read order, and the
-boxes are unit-testable. The DALI functions below apply them to the whole FHWC sequence at once (DALI's
-resize / color_twist / crop_mirror_normalize treat F as a sequence axis and use one argument per sample).
-Only RandAugment draws its own randomness inside DALI (nvidia.dali.auto_aug).
+Two halves. The parameters (crop box, flip, colour factors, RandAugment's operations and signs, evaluation crop
+position) are drawn with numpy in the external-source callback from the sample's own generator
+(`sampling.sample_rng`), so a sample's augmentation depends only on (seed, epoch, video, view), never on worker
+count or read order, and the boxes are unit-testable. The DALI functions below apply them to an HWC frame or an
+FHWC clip alike: the frame path gives every frame of a clip its own sample carrying the clip's parameters, the
+video path one FHWC sample per clip (DALI's resize / color_twist / crop_mirror_normalize treat F as a sequence
+axis and use one argument per sample). Either way every frame of a clip gets the same transform.
 
-Parameter vector (float32, PARAMS long):
-  training:   x0, y0, x1, y1 (relative crop box), mirror, brightness, contrast, saturation, hue (degrees)
-  evaluation: crop_pos_x, crop_pos_y, mirror, then zeros
+Parameter vector (float32, `param_count(cfg)` long):
+  training:   x0, y0, x1, y1 (relative crop box), mirror, brightness, contrast, saturation, hue (degrees),
+              then with RandAugment n operation indices and n signs (0: +, 1: -)
+  evaluation: crop_pos_x, crop_pos_y, mirror, then zeros (PARAMS long)
 """
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 PARAMS = 9
+# DALI's RandAugment suite (nvidia.dali.auto_aug.rand_augment.get_rand_augment_suite): translate x/y, shear x/y,
+# rotate, brightness, contrast, color, sharpness, posterize, solarize, equalize, auto_contrast, identity
+RAND_AUGMENT_OPS = 14
 TRAIN_CROPS = ("multiscale", "resized", "center")
 EVAL_CROPS = (1, 3, 5, 10)
 EVAL_CROP_SIDES = ("contract", "full")
@@ -124,11 +129,24 @@ def center_box(width: int, height: int) -> np.ndarray:
 _BOXES = {"multiscale": multi_scale_box, "resized": random_resized_box}
 
 
+def param_count(cfg: AugmentConfig, training: bool = True) -> int:
+    return PARAMS + 2 * cfg.rand_augment if training else PARAMS
+
+
 def train_params(rng: np.random.Generator, width: int, height: int, cfg: AugmentConfig) -> np.ndarray:
     """The parameter vector of one training clip (see the module docstring)."""
     box = center_box(width, height) if cfg.train_crop == "center" else _BOXES[cfg.train_crop](rng, width, height, cfg)
     mirror = float(cfg.flip and rng.random() < 0.5)
-    return np.concatenate([box, [mirror], jitter_factors(rng, cfg)]).astype(np.float32)
+    # drawn last, so the other parameters do not depend on whether RandAugment is on
+    ops = rand_augment_choices(rng, cfg.rand_augment)
+    return np.concatenate([box, [mirror], jitter_factors(rng, cfg), ops]).astype(np.float32)
+
+
+def rand_augment_choices(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n operation indices into DALI's RandAugment suite, then n magnitude signs, uniform as DALI draws them."""
+    if not n:
+        return np.zeros(0)
+    return np.concatenate([rng.integers(RAND_AUGMENT_OPS, size=n), rng.integers(2, size=n)])
 
 
 def jitter_factors(rng: np.random.Generator, cfg: AugmentConfig) -> tuple:
@@ -164,8 +182,8 @@ def eval_params(crop: int, crops: int, width: int, height: int) -> np.ndarray:
 
 
 def train_transform(clip, params, crop_size: int, cfg: AugmentConfig, cropped: bool = False):
-    """FHWC uint8 clip -> (crop_size x crop_size FHWC uint8 clip, mirror flag): crop box (unless the decoder
-    `cropped` it already), resize, colour, RandAugment."""
+    """HWC frame or FHWC clip, uint8 -> (crop_size x crop_size uint8 frame or clip, mirror flag): crop box (unless
+    the decoder `cropped` it already), resize, colour, RandAugment."""
     from nvidia.dali import fn, types
 
     if cropped:
@@ -176,14 +194,34 @@ def train_transform(clip, params, crop_size: int, cfg: AugmentConfig, cropped: b
     if any(cfg.jitter):
         clip = fn.color_twist(clip, brightness=params[5], contrast=params[6], saturation=params[7], hue=params[8])
     if cfg.rand_augment:
-        from nvidia.dali.auto_aug import rand_augment
-
-        clip = rand_augment.rand_augment(clip, n=cfg.rand_augment, m=cfg.rand_augment_m)
+        clip = rand_augment(clip, params, cfg)
     return clip, fn.cast(params[4], dtype=types.INT32)
 
 
+def rand_augment(clip, params, cfg: AugmentConfig):
+    """DALI's RandAugment (its default suite and magnitudes, as `rand_augment.rand_augment(clip, n, m)`), with the
+    operations and signs the source drew (`rand_augment_choices`) instead of DALI's per-sample random draws: the
+    frames of a clip are separate samples on the frame path and must share them. Needs enable_conditionals."""
+    from nvidia.dali import fn, types
+    from nvidia.dali.auto_aug.core import select, signed_bin
+    from nvidia.dali.auto_aug.rand_augment import get_rand_augment_suite
+
+    suite = get_rand_augment_suite()
+    if len(suite) != RAND_AUGMENT_OPS:
+        raise RuntimeError(f"this DALI's RandAugment suite has {len(suite)} operations, not {RAND_AUGMENT_OPS}")
+    n = cfg.rand_augment
+    ops = fn.cast(params[PARAMS: PARAMS + n], dtype=types.INT32)
+    signs = fn.cast(params[PARAMS + n: PARAMS + 2 * n], dtype=types.INT32)
+    magnitudes = signed_bin(cfg.rand_augment_m, random_sign=signs)
+    for level in range(n):
+        clip = select(suite, ops[level], data=clip, magnitude_bin=magnitudes[level], num_magnitude_bins=31,
+                      fill_value=128, interp_type=None)
+    return clip
+
+
 def eval_transform(clip, params, crop_size: int, cfg: AugmentConfig):
-    """FHWC uint8 clip -> (clip with its short side at eval_short_side, crop size, position and mirror arguments)."""
+    """HWC frame or FHWC clip, uint8 -> (the same with its short side at eval_short_side, crop size, position and
+    mirror arguments)."""
     from nvidia.dali import fn, types
 
     clip = fn.resize(clip, resize_shorter=cfg.eval_short_side(crop_size), antialias=True)
@@ -192,11 +230,19 @@ def eval_transform(clip, params, crop_size: int, cfg: AugmentConfig):
                   "mirror": fn.cast(params[2], dtype=types.INT32)}
 
 
+def output_layout(layout: str, per_frame: bool) -> str:
+    """The layout crop_mirror_normalize writes for a model's "NCTHW" | "NTCHW" contract. Channels stay last for
+    NCTHW: the loader's (B, T, H, W, C) batch permuted to NCTHW is then channels_last_3d, what 3D convolutions
+    run fastest on, with no copy. NTCHW frames are CHW, so (B * T, C, H, W) is (B, T, C, H, W) as it is."""
+    if layout not in ("NCTHW", "NTCHW"):
+        raise ValueError(f"layout must be NCTHW or NTCHW, got {layout!r}")
+    return ("" if per_frame else "F") + ("HWC" if layout == "NCTHW" else "CHW")
+
+
 def normalize(clip, mean, std, layout: str, dali_dtype, mirror, **crop):
-    """(x - mean * 255) / (std * 255), optional mirror and crop, transposed to the model's layout
-    ("NCTHW" -> "CFHW", "NTCHW" -> "FCHW")."""
+    """(x - mean * 255) / (std * 255), optional mirror and crop, written in `layout` (a DALI layout such as
+    "CFHW", "FHWC", "CHW"; see `output_layout`)."""
     from nvidia.dali import fn
 
     return fn.crop_mirror_normalize(clip, mean=[255.0 * m for m in mean], std=[255.0 * s for s in std],
-                                    mirror=mirror, output_layout="CFHW" if layout == "NCTHW" else "FCHW",
-                                    dtype=dali_dtype, **crop)
+                                    mirror=mirror, output_layout=layout, dtype=dali_dtype, **crop)

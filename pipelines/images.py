@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from .augment import AugmentConfig, normalize
 from .pipeline import GraphOptions
+from .resources import image_decoder_args, resolve_threads
 
 log = logging.getLogger("pipelines")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -152,7 +153,8 @@ def _train_image(jpegs, opts: GraphOptions):
     aug = opts.augment
     image = fn.decoders.image_random_crop(jpegs, device=opts.decoder_device, output_type=types.RGB,
                                           random_area=list(aug.area), random_aspect_ratio=list(aug.ratio),
-                                          num_attempts=10)
+                                          num_attempts=10, **image_decoder_args(opts.decoder_device,
+                                                                                opts.hw_decoder_load))
     image = fn.resize(image, size=(opts.crop_size, opts.crop_size), interp_type=types.INTERP_CUBIC,
                       antialias=True)
     if aug.rand_augment:
@@ -167,7 +169,8 @@ def _eval_image(jpegs, opts: GraphOptions):
     """Decode, short side to crop_size x eval_scale (1 / crop_pct), centre crop."""
     from nvidia.dali import fn, types
 
-    image = fn.decoders.image(jpegs, device=opts.decoder_device, output_type=types.RGB)
+    image = fn.decoders.image(jpegs, device=opts.decoder_device, output_type=types.RGB,
+                              **image_decoder_args(opts.decoder_device, opts.hw_decoder_load))
     image = fn.resize(image, resize_shorter=opts.augment.eval_short_side(opts.crop_size),
                       interp_type=types.INTERP_CUBIC, antialias=True)
     side = opts.augment.eval_crop_side(opts.crop_size)
@@ -184,7 +187,8 @@ def image_graph(file_root: str, files: list[str], ids: list[int], opts: GraphOpt
                                      name="Reader")
     image, mirror, crop = (_train_image if opts.training else _eval_image)(jpegs, opts)
     clip = fn.expand_dims(image, axes=[0], new_axis_names="F")  # HWC -> FHWC with F = 1
-    clip = normalize(clip, opts.mean, opts.std, opts.layout, opts.dali_dtype, mirror, **crop)
+    layout = "CFHW" if opts.layout == "NCTHW" else "FCHW"
+    clip = normalize(clip, opts.mean, opts.std, layout, opts.dali_dtype, mirror, **crop)
     return clip, (ids_out.gpu() if opts.decoder_device == "mixed" else ids_out)
 
 
@@ -217,10 +221,11 @@ class ImageLoader:
     "labels", "index" (position in the folder index) and "view" (zeros)."""
 
     def __init__(self, folder: ImageFolder, contract, batch_size: int, training: bool, device_id=None, rank=0,
-                 world_size=1, seed=0, num_threads=2, augment: AugmentConfig | None = None, dtype=torch.float32,
+                 world_size=1, seed=0, num_threads=None, augment: AugmentConfig | None = None, dtype=torch.float32,
                  repeats: int = 1, image_size: int = 0, prefetch: int = 2):
         from .loader import _dali_dtype
 
+        num_threads = resolve_threads(num_threads, 1)[0]  # None or 0: this rank's share of the cores
         if batch_size < 1 or num_threads < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad batch_size {batch_size}, num_threads {num_threads}, rank {rank} of {world_size}")
         if training and augment is not None and any(augment.jitter):  # the STS recipe uses RandAugment instead

@@ -19,6 +19,7 @@ from prep import PreppedDataset, open_dataset
 
 from .augment import EVAL_CROPS, AugmentConfig
 from .pipeline import GraphOptions, build_pipeline
+from .resources import HW_DECODER_LOAD, image_decoder_args, largest_frame, resolve_threads
 from .sampling import ClipSpec, EpochPlan
 from .source import ClipSource, DamageLog
 
@@ -60,6 +61,10 @@ def _choose_path(ds: PreppedDataset, path: str, device_id: int | None) -> str:
             raise ValueError(f"{ds.root} holds {'/'.join(codecs)} videos, which DALI decodes only on a GPU (its CPU "
                              f"video decoder handles {', '.join(CPU_VIDEO_CODECS)}): pass device_id, or prep with "
                              "--store frames")
+    if path == "video" and device_id is not None:
+        from prep.nvdec import check_store
+
+        check_store(ds.root, ds.rows)  # NVDEC fails a whole run on a stream it cannot decode: refuse up front
     return path
 
 
@@ -77,8 +82,10 @@ class VideoLoader:
     """Iterate for one epoch of batches: dicts of "clips", "labels", "index", "view" torch tensors."""
 
     def __init__(self, data, split, contract, batch_size, training, clips=1, crops=1, device_id=None, rank=0,
-                 world_size=1, seed=0, num_threads=2, py_workers=2, augment=None, dtype=torch.float32,
-                 path="auto", verify=True, prefetch=2, py_start_method=None):
+                 world_size=1, seed=0, num_threads=None, py_workers=None, augment=None, dtype=torch.float32,
+                 path="auto", verify=True, prefetch=2, py_start_method=None, hw_decoder_load=HW_DECODER_LOAD,
+                 preallocate=None):
+        num_threads, py_workers = resolve_threads(num_threads, py_workers)
         _check_counts(batch_size, clips, crops, training, num_threads, py_workers, world_size)
         self.dataset = _open(data, split)
         self.path = _choose_path(self.dataset, path, device_id)
@@ -87,9 +94,12 @@ class VideoLoader:
         self.augment = augment if augment is not None else AugmentConfig()
         self.plan = EpochPlan(len(self.dataset), int(batch_size), self.training, self.clips * self.crops,
                               int(rank), int(world_size), int(seed))
+        largest = largest_frame(self.dataset.rows)  # per side, 0 or None: the dataset's largest stored frame
+        preallocate = tuple(int(p or d) for p, d in zip(preallocate or (0, 0), largest))
         self.graph = GraphOptions(int(contract.crop_size), tuple(contract.mean), tuple(contract.std),
                                   contract.layout, self.training, self.augment, _dali_dtype(dtype),
-                                  "cpu" if device_id is None else "mixed")
+                                  "cpu" if device_id is None else "mixed", float(hw_decoder_load), tuple(preallocate))
+        image_decoder_args(self.graph.decoder_device, hw_decoder_load)  # a bad value fails here, not at build
         self.spec = ClipSpec.of(contract)
         self.num_threads, self.py_workers, self.verify, self.prefetch = num_threads, py_workers, verify, prefetch
         # spawned workers stay clear of a CUDA context the parent holds or will hold; fork starts faster
@@ -195,7 +205,13 @@ class VideoLoader:
         self.close()
         raise RuntimeError(f"DALI yielded more than the planned {len(self)} batches for the epoch")
 
-    def _to_batch(self, clips: torch.Tensor, meta: torch.Tensor, count: int) -> dict:
+    def _to_batch(self, data: torch.Tensor, meta: torch.Tensor, count: int) -> dict:
+        """DALI's frames (B * T, ...) or clips (B, T, ...) -> clips in the contract's layout, as a view: NCTHW comes
+        out channels_last_3d (see augment.output_layout), NTCHW contiguous."""
+        clips = data.unflatten(0, (-1, self.spec.num_frames)) if data.dim() == 4 else data
+        if self.contract.layout == "NCTHW":
+            clips = clips.permute(0, 4, 1, 2, 3)
+        meta = meta[:: data.shape[0] // clips.shape[0]]
         if count < clips.shape[0]:  # evaluation's padded last batch
             clips, meta = clips[:count], meta[:count]
         if self.dtype == torch.bfloat16:
@@ -205,9 +221,12 @@ class VideoLoader:
 
 
 def build_loader(data, split, contract, batch_size, training, clips=1, crops=1, device_id=None, rank=0,
-                 world_size=1, seed=0, num_threads=2, py_workers=2, augment=None, dtype=torch.float32,
+                 world_size=1, seed=0, num_threads=None, py_workers=None, augment=None, dtype=torch.float32,
                  path="auto", **options) -> VideoLoader:
-    """See the package docstring; `options`: verify (check stored checksums, default True), prefetch (DALI
-    queue depth, default 2), py_start_method ("fork" on the CPU, "spawn" with a GPU by default)."""
+    """See the package docstring; num_threads / py_workers None (or 0): this rank's share of the cores
+    (`resources.host_threads`). `options`: verify (check stored checksums, default True), prefetch (DALI queue
+    depth, default 2), py_start_method ("fork" on the CPU, "spawn" with a GPU by default), hw_decoder_load (the
+    hardware JPEG decoder's share, default 0.9), preallocate ((width, height) for nvJPEG's buffers; default the
+    largest stored frame)."""
     return VideoLoader(data, split, contract, batch_size, training, clips, crops, device_id, rank, world_size,
                        seed, num_threads, py_workers, augment, dtype, path, **options)

@@ -3,12 +3,19 @@
 One graph for both devices: decoders run on "mixed" (nvJPEG / NVDEC) when a GPU is given, on "cpu"
 otherwise; everything after them follows the data. Augmentation parameters arrive from the source as a
 CPU vector per sample (argument inputs must live on the CPU).
+
+Frame path: one sample per FRAME. A batch of B clips of T frames is a DALI batch of B x T JPEGs, so a single
+decoder operator sees all of them at once (nvJPEG and the hardware JPEG decoder work in batches; T decoders
+of B images each would leave them underfed), and every frame sample carries its clip's parameters, so all the
+frames of a clip are cropped, coloured and flipped alike. The loader views the B x T frames as B clips.
+Video path: one sample per clip, the encoded video and the clip's frame indices; NVDEC decodes FHWC clips.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .augment import AugmentConfig, eval_transform, normalize, train_transform
+from .augment import AugmentConfig, eval_transform, normalize, output_layout, train_transform
+from .resources import HW_DECODER_LOAD, image_decoder_args
 from .source import ClipSource
 
 
@@ -22,50 +29,61 @@ class GraphOptions:
     augment: AugmentConfig
     dali_dtype: object  # nvidia.dali.types.DALIDataType of the clips
     decoder_device: str  # "mixed" | "cpu"
+    hw_decoder_load: float = HW_DECODER_LOAD  # the hardware JPEG decoder's share (mixed only)
+    preallocate: tuple | None = None  # (width, height) of the largest stored frame: nvJPEG's preallocation hint
 
 
-def _decode(source: ClipSource, decoder_device: str, prefetch: int, crop_on_decode: bool):
-    """(FHWC uint8 clip, meta, params); with crop_on_decode, JPEG frames are decoded inside the training crop
-    box only (libjpeg-turbo partial decoding: a multi-scale crop of a 16:9 frame is a quarter to a half of it)."""
+def _decode_frames(jpeg, params, opts: GraphOptions, crop_on_decode: bool):
+    """One decoder for every frame of the batch; with crop_on_decode, only the training crop box of each JPEG is
+    decoded (libjpeg-turbo partial decoding: a multi-scale crop of a 16:9 frame is a quarter to a half of it)."""
     from nvidia.dali import fn, types
+
+    args = image_decoder_args(opts.decoder_device, opts.hw_decoder_load, opts.preallocate)
+    if crop_on_decode:  # params[0:4] = x0, y0, x1, y1, the slice's default "WH" order
+        return fn.decoders.image_slice(jpeg, rel_start=params[0:2], rel_end=params[2:4], device=opts.decoder_device,
+                                       output_type=types.RGB, **args)
+    return fn.decoders.image(jpeg, device=opts.decoder_device, output_type=types.RGB, **args)
+
+
+def _decode(source: ClipSource, opts: GraphOptions, prefetch: int, crop_on_decode: bool):
+    """(HWC frame or FHWC clip, uint8; meta; params)."""
+    from nvidia.dali import fn
 
     outputs = fn.external_source(source=source, num_outputs=source.num_outputs, batch=False, parallel=True,
                                  prefetch_queue_depth=prefetch)
     if source.path == "frames":
-        *jpegs, meta, params = outputs
-        if crop_on_decode:  # params[0:4] = x0, y0, x1, y1, the slice's default "WH" order
-            frames = [fn.decoders.image_slice(j, rel_start=params[0:2], rel_end=params[2:4], device=decoder_device,
-                                              output_type=types.RGB) for j in jpegs]
-        else:
-            frames = [fn.decoders.image(j, device=decoder_device, output_type=types.RGB) for j in jpegs]
-        return fn.stack(*frames, axis_name="F"), meta, params
+        jpeg, meta, params = outputs
+        return _decode_frames(jpeg, params, opts, crop_on_decode), meta, params
     encoded, indices, meta, params = outputs
     # edge padding only guards against a stored frame count that overstates the decodable frames
-    return fn.decoders.video(encoded, frames=indices, device=decoder_device, pad_mode="edge"), meta, params
+    return fn.decoders.video(encoded, frames=indices, device=opts.decoder_device, pad_mode="edge"), meta, params
 
 
 def clip_graph(source: ClipSource, opts: GraphOptions, prefetch: int):
-    """The pipeline's outputs: clips in the model's layout and dtype, and meta = [label, index, view]."""
+    """The pipeline's outputs: frames (frame path) or clips (video path) normalized in the layout of
+    `augment.output_layout`, in the model's dtype, and meta = [label, index, view] per sample."""
     from nvidia.dali import fn
 
     # on the GPU the whole frame goes to the hardware JPEG decoder, which we have not measured with ROIs
     crop_on_decode = opts.training and source.path == "frames" and opts.decoder_device == "cpu"
-    clip, meta, params = _decode(source, opts.decoder_device, prefetch, crop_on_decode)
+    data, meta, params = _decode(source, opts, prefetch, crop_on_decode)
     if opts.training:
-        clip, mirror = train_transform(clip, params, opts.crop_size, opts.augment, cropped=crop_on_decode)
+        data, mirror = train_transform(data, params, opts.crop_size, opts.augment, cropped=crop_on_decode)
         crop = {}
     else:
-        clip, crop = eval_transform(clip, params, opts.crop_size, opts.augment)
+        data, crop = eval_transform(data, params, opts.crop_size, opts.augment)
         mirror = crop.pop("mirror")
-    clip = normalize(clip, opts.mean, opts.std, opts.layout, opts.dali_dtype, mirror, **crop)
+    layout = output_layout(opts.layout, per_frame=source.path == "frames")
+    data = normalize(data, opts.mean, opts.std, layout, opts.dali_dtype, mirror, **crop)
     # a copy, so no output aliases an external-source buffer (see DALI-NOTES: 2.1 executor issue)
     meta = meta.gpu() if opts.decoder_device == "mixed" else fn.copy(meta)
-    return clip, meta
+    return data, meta
 
 
 def build_pipeline(source: ClipSource, opts: GraphOptions, batch_size: int, num_threads: int, py_workers: int,
                    device_id: int | None, seed: int, prefetch: int = 2, py_start_method: str = "fork"):
-    """A built DALI pipeline whose Python workers are running."""
+    """A built DALI pipeline whose Python workers are running. `batch_size` counts clips; the frame path's DALI
+    batch holds batch_size x frames samples."""
     from nvidia.dali import pipeline_def
 
     conditionals = opts.training and opts.augment.rand_augment > 0  # nvidia.dali.auto_aug needs them
@@ -74,7 +92,7 @@ def build_pipeline(source: ClipSource, opts: GraphOptions, batch_size: int, num_
     def graph():
         return clip_graph(source, opts, prefetch)
 
-    pipe = graph(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
-                 py_num_workers=py_workers, py_start_method=py_start_method, prefetch_queue_depth=prefetch)
+    pipe = graph(batch_size=batch_size * source.samples_per_clip, num_threads=num_threads, device_id=device_id,
+                 seed=seed, py_num_workers=py_workers, py_start_method=py_start_method, prefetch_queue_depth=prefetch)
     pipe.build()
     return pipe

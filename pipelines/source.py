@@ -2,10 +2,16 @@
 
 `ClipSource` is stateless in the sense DALI needs: the sample at (epoch_idx, idx_in_epoch) is a pure
 function of the source's fixed fields, so it can run in any worker process, in any order, forked or
-spawned (it pickles). Its only mutable field is a per-process cache of the epoch's shuffle.
+spawned (it pickles). Its only mutable fields are per-process caches: the epoch's shuffle and the last clip.
+
+Frame path: one sample per frame (sample s of the epoch is frame s mod T of clip s // T, see pipeline.py). The
+clip is read once per process: consecutive samples go to the same worker (DALI hands each worker a contiguous
+range of the batch), so a one-clip cache serves the other T - 1 frames, and every frame of a clip comes from the
+same read, damaged-video replacement included.
 
 A damaged or missing stored entry is replaced by the next readable video of the split, which keeps its own
-label and index; every replacement is logged and appended to a `DamageLog` file that all workers share.
+label and index; every replacement is logged and appended to a `DamageLog` file that all workers share (once per
+clip: by the sample that carries the clip's first frame).
 """
 from __future__ import annotations
 
@@ -19,8 +25,10 @@ import numpy as np
 import pyarrow as pa
 
 from prep import DamagedEntry, PreppedDataset
+from prep.dataset import UNLABELLED
 
 from .augment import AugmentConfig, eval_params, train_params
+from .gops import CONTAINERS, cut_stream
 from .orphans import die_with_parent
 from .sampling import ClipSpec, EpochPlan, clip_indices, sample_rng, view_of
 
@@ -61,9 +69,10 @@ class DamageLog:
 class ClipSource:
     """Callable for `fn.external_source(batch=False, parallel=True)`.
 
-    Returns, per sample, for path "frames": T JPEG buffers, meta, params; for path "video": the encoded
-    video, the T frame indices (int32), meta, params. meta = int64 [label, video index, view];
-    params = the augmentation vector of `augment.PARAMS` floats."""
+    Returns, per sample, for path "frames": one frame's JPEG buffer, meta, params (samples_per_clip = T samples
+    per clip); for path "video": the encoded video, the T frame indices (int32), meta, params (one sample per
+    clip). meta = int64 [label (UNLABELLED for an unlabelled video), video index, view]; params = the clip's
+    augmentation vector (`augment.param_count` floats)."""
 
     data: PreppedDataset
     plan: EpochPlan
@@ -76,21 +85,34 @@ class ClipSource:
     crops: int = 1
     verify: bool = True
     _orders: dict = field(default_factory=dict, repr=False)
+    _last: tuple = field(default=(None, None), repr=False)  # ((epoch, position), resolved clip) of the last read
     _owner: int = field(default_factory=os.getpid, repr=False)  # the training process that built the pipeline
 
     @property
     def num_outputs(self) -> int:
-        return self.spec.num_frames + 2 if self.path == "frames" else 4
+        return 3 if self.path == "frames" else 4
+
+    @property
+    def samples_per_clip(self) -> int:
+        return self.spec.num_frames if self.path == "frames" else 1
 
     def __call__(self, sample_info):
         if os.getpid() != self._owner:  # in a DALI worker: do not outlive a trainer killed with SIGKILL
             die_with_parent(self._owner)
-        position = sample_info.idx_in_epoch
+        position, frame = divmod(sample_info.idx_in_epoch, self.samples_per_clip)
         if position >= self.plan.num_batches * self.plan.batch_size:
             raise StopIteration
         epoch = self.first_epoch + sample_info.epoch_idx
         video, view = self.plan.item(position, epoch, self._order(epoch))
-        return self.sample(video, view, epoch)
+        if self._last[0] != (epoch, position):
+            self._last = ((epoch, position), self._resolve(video, view, epoch))
+        out, replaced = self._last[1]
+        if replaced and frame == 0:
+            self._report(video, *replaced)
+        if self.path == "video":
+            return out
+        *jpegs, meta, params = out
+        return jpegs[frame], meta, params
 
     def _order(self, epoch: int):
         if not self.plan.training:
@@ -101,7 +123,15 @@ class ClipSource:
         return self._orders[epoch]
 
     def sample(self, video: int, view: int, epoch: int) -> tuple:
-        """The sample of (video, view), or of the next readable video if that one is damaged."""
+        """The whole clip of (video, view), or of the next readable video if that one is damaged: for path
+        "frames" the T JPEG buffers, meta, params; for path "video" as one sample."""
+        out, replaced = self._resolve(video, view, epoch)
+        if replaced:
+            self._report(video, *replaced)
+        return out
+
+    def _resolve(self, video: int, view: int, epoch: int) -> tuple[tuple, tuple | None]:
+        """(clip, None), or (the stand-in's clip, (stand-in, damaged videos, reason)) when `video` is damaged."""
         n = len(self.data)
         damaged, reason = [], ""
         for step in range(n):
@@ -112,14 +142,17 @@ class ClipSource:
                 damaged.append(index)
                 reason = reason or f"{type(e).__name__}: {e}"
                 continue
-            if damaged:
-                log.warning("damaged stored video %s replaced by %s: %s",
-                            self.data.rows[video]["id"], self.data.rows[index]["id"], reason)
-                self.damage_log.add(video, index, damaged, reason)
-                if not self.plan.training:
-                    out = _placeholder(out, video, self.data.rows[video]["label"])
-            return out
+            if not damaged:
+                return out, None
+            if not self.plan.training:
+                out = _placeholder(out, video, _label(self.data.rows[video]))
+            return out, (index, damaged, reason)
         raise RuntimeError(f"every video of {self.data!r} is damaged ({reason})")
+
+    def _report(self, video: int, index: int, damaged: list[int], reason: str) -> None:
+        log.warning("damaged stored video %s replaced by %s: %s",
+                    self.data.rows[video]["id"], self.data.rows[index]["id"], reason)
+        self.damage_log.add(video, index, damaged, reason)
 
     def _read(self, index: int, view: int, epoch: int) -> tuple:
         row = self.data.rows[index]
@@ -132,12 +165,18 @@ class ClipSource:
             clip, crop = view_of(view, self.crops)
             frames = clip_indices(row["num_frames"], self.spec, False, clip=clip, clips=self.clips)
             params = eval_params(crop, self.crops, width, height)
-        meta = np.array([row["label"], index, view], dtype=np.int64)
+        meta = np.array([_label(row), index, view], dtype=np.int64)
         if self.path == "frames":
             jpegs = self.data.frames(index, frames, verify=self.verify)
             return (*[np.frombuffer(j, dtype=np.uint8) for j in jpegs], meta, params)
-        encoded = np.frombuffer(self.data.video(index, verify=self.verify), dtype=np.uint8)
-        return encoded, frames.astype(np.int32), meta, params
+        encoded, frames = self.data.video(index, verify=self.verify), frames.astype(np.int32)
+        if row.get("gop") and row.get("codec") in CONTAINERS:  # re-encoded: hand the decoder only what it needs
+            encoded, frames = cut_stream(encoded, frames, row["gop"], row["codec"])
+        return np.frombuffer(encoded, dtype=np.uint8), frames, meta, params
+
+
+def _label(row: dict) -> int:
+    return UNLABELLED if row["label"] is None else row["label"]
 
 
 def _placeholder(sample: tuple, video: int, label: int) -> tuple:

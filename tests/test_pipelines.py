@@ -29,11 +29,14 @@ def _prep(src: str, lists: list[str], out: str, store: str) -> str:
     return out
 
 
-def _synthetic(base, codec: str, store: str) -> str:
-    src = str(base / f"src-{codec}")
-    made = generate(src, videos=12, frames=20, size=(48, 64), codec=codec, classes=4, val_fraction=0.25,
-                    progress=False)
-    return _prep(src, [f"train={made['train']}", f"val={made['val']}"], str(base / f"{codec}-{store}"), store)
+def _synthetic(base, codec: str, store: str, size=(48, 64)) -> str:
+    tag = "" if size == (48, 64) else f"-{size[0]}p"
+    src = base / f"src-{codec}{tag}"
+    if not (src / "train.txt").exists():  # another store of the same videos may have made them
+        generate(str(src), videos=12, frames=20, size=size, codec=codec, classes=4, val_fraction=0.25,
+                 progress=False)
+    return _prep(str(src), [f"train={src / 'train.txt'}", f"val={src / 'val.txt'}"],
+                 str(base / f"{codec}{tag}-{store}"), store)
 
 
 @pytest.fixture(scope="session")
@@ -52,21 +55,44 @@ def vp9_data(base):
     return _synthetic(base, "vp9", "video")
 
 
+# NVDEC refuses frames under its minimum size (VP9 and AV1 128 px, HEVC 144 px): the GPU tests read videos of a
+# realistic short side
+GPU_SIZE = (256, 320)
+
+
 @pytest.fixture(scope="session")
-def pattern_data(base):
+def gpu_data(base):
+    """(JPEG-frame store, VP9 video store) of the same 12 videos at 320x256, for the gpu-marked tests."""
+    return _synthetic(base, "vp9", "frames", GPU_SIZE), _synthetic(base, "vp9", "video", GPU_SIZE)
+
+
+def _still_pattern(base, size=(48, 64)) -> str:
     """4 still videos (every frame identical, losslessly coded) of a pattern whose red rises left to right
     and green top to bottom: any crop or mirror shows in the pixels."""
-    src = base / "src-pattern"
+    height, width = size
+    src = base / f"src-pattern-{height}p"
     (src / "videos").mkdir(parents=True)
-    ys, xs = np.mgrid[0:48, 0:64]
-    image = np.stack([xs * 255 // 63, ys * 255 // 47, np.full_like(xs, 128)], -1).astype(np.uint8)
+    ys, xs = np.mgrid[0:height, 0:width]
+    image = np.stack([xs * 255 // (width - 1), ys * 255 // (height - 1), np.full_like(xs, 128)], -1).astype(np.uint8)
     lines = []
     for k in range(4):
         encode_video(src / "videos" / f"still{k}.mp4", [image] * 12, fps=12, codec="h264", crf=0)
         lines.append(f"videos/still{k}.mp4 {'ab'[k % 2]}\n")
     (src / "train.txt").write_text("".join(lines))
     (src / "classes.txt").write_text("a\nb\n")
-    return _prep(str(src), [f"train={src / 'train.txt'}"], str(base / "pattern-frames"), "frames")
+    return _prep(str(src), [f"train={src / 'train.txt'}"], str(base / f"pattern-{height}p-frames"), "frames")
+
+
+@pytest.fixture(scope="session")
+def pattern_data(base):
+    """The still pattern at 64x48."""
+    return _still_pattern(base)
+
+
+@pytest.fixture(scope="session")
+def gpu_pattern_data(base):
+    """The still pattern at 320x256, for the gpu-marked tests."""
+    return _still_pattern(base, GPU_SIZE)
 
 
 def run_epoch(loader, epoch=None) -> dict:
@@ -313,25 +339,35 @@ def _call_pickled(blob: bytes, info):
 
 
 def test_source_is_picklable_and_stateless(frames_data):
+    """One sample per frame: sample k * T + f is frame f of clip k, with the clip's meta and parameters."""
     loader = build_loader(frames_data, "train", NCTHW, 2, True)
     source = loader._source(first_epoch=4)
-    info = SimpleNamespace(idx_in_epoch=3, epoch_idx=1, idx_in_batch=1, iteration=1)
+    frames = NCTHW.num_frames
+    assert source.samples_per_clip == frames and source.num_outputs == 3
+    info = SimpleNamespace(idx_in_epoch=3 * frames + 2, epoch_idx=1, idx_in_batch=2, iteration=1)
     # the pickled copy runs in another process, as in spawned DALI workers (and one LMDB env per process)
     with multiprocessing.get_context("fork").Pool(1) as pool:
         b = pool.apply(_call_pickled, (pickle.dumps(source), info))
     a = source(info)
-    assert len(a) == NCTHW.num_frames + 2
+    assert len(a) == 3
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     video = EpochPlan(8, 2, True, seed=0).items(5)[3][0]
-    assert a[-2].tolist() == [open_dataset(frames_data, "train").record(video)["label"], video, 0]
+    assert a[1].tolist() == [open_dataset(frames_data, "train").record(video)["label"], video, 0]
+    *jpegs, meta, params = source.sample(video, 0, 5)  # the whole clip, as one read
+    np.testing.assert_array_equal(a[0], jpegs[2])
+    np.testing.assert_array_equal(a[2], params)
+    others = [source(SimpleNamespace(idx_in_epoch=3 * frames + f, epoch_idx=1, idx_in_batch=f, iteration=1))
+              for f in range(frames)]
+    assert all(np.array_equal(o[2], params) and np.array_equal(o[1], meta) for o in others)
+    assert [o[0].tobytes() for o in others] == [j.tobytes() for j in jpegs]
     with pytest.raises(StopIteration):
-        source(SimpleNamespace(idx_in_epoch=8, epoch_idx=0, idx_in_batch=0, iteration=4))
+        source(SimpleNamespace(idx_in_epoch=8 * frames, epoch_idx=0, idx_in_batch=0, iteration=4))
 
 
 @pytest.mark.gpu
-def test_mixed_decoding_on_gpu_matches_cpu(frames_data, vp9_data):
-    for data in (frames_data, vp9_data):
+def test_mixed_decoding_on_gpu_matches_cpu(gpu_data):
+    for data in gpu_data:
         gpu = build_loader(data, "val", NCTHW, 3, False, crops=3, device_id=0, py_workers=1)
         batch = next(iter(gpu))
         assert all(t.device == torch.device("cuda", 0) for t in batch.values())
@@ -342,9 +378,9 @@ def test_mixed_decoding_on_gpu_matches_cpu(frames_data, vp9_data):
 
 
 @pytest.mark.gpu
-def test_h264_video_store_decodes_on_gpu(base, frames_data):
-    src = str(base / "src-h264")
-    out = _prep(src, [f"train={src}/train.txt"], str(base / "h264-video-gpu"), "video")
+def test_h264_video_store_decodes_on_gpu(base):
+    out = _synthetic(base, "h264", "video", GPU_SIZE)
+    assert min(open_dataset(out, "train").record(0)["size"]) == GPU_SIZE[0]
     loader = build_loader(out, "train", NTCHW, 4, True, device_id=0, py_workers=1, dtype=torch.bfloat16)
     batch = next(iter(loader))
     assert batch["clips"].shape == (4, 3, 3, 24, 24) and batch["clips"].dtype == torch.bfloat16

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from bench.data import AUGMENT, CONTRACT, BaselineClips, normalized
+from bench.data import AUGMENT, CONTRACT, BaselineClips, bare_ratios, normalized, run_bare_decode
 from pipelines import build_loader
 from prep import open_dataset
 
@@ -30,3 +30,28 @@ def test_baselines_match_the_dali_training_clips(data):
             mine = next(normalized([(clip[None], torch.tensor([label]))], torch.device("cpu")))["clips"][0]
             assert (mine - batch["clips"][k]).abs().mean() < tolerance, reader
             assert (mine.flip(-1) - batch["clips"][k]).abs().mean() > 0.1  # the test would see a wrong flip
+
+
+def test_bare_decode_runs_the_pipelines_source_through_one_decoder(data):
+    """The GPU baseline's code path, on the CPU decoder: the same per-frame source, B x T frames per batch."""
+    from types import SimpleNamespace
+
+    _, out = data
+    args = SimpleNamespace(batch_size=2, workers=1, warmup=1, batches=2)
+    assert run_bare_decode(open_dataset(out, "train"), args, device="cpu") > 0
+
+
+def test_bare_ratio_is_the_gpu_row_over_the_bare_row():
+    rows = [{"dataset": "k", "role": "gpu", "rate": 80.0}, {"dataset": "k", "role": "bare", "rate": 100.0},
+            {"dataset": "k", "role": "baseline", "rate": 10.0}, {"dataset": "s", "role": "ours", "rate": 5.0},
+            {"dataset": "s", "role": "baseline", "rate": 4.0}]
+    assert bare_ratios(rows) == {"k": 0.8}
+
+
+def test_frames_dalis_video_decoder_decodes_per_clip():
+    from bench.store import decoded_per_clip
+
+    indices = [3, 10, 20, 20]
+    assert decoded_per_clip({"store": "frames"}, indices) == 4
+    assert decoded_per_clip({"store": "video", "codec": "h264"}, indices) == 21  # no seeking: 0 .. last
+    assert decoded_per_clip({"store": "video", "codec": "h264", "gop": 8}, indices) == 4 + 3 + 5  # cut per keyframe
