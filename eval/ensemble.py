@@ -1,5 +1,6 @@
 """python -m eval ensemble EVAL_DIR_OR_SCORES... [--weights W...] [--out DIR]: fuse the saved scores of several
-models on the same split and report the same metrics and plots as `python -m eval`."""
+models on the same split and report the same metrics and plots as `python -m eval` (for an unlabelled split, the
+same submission files and no accuracy)."""
 from __future__ import annotations
 
 import argparse
@@ -30,13 +31,12 @@ def ensemble(inputs: list[str], weights: list[float] | None = None, out_dir: str
     if any(not w >= 0 for w in weights) or not sum(weights) > 0:
         raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
     scores, index = fuse([load_scores(p) for p in inputs], weights, inputs)
-    if any(label is None for label in index["labels"]):
-        raise ValueError("the split has no labels: an ensemble of an unlabelled split has no accuracy to report")
     classes, scores = index["classes"], torch.from_numpy(scores)
-    report = accuracy_report(scores, torch.tensor(index["labels"]), classes)
+    labelled = all(label is not None for label in index["labels"])  # else a test split: submission files
+    report = accuracy_report(scores, torch.tensor(index["labels"]), classes) if labelled else None
     summary = {"model": "ensemble of " + " + ".join(_name(p) for p in inputs), "split": index.get("split"),
-               "inputs": inputs, "weights": weights, "videos": report["videos"], "top1": report["top1"],
-               "top5": report["top5"], "mean_class_acc": report["mean_class_acc"]}
+               "inputs": inputs, "weights": weights, "videos": len(index["ids"]),
+               **{k: report[k] if report else None for k in ("top1", "top5", "mean_class_acc")}}
     out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(inputs[0])), f"ensemble_{len(inputs)}")
     rows = [{"id": i, "label": label} for i, label in zip(index["ids"], index["labels"])]
     write_reports(out_dir, summary, report, scores, rows, classes)
@@ -57,8 +57,12 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"eval ensemble: error: {e}", file=sys.stderr)
         return 2
-    print(f"{summary['model']}: top-1 {summary['top1']:.2f}  top-5 {summary['top5']:.2f}  "
-          f"({summary['videos']} videos) -> {summary['out_dir']}")
+    if summary["top1"] is None:
+        print(f"{summary['model']}: no labels, no accuracy: predictions of {summary['videos']} videos -> "
+              f"{summary['submission']['csv']}, {summary['submission']['ssv2']}")
+    else:
+        print(f"{summary['model']}: top-1 {summary['top1']:.2f}  top-5 {summary['top5']:.2f}  "
+              f"({summary['videos']} videos) -> {summary['out_dir']}")
     print(json.dumps(summary))
     return 0
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import torch
 
@@ -50,3 +51,25 @@ def write_predictions(scores: torch.Tensor, records: list[dict], classes: list[s
                             for i, v in zip(idx, vals)]})
     with open(path, "w") as f:
         json.dump(out, f, allow_nan=False)  # scores are checked finite before; never write non-JSON
+
+
+SUBMISSION, SSV2_SUBMISSION = "submission.csv", "submission_ssv2.csv"
+
+
+def write_submissions(scores: torch.Tensor, records: list[dict], classes: list[str], out_dir: str,
+                      k: int = 5) -> dict:
+    """An unlabelled split's answers, best class first: submission.csv (header `id,top1..top5`, class names) and
+    submission_ssv2.csv (`id;class name` per line, no header), the format of the answer key Something-Something v2
+    now ships (labels/test-answers.csv), so a submission is scored against it line by line. (TSM's test script
+    wrote its SSv2 submissions as `id;i1;...;i5`, class indices: not this format.) Returns {"csv", "ssv2"} paths."""
+    top = scores.topk(min(k, scores.shape[1]), dim=1).indices.tolist()
+    names = [[classes[i] for i in row] for row in top]
+    paths = {"csv": os.path.join(out_dir, SUBMISSION), "ssv2": os.path.join(out_dir, SSV2_SUBMISSION)}
+    with open(paths["csv"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id"] + [f"top{i + 1}" for i in range(len(top[0]) if top else k)])
+        w.writerows([rec["id"], *row] for rec, row in zip(records, names))
+    with open(paths["ssv2"], "w", newline="") as f:
+        csv.writer(f, delimiter=";", lineterminator="\n").writerows([rec["id"], row[0]] for rec, row in
+                                                                    zip(records, names))
+    return paths

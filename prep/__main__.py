@@ -57,7 +57,8 @@ def _job_args(p: argparse.ArgumentParser, short_side: int = 256) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m prep", description="Decode videos once into shards.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("videos", help="a video list: lines 'relative/path label'")
+    p = sub.add_parser("videos", help="a video list: lines 'relative/path label' (or 'relative/path' alone: an "
+                       "unlabelled test list)")
     p.add_argument("--list", action="append", required=True, metavar="[SPLIT=]LIST",
                    help="repeatable; the split defaults to train/val/test from the file name")
     p.add_argument("--root", required=True, help="folder the list's paths are relative to")

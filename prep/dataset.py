@@ -9,7 +9,9 @@ import zlib
 from .runner import read_jsonl
 from .store import DamagedEntry, DamagedShard, ShardReader
 
-__all__ = ["PreppedDataset", "open_dataset", "DamagedEntry", "DamagedShard"]
+__all__ = ["PreppedDataset", "open_dataset", "DamagedEntry", "DamagedShard", "UNLABELLED"]
+# the label an unlabelled video (manifest label null) carries in a batch, whose labels are int64
+UNLABELLED = -1
 
 
 class PreppedDataset:
@@ -44,8 +46,14 @@ class PreppedDataset:
         return self.rows[0]["store"] if self.rows else "frames"
 
     @property
-    def labels(self) -> list[int]:
+    def labels(self) -> list[int | None]:
+        """Each video's label; None for an unlabelled (test) video."""
         return [r["label"] for r in self.rows]
+
+    @property
+    def labelled(self) -> bool:
+        """Whether every video of these rows has a label (an unlabelled test split has none)."""
+        return all(r["label"] is not None for r in self.rows)
 
     def record(self, i: int) -> dict:
         return dict(self.rows[i])

@@ -27,7 +27,8 @@ def restrict_to_classes(tasks: list[Task], classes: list[str], subset_file: str)
     """Keep the videos of the classes listed in `subset_file` (one per line), relabelled 0..K-1 in its order.
 
     Names match the dataset's ignoring case, underscores for spaces and SSv2's [brackets], since published
-    class lists differ from the annotation files in exactly those ways. Other videos are left out, not rejected."""
+    class lists differ from the annotation files in exactly those ways. Other videos are left out, not rejected,
+    and so are unlabelled test videos: which of them belong to the subset is unknown."""
     if not os.path.isfile(subset_file):
         raise ValueError(f"subset class list not found: {subset_file}")
     wanted = read_classes_file(subset_file)

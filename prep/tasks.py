@@ -2,6 +2,9 @@
 
 A task is one video with its split and label. Problems found here (an unknown label, a duplicate
 id) do not stop the run: the task carries a `reject` reason and lands in the rejects file.
+
+A test split without labels (SSv2's test.json, a list of bare paths) is stored with label None (null in the
+manifest): `python -m eval` writes its predictions and submission files and no accuracy; training refuses it.
 """
 from __future__ import annotations
 
@@ -21,8 +24,8 @@ class Task:
     id: str
     path: str
     split: str
-    label: int
-    label_name: str
+    label: int | None  # None: an unlabelled (test) video
+    label_name: str | None
     reject: str | None = None
     key: str = ""  # set by number_tasks: the storage key, unique across the whole job
 
@@ -65,7 +68,8 @@ def read_classes_file(path: str) -> list[str]:
 
 def parse_video_lists(lists: list[str], root: str, classes_file: str | None = None, num_classes: int | None = None,
                       allow_outside_root: bool = False) -> tuple[list[Task], list[str]]:
-    """`lists` entries are `PATH` or `SPLIT=PATH`; each line of a list is `relative/path label`.
+    """`lists` entries are `PATH` or `SPLIT=PATH`; each line of a list is `relative/path label`, or in an
+    unlabelled list (a test set) `relative/path` alone.
 
     Labels are class names or numbers into the class list: that of `classes_file`, else 0..num_classes-1, else
     inferred from the lists; a label outside it is a reject. So is a path outside `root` unless allowed."""
@@ -78,7 +82,7 @@ def parse_video_lists(lists: list[str], root: str, classes_file: str | None = No
         if not os.path.isfile(path):
             raise ValueError(f"video list not found: {path}")
         rows += [(split, *r) for r in _read_list(path)]
-    classes, scope = _list_classes([r[2] for r in rows], classes_file, num_classes)
+    classes, scope = _list_classes([r[2] for r in rows if r[2] is not None], classes_file, num_classes)
     index = {name: i for i, name in enumerate(classes)}
     tasks = [_list_task(split, rel, label, root, classes, index, scope) for split, rel, label in rows]
     if not allow_outside_root:
@@ -114,18 +118,20 @@ def _list_classes(labels: list[str], classes_file: str | None, num_classes: int 
                      "(pass --num-classes or --classes if the label is right)")
 
 
-def _read_list(path: str) -> list[tuple[str, str]]:
-    out = []
+def _read_list(path: str) -> list[tuple[str, str | None]]:
+    """(relative path, label) per line; label None throughout a list of bare paths. A list is labelled on
+    every line or on none: a line without a label in a labelled list is an error, not an unlabelled video."""
+    lines = []
     with open(path) as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = line.rsplit(maxsplit=1)
-            if len(parts) != 2:
-                raise ValueError(f"{path}:{n}: expected 'relative/path label', got {line!r}")
-            out.append((parts[0], parts[1]))
-    return out
+            if line and not line.startswith("#"):
+                lines.append((n, line.rsplit(maxsplit=1)))
+    bare = [n for n, parts in lines if len(parts) == 1]
+    if bare and len(bare) != len(lines):
+        raise ValueError(f"{path}:{bare[0]}: no label, but other lines of the list have one "
+                         "(label every line, or none for an unlabelled test list)")
+    return [(parts[0], None if bare else parts[1]) for _, parts in lines]
 
 
 def _classes_from_labels(labels: list[str]) -> list[str]:
@@ -140,6 +146,8 @@ def _classes_from_labels(labels: list[str]) -> list[str]:
 
 def _list_task(split, rel, label, root, classes, index, scope="the class list") -> Task:
     path = os.path.join(root, rel)
+    if label is None:
+        return Task(rel, path, split, None, None)
     if re.fullmatch(r"\d+", label) and label not in index:
         i = int(label)
         if i < len(classes):
@@ -158,7 +166,8 @@ SSV2_RELEASE_PREFIX = "something-something-v2-"
 
 def ssv2_tasks(root: str, videos: str | None = None) -> tuple[list[Task], list[str]]:
     """labels.json ({template: "index"}), train.json and validation.json, videos `<id>.webm`; each file also under
-    the release's own name (something-something-v2-labels.json, ...). The test list has no labels: not read."""
+    the release's own name (something-something-v2-labels.json, ...). test.json ([{"id": ...}], no labels), when
+    present, becomes the unlabelled split "test"."""
     with open(_ssv2_file(root, "labels.json")) as f:
         label_index = {k: int(v) for k, v in json.load(f).items()}
     classes = [None] * len(label_index)
@@ -174,15 +183,21 @@ def ssv2_tasks(root: str, videos: str | None = None) -> tuple[list[Task], list[s
                 tasks.append(Task(str(item["id"]), path, split, -1, name, reject=f"unknown label {name!r}"))
             else:
                 tasks.append(Task(str(item["id"]), path, split, label_index[name], name))
+    test = _ssv2_file(root, "test.json", required=False)
+    for item in _read_json(test) if test else []:
+        vid = str(item["id"] if isinstance(item, dict) else item)
+        tasks.append(Task(vid, os.path.join(vdir, f"{vid}.webm"), "test", None, None))
     return tasks, classes
 
 
-def _ssv2_file(root: str, name: str) -> str:
+def _ssv2_file(root: str, name: str, required: bool = True) -> str | None:
     """`name` or its release name, in root, root/labels or root/annotations."""
     for d in (root, os.path.join(root, "labels"), os.path.join(root, "annotations")):
         for n in (name, SSV2_RELEASE_PREFIX + name):
             if os.path.isfile(os.path.join(d, n)):
                 return os.path.join(d, n)
+    if not required:
+        return None
     raise ValueError(f"{name} (or {SSV2_RELEASE_PREFIX}{name}) not found under {root} (nor labels/ or annotations/)")
 
 

@@ -1,0 +1,235 @@
+"""python -m eval predict VIDEO|FOLDER|LIST [...] --ckpt CKPT [--clips N --crops M] [--top 5] [--json] [--classes FILE]
+
+Classifies video files as they are, with no prep step for the user: any file PyAV opens (H.264, HEVC, VP9, AV1,
+MPEG-4, MJPEG, ... in mp4, webm, mkv, avi, ...), every video below a folder, or the paths of a list file (.txt,
+.lst or .list: one path per line, relative to the list's folder). Prints each video's top classes with their
+probabilities, and one line with the reason for each file that cannot be read; --json prints one JSON object.
+Exit status 1 only when no video could be predicted.
+
+It is evaluation itself, not a re-implementation: the videos are prepped by prep's own code (`prep.runner.run_prep`,
+unlabelled, in parallel worker processes, into a temporary store, storing frames the way the run's own prepped data
+does: its prep.json's short side, fps, JPEG quality and chroma, else prep's defaults) and that store is scored by
+`python -m eval`'s own `evaluate`. So a video gets the frames, resizing and views (and so the scores) it gets when
+prepped into a dataset and evaluated. Decoding overlaps the model only within each stage (the prep workers decode
+videos in parallel, the DALI loader prefetches batches); the model starts when every video is prepped.
+
+Class names come from the checkpoint (toolkit checkpoints record them); the source projects' released files
+record none, so they need --classes FILE (one name per line in the model's order, or a classes.json).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+
+from prep.decode import DecodeOptions
+from prep.runner import JobOptions, NothingStored, read_jsonl, run_prep
+from prep.tasks import VIDEO_EXTENSIONS, Task, number_tasks, read_classes_file
+
+from .__main__ import add_view_args, augment_overrides
+
+LIST_EXTENSIONS = (".txt", ".lst", ".list")
+# what a folder is searched for (a file named on the command line is tried whatever its name)
+FOLDER_EXTENSIONS = VIDEO_EXTENSIONS + (".mpg", ".mpeg", ".ts", ".m2ts", ".wmv", ".3gp", ".ogv", ".mjpeg", ".gif")
+SPLIT = "test"
+DECODE_KEYS = ("short_side", "fps", "quality", "chroma", "min_frames")  # what decides the stored frames
+
+
+class PredictError(ValueError):
+    """A one-line refusal (no class names, an image checkpoint, no video given)."""
+
+
+def collect_videos(inputs: list[str]) -> tuple[list[str], list[dict]]:
+    """(video paths in the order given, each once; [{"video", "reason"}] for inputs that name no video at all).
+    A path that does not exist is kept: prep rejects it with its reason like any other unreadable file."""
+    videos, empty = [], []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(os.path.join(d, n) for d, _, names in os.walk(item) for n in names
+                           if n.lower().endswith(FOLDER_EXTENSIONS))
+            videos += found
+            if not found:
+                empty.append({"video": item, "reason": f"folder without video files ({' '.join(FOLDER_EXTENSIONS)})"})
+        elif item.lower().endswith(LIST_EXTENSIONS) and os.path.isfile(item):
+            videos += _read_path_list(item)
+        else:
+            videos.append(item)
+    seen, unique = set(), []
+    for v in videos:
+        key = os.path.normpath(os.path.abspath(v))
+        if key not in seen:
+            seen.add(key)
+            unique.append(v)
+    return unique, empty
+
+
+def _read_path_list(path: str) -> list[str]:
+    base = os.path.dirname(path)
+    with open(path) as f:
+        lines = [line.strip() for line in f]
+    return [line if os.path.isabs(line) else os.path.join(base, line)
+            for line in lines if line and not line.startswith("#")]
+
+
+def read_class_names(path: str) -> list[str]:
+    """One name per line, or a JSON list (prep's classes.json) or {name: index} object (SSv2's labels.json)."""
+    if not os.path.isfile(path):
+        raise PredictError(f"class list not found: {path}")
+    if not path.lower().endswith(".json"):
+        return read_classes_file(path)
+    with open(path) as f:
+        names = json.load(f)
+    if isinstance(names, dict):
+        names = [name for name, _ in sorted(names.items(), key=lambda kv: int(kv[1]))]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise PredictError(f"{path}: expected a JSON list of class names or an object {{name: index}}")
+    return names
+
+
+def model_classes(ckpt: str, rec, classes_file: str | None) -> list[str]:
+    if classes_file:
+        return read_class_names(classes_file)
+    if rec.classes:
+        return list(rec.classes)
+    raise PredictError(f"{ckpt} is a {rec.origin} file, which records no class names: pass --classes FILE "
+                       "(one name per line in the model's order, or a classes.json)")
+
+
+def decode_options(run_data: str) -> DecodeOptions:
+    """Frames stored as the run's prepped data stores them (its prep.json), else as prep stores them by default.
+    Always JPEG frames: a store of encoded videos would refuse streams no NVDEC decodes."""
+    path = os.path.join(run_data, "prep.json") if run_data else ""
+    decode = {}
+    if path and os.path.isfile(path):
+        with open(path) as f:
+            decode = json.load(f).get("decode") or {}
+    return DecodeOptions(**{k: decode[k] for k in DECODE_KEYS if k in decode})
+
+
+def prep_videos(videos: list[str], classes: list[str], out: str, decode: DecodeOptions, workers: int,
+                progress: bool) -> tuple[int, list[dict]]:
+    """Preps `videos` unlabelled into `out` (ids: the paths as given): (videos stored, [{"video", "reason"}] of the
+    rejected ones)."""
+    tasks = number_tasks([Task(v, v, SPLIT, None, None) for v in videos])
+    job = JobOptions(workers=max(1, min(workers, len(tasks))), progress=progress)
+    try:
+        stored = run_prep(tasks, classes, out, decode, job)["stored"]
+    except NothingStored:
+        stored = 0  # every file unreadable: each has its line in rejects.jsonl
+    return stored, [{"video": r["id"], "reason": r["reason"]} for r in read_jsonl(os.path.join(out, "rejects.jsonl"))]
+
+
+def predict(inputs: list[str], ckpt: str, d, classes_file: str | None = None, workers: int = 0, top: int = 5,
+            keep: str = "", progress: bool = True, **view) -> dict:
+    """Top classes of every video of `inputs`; `view`: `eval.run.evaluate`'s protocol and view arguments."""
+    from models.checkpoints import recognize_file
+
+    from .run import _run_config
+
+    videos, unreadable = collect_videos(inputs)
+    if not videos and not unreadable:
+        raise PredictError("no video given")
+    rec = recognize_file(ckpt, view.get("use_ema", True))
+    cfg = _run_config(rec)
+    if cfg.get("task", "video") == "image":
+        raise PredictError(f"{ckpt} is an image pre-training checkpoint: predict classifies videos")
+    classes = model_classes(ckpt, rec, classes_file)
+    start = time.time()
+    with _workdir(keep) as work:
+        store = os.path.join(work, "store")
+        stored, rejects = prep_videos(videos, classes, store, decode_options(cfg["data"]), workers or os.cpu_count()
+                                      or 1, progress) if videos else (0, [])
+        prepped = time.time()
+        scores, summary = _score(ckpt, d, store, os.path.join(work, "eval"), progress, view) if stored else ({}, {})
+        done = time.time()
+    failed = {r["video"]: r["reason"] for r in unreadable + rejects + summary.get("damaged", [])}
+    rows = [_row(v, scores[v], classes, top) if v in scores else {"video": v, "reason": failed.get(v, "not scored")}
+            for v in videos] + unreadable
+    return {"checkpoint": ckpt, "model": rec.model, "clips": view.get("clips", 1), "crops": view.get("crops", 1),
+            "protocol": summary.get("protocol"), "predicted": len(scores), "unreadable": len(rows) - len(scores),
+            "seconds": {"prep": round(prepped - start, 2), "model": round(done - prepped, 2),
+                        "total": round(done - start, 2)}, "videos": rows}
+
+
+def _workdir(keep: str):
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+        return contextlib.nullcontext(keep)
+    return tempfile.TemporaryDirectory(prefix="vidkit-predict-")
+
+
+def _score(ckpt: str, d, store: str, out_dir: str, progress: bool, view: dict) -> tuple[dict, dict]:
+    """({video: mean softmax over its views}, evaluate's summary) of the prepped store, by `python -m eval` itself."""
+    from .dump import load_scores
+    from .run import evaluate
+
+    summary = evaluate(ckpt, d, data=store, split=SPLIT, out_dir=out_dir, progress=progress, **view)
+    scores, index = load_scores(summary["out_dir"])
+    damaged = [{"video": r["id"], "reason": f"damaged in the temporary store: {r['reason']}"}
+               for r in summary["damaged"]]
+    return dict(zip(index["ids"], scores)), dict(summary, damaged=damaged)
+
+
+def _row(video: str, scores, classes: list[str], top: int) -> dict:
+    best = scores.argsort()[::-1][:top]
+    return {"video": video, "top": [{"class": classes[i], "probability": float(scores[i])} for i in best]}
+
+
+def print_text(result: dict) -> None:
+    for row in result["videos"]:
+        if "top" in row:
+            print(f"{row['video']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in row["top"]))
+        else:
+            print(f"{row['video']}: not predicted: {row['reason']}")
+    s = result["seconds"]
+    print(f"predict: {result['predicted']} of {len(result['videos'])} videos in {s['total']:.1f} s "
+          f"({result['predicted'] / max(s['total'], 1e-9):.2f} videos/s; prep {s['prep']:.1f} s, "
+          f"model {s['model']:.1f} s)", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval predict", description=__doc__.splitlines()[0])
+    p.add_argument("inputs", nargs="+", metavar="VIDEO", help="video files, folders (searched recursively) or list "
+                   "files (.txt/.lst/.list, one path per line)")
+    add_view_args(p, data=False)
+    p.add_argument("--classes", help="class names, one per line in the model's order, or a classes.json (needed for "
+                   "the source projects' files, which record none)")
+    p.add_argument("--top", type=int, default=5, help="classes printed per video")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+    p.add_argument("--workers", type=int, default=0, help="prep decoding processes (0: one per core)")
+    p.add_argument("--keep", default="", metavar="DIR", help="keep the prepped store and eval report in DIR "
+                   "(default: a temporary folder, removed)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.clips < 1 or args.frame_stride < 0 or args.top < 1:
+        print("eval predict: error: --clips and --top must be at least 1, --frame-stride at least 0", file=sys.stderr)
+        return 2
+    from train.setup import setup_distributed
+
+    try:
+        result = predict(args.inputs, args.ckpt, setup_distributed(args.device), classes_file=args.classes,
+                         workers=args.workers, top=args.top, keep=args.keep, progress=not args.no_progress,
+                         clips=args.clips, crops=args.crops, batch_size=args.batch_size, amp=args.amp,
+                         py_workers=args.py_workers, use_ema=not args.no_ema, num_frames=args.frames,
+                         sampling=args.sampling, frame_stride=args.frame_stride, augment=augment_overrides(args))
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # PredictError and CheckpointError are ValueErrors
+        print(f"eval predict: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_text(result)
+    return 0 if result["predicted"] else 1
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(main())
