@@ -74,6 +74,7 @@ class Recognized:
     classes: list | None = None  # class names, when the file records them
     config: dict | None = None  # the training configuration, when the file records it (toolkit files)
     needs: tuple = ()  # overrides the caller must give (e.g. "class_names" for a text classifier)
+    caller_may_change: bool = False  # explicit model arguments may differ from the file's (own checkpoints)
     notes: list = field(default_factory=list)  # said once at INFO when the model is built
 
 
@@ -191,7 +192,8 @@ def vidkit_checkpoint(ckpt: Checkpoint, overrides: dict) -> Recognized | None:
         args["num_frames"] = c["contract"]["num_frames"]
     return Recognized(origin=f"vidkit ({c['model_name']})", model=c["model_name"], model_args=args,
                       state_dict=dict(weights), contract=c.get("contract"), classes=c.get("classes"),
-                      config=config, notes=["EMA weights"] if weights is c.get("ema") else [])
+                      config=config, notes=["EMA weights"] if weights is c.get("ema") else [],
+                      caller_may_change=True)
 
 
 # -------------------------------------------------------------------------------------------- building
@@ -269,8 +271,16 @@ def check_same_architecture(model: nn.Module, rec: Recognized, source: str) -> N
 
     args = dict(rec.model_args, num_classes=_num_classes(model, rec))
     args["num_frames"] = model.input_contract.num_frames
-    for key, value in getattr(model, "build_args", {}).items():
-        args.setdefault(key, value)
+    built = getattr(model, "build_args", {})
+    # in a toolkit checkpoint an argument the caller gives explicitly is a choice (its STS pre-training
+    # fine-tuned with sts=False shares every weight); an authors' file must get the variant it was trained as
+    chosen = {k: v for k, v in built.items() if args.get(k, v) != v} if rec.caller_may_change else {}
+    for key, value in built.items():
+        if key in chosen or key not in args:
+            args[key] = value
+    if chosen:
+        log.info("%s: %s given explicitly where the file has %s", source, _args_text(chosen),
+                 _args_text({k: rec.model_args[k] for k in chosen if k in rec.model_args}))
     with torch.device("meta"):
         reference = create_model(rec.model, **args)
     ours, theirs = _structure(model), _structure(reference)

@@ -101,3 +101,19 @@ def test_file_of_another_variant_is_refused_as_pretrained(tmp_path):
     path = _toolkit_file(tmp_path, model)
     with pytest.raises(CheckpointError, match="another variant"):
         models.create_model("tsn_tiny", num_classes=5, num_frames=4, pretrained=path)
+
+
+def test_an_explicit_argument_may_differ_from_the_file_but_an_unsaid_one_may_not(tmp_path, caplog):
+    """STS pre-training fine-tuned with sts=False shares every weight: asked for, it loads (and says so);
+    left unsaid, the file's STS variant must not load silently into a plain model."""
+    model = models.create_model("x3d_tiny", num_classes=5, num_frames=4, sts=True)
+    path = tmp_path / "best.pt"
+    torch.save({"model_name": "x3d_tiny", "num_classes": 5, "classes": list("abcde"),
+                "contract": model.input_contract.to_dict(), "config": {"model_args": {"sts": True}},
+                "model": model.state_dict(), "ema": None}, path)
+    with pytest.raises(CheckpointError, match="another variant"):
+        models.create_model("x3d_tiny", num_classes=5, num_frames=4, pretrained=str(path))
+    with caplog.at_level("INFO"):
+        plain = models.create_model("x3d_tiny", num_classes=5, num_frames=4, sts=False, pretrained=str(path))
+    assert "given explicitly" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), model.state_dict().values()))

@@ -1,4 +1,5 @@
 """python -m train --model NAME --data PREPPED [--config configs/X.yaml] [--key value ...]
+   python -m train average RUNDIR --top K [--out FILE]   (weights of the K best kept checkpoints, averaged)
 
 torchrun-compatible: `torchrun --nproc-per-node 8 -m train ...` (see `make train`).
 Every TrainConfig field is an option; unknown or ill-typed keys are a one-line error.
@@ -22,6 +23,8 @@ def main(argv=None) -> int:
         for k, v in TrainConfig().to_dict().items():
             print(f"  --{k.replace('_', '-')} (default {v!r})")
         return 0
+    if argv and argv[0] == "average":
+        return average(argv[1:])
     try:
         cfg = load_config(argv)
         from .engine import Trainer
@@ -48,6 +51,31 @@ def main(argv=None) -> int:
         return 130
     if trainer.d.main:
         print(json.dumps({"run_dir": trainer.run_dir, **row}))
+    return 0
+
+
+def average(argv: list[str]) -> int:
+    """python -m train average RUNDIR --top K [--out FILE]: the mean of the weights of the run's K best kept
+    checkpoints (train with --keep_best K), written as a checkpoint that `python -m eval --ckpt` reads."""
+    import argparse
+
+    from models.checkpoints import CheckpointError
+
+    from .checkpoint import average_checkpoints
+
+    p = argparse.ArgumentParser(prog="python -m train average", description=average.__doc__)
+    p.add_argument("run_dir")
+    p.add_argument("--top", type=int, required=True, help="how many of the best kept checkpoints to average")
+    p.add_argument("--out", default=None, help="output file (default RUNDIR/averaged_topK.pt)")
+    args = p.parse_args(argv)
+    if args.top < 1:
+        p.error(f"--top must be >= 1, got {args.top}")
+    try:
+        out = average_checkpoints(args.run_dir, args.top, args.out)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"train average: error: {e}", file=sys.stderr)
+        return 2
+    print(out)
     return 0
 
 

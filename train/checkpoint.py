@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import random
+import re
 import shutil
 import zipfile
 
@@ -162,6 +163,79 @@ def load_first_good(paths: list[str], warn: bool = True) -> tuple[str, dict] | N
         raise CheckpointError(f"{'; '.join(problems)}; no good checkpoint to resume from: move it away to "
                               f"start over, or pass --resume none")
     return None
+
+
+# ----------------------------------------------------------------------- kept checkpoints, averaging
+
+_KEPT = re.compile(r"best_e(\d+)_top1_([0-9.]+)\.pt$")
+
+
+def kept_name(epoch: int, score: float) -> str:
+    return f"best_e{epoch:04d}_top1_{score:.4f}.pt"
+
+
+def every_name(epoch: int) -> str:
+    return f"epoch_{epoch:04d}.pt"
+
+
+def kept_checkpoints(run_dir: str) -> list[tuple[float, int, str]]:
+    """(score, epoch, path) of the run's kept best checkpoints, best first (the earlier epoch on a tie)."""
+    found = []
+    for name in os.listdir(run_dir) if os.path.isdir(run_dir) else ():
+        m = _KEPT.fullmatch(name)
+        if m:
+            found.append((float(m.group(2)), int(m.group(1)), os.path.join(run_dir, name)))
+    return sorted(found, key=lambda f: (-f[0], f[1]))
+
+
+def keep_top(state: dict, run_dir: str, score: float, k: int) -> None:
+    """Write `state` as a kept checkpoint when `score` is among the `k` best, and delete those it pushes out."""
+    path = os.path.join(run_dir, kept_name(state["epoch"], score))
+    kept = [f for f in kept_checkpoints(run_dir) if f[2] != path]  # an epoch redone after a resume replaces its file
+    ranked = sorted(kept + [(score, state["epoch"], path)], key=lambda f: (-f[0], f[1]))
+    if (score, state["epoch"], path) in ranked[:k]:
+        save_atomic(state, path)
+    for _, _, old in ranked[k:]:
+        _remove(old)
+
+
+def average_checkpoints(run_dir: str, top: int, out: str | None = None) -> str:
+    """Average the weights of the run's `top` best kept checkpoints into one evaluable checkpoint (the
+    best one's metadata, no optimizer state); its path. One-line ValueError when it cannot."""
+    kept = kept_checkpoints(run_dir)
+    if len(kept) < top:
+        raise ValueError(f"{run_dir} has {len(kept)} kept best checkpoints (best_e*_top1_*.pt), fewer than "
+                         f"--top {top}: train with --keep_best {top} or more")
+    states = [load(path) for _, _, path in kept[:top]]
+    _check_same_model([p for _, _, p in kept[:top]], states)
+    best = dict(states[0])
+    best["model"] = _mean_tensors([s["model"] for s in states])
+    emas = [s.get("ema") for s in states]
+    best["ema"] = _mean_tensors(emas) if all(emas) else None
+    for key in ("optimizer", "scheduler", "scaler", "rng"):  # an average is evaluated or fine-tuned, not resumed
+        best[key] = None
+    best["averaged_from"] = [os.path.basename(p) for _, _, p in kept[:top]]
+    out = out or os.path.join(run_dir, f"averaged_top{top}.pt")
+    save_atomic(best, out)
+    return out
+
+
+def _check_same_model(paths: list[str], states: list[dict]) -> None:
+    first = states[0]
+    for path, state in zip(paths[1:], states[1:]):
+        args = ((state.get("config") or {}).get("model_args"), (first.get("config") or {}).get("model_args"))
+        shapes = [{k: tuple(v.shape) for k, v in s["model"].items()} for s in (state, first)]
+        if (state["model_name"], state["num_classes"]) != (first["model_name"], first["num_classes"]) or \
+                args[0] != args[1] or shapes[0] != shapes[1]:
+            raise ValueError(f"{path} is a checkpoint of another model than {paths[0]} ({state['model_name']} with "
+                             f"{state['num_classes']} classes vs {first['model_name']} with {first['num_classes']}, "
+                             f"or other arguments or weights): they cannot be averaged")
+
+
+def _mean_tensors(dicts: list[dict]) -> dict:
+    """Floating tensors averaged (in float64, stored in their dtype); counters as in the first."""
+    return {k: (torch.stack([d[k].double() for d in dicts]).mean(0).to(v.dtype) if v.is_floating_point() else v)
+            for k, v in dicts[0].items()}
 
 
 # ---------------------------------------------------------------------------------------- RNG state

@@ -32,6 +32,12 @@ class TrainConfig:
     frame_stride: int = 0  # dense sampling's stride (0: the model's)
     pretrained: str = ""
     model_args: dict = field(default_factory=dict)
+    # model-side training switches (models.tuning)
+    grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more compute
+    frozen_stages: int = -1  # mmaction's: -1 nothing, 0 the stem, n the stem and the first n stages (CNNs)
+    norm_eval: bool = False  # every BatchNorm uses and keeps its running statistics; affines train (mmaction)
+    partial_bn: bool = False  # TSN's partial BN: every BatchNorm but the first frozen (statistics and affine)
+    frozen_bn: bool = False  # every BatchNorm a fixed affine map (statistics and affine frozen)
     # data pipeline
     batch_size: int = 8  # per process
     py_workers: int = 0  # DALI source processes per rank (0: a share of the cores, pipelines.resources)
@@ -51,12 +57,17 @@ class TrainConfig:
     lr_base_batch: int = 0  # >0: lr is for this total batch and scales linearly with the real one
     weight_decay: float = 5e-4
     momentum: float = 0.9
-    sched: str = "cosine"
+    nesterov: bool = True  # sgd: Nesterov momentum (IBM's recipes: off)
+    lr_mult: list = field(default_factory=list)  # [[pattern, mult], ...] or {pattern: mult}: lr x mult for the
+    #   parameters whose name matches the fnmatch pattern (first match wins), e.g. {"fc.*": 10} (TSM's fc_lr5)
+    layer_decay: float = 0.0  # ViT/Swin: block i's lr x layer_decay**(depth - i) (BEiT/mmaction); 0: off
+    sched: str = "cosine"  # cosine | step (every decay_epochs) | multistep (at lr_steps) | none
     warmup_epochs: float = 0.0
     warmup_lr: float = 1e-6
     min_lr: float = 0.0
     decay_epochs: float = 10.0  # step schedule
-    decay_rate: float = 0.1
+    decay_rate: float = 0.1  # step/multistep: the lr factor at each decay
+    lr_steps: list = field(default_factory=list)  # multistep: the epochs at which the lr decays, e.g. [20, 40]
     label_smoothing: float = 0.0
     aux_loss_weight: float = 1.0  # models with an auxiliary loss (ILA's alignment loss)
     mixup: float = 0.0
@@ -83,6 +94,8 @@ class TrainConfig:
     progress: bool = True
     log_every: int = 20
     ckpt_every_steps: int = 0  # >0: also checkpoint every N optimizer steps inside an epoch (resumes exactly)
+    keep_best: int = 0  # >0: keep the K best checkpoints by val_top1 (best_eEPOCH_top1_SCORE.pt), for averaging
+    save_every: int = 0  # >0: keep a checkpoint every N epochs (epoch_EPOCH.pt)
 
     def run_dir(self) -> str:
         return os.path.join(self.output, self.name or f"{self.model}_{self.dataset or 'data'}")
@@ -92,7 +105,7 @@ class TrainConfig:
 
 
 CHOICES = {"task": ("video", "image"), "sampling": ("", "tsn", "dense"), "optimizer": ("sgd", "adamw", "lamb"),
-           "sched": ("cosine", "step", "none"), "amp": ("bf16", "fp16", "none"), "device": ("auto", "cpu", "cuda"),
+           "sched": ("cosine", "step", "multistep", "none"), "amp": ("bf16", "fp16", "none"), "device": ("auto", "cpu", "cuda"),
            "data_path": ("auto", "frames", "video")}
 _TYPES = typing.get_type_hints(TrainConfig)
 
@@ -125,9 +138,11 @@ def _from_text(key: str, text: str, kind):
             if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError
             return text.lower() in ("true", "1", "yes")
-        if kind is dict:
+        if kind in (dict, list):
             value = yaml.safe_load(text)
-            if not isinstance(value, dict):
+            if kind is list and isinstance(value, dict):  # lr_mult's {pattern: mult} form
+                return value
+            if not isinstance(value, kind):
                 raise ValueError
             return value
         return kind(text)
@@ -150,10 +165,10 @@ def apply(cfg: TrainConfig, values: dict, source: str) -> TrainConfig:
             _check_finite(key, value)
             getattr(cfg, head)[sub] = value
             continue
-        value = _coerce(key, value, kind)
+        value = SHAPES[head](key, value) if head in SHAPES else _coerce(key, value, kind)
         if head in CHOICES and value not in CHOICES[head]:
             raise ConfigError(f"{source}: config key {key!r} must be one of {CHOICES[head]}, got {value!r}")
-        setattr(cfg, head, dict(value) if kind is dict else value)
+        setattr(cfg, head, dict(value) if kind is dict else list(value) if kind is list else value)
     return cfg
 
 
@@ -201,6 +216,38 @@ def load_config(argv: list[str]) -> TrainConfig:
     return cfg
 
 
+def _pattern_mults(key: str, value) -> list:
+    """lr_mult as [[pattern, mult], ...]; {pattern: mult} (YAML keeps its order) is the same list."""
+    if isinstance(value, str):
+        value = _from_text(key, value, list)
+    pairs = list(value.items()) if isinstance(value, dict) else value
+    if not isinstance(pairs, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
+        raise ConfigError(f"config key {key!r}: expected {{pattern: mult}} or [[pattern, mult], ...], got {value!r}")
+    out = []
+    for pattern, mult in pairs:
+        mult = _coerce(f"{key}.{pattern}", mult, float)
+        if not isinstance(pattern, str) or not pattern or mult <= 0:
+            raise ConfigError(f"config key {key!r}: each entry is a name pattern and a multiplier > 0, "
+                              f"got {pattern!r}: {mult!r}")
+        out.append([pattern, mult])
+    return out
+
+
+def _epoch_list(key: str, value) -> list:
+    """lr_steps: increasing epochs > 0."""
+    if isinstance(value, str):
+        value = _from_text(key, value, list)
+    if not isinstance(value, list):
+        raise ConfigError(f"config key {key!r}: expected a list of epochs, got {value!r}")
+    steps = [_coerce(key, v, float) for v in value]
+    if any(v <= 0 for v in steps) or any(b <= a for a, b in zip(steps, steps[1:])):
+        raise ConfigError(f"config key {key!r} must be increasing epochs > 0, got {value!r}")
+    return steps
+
+
+# Keys whose value has a structure of its own: checked and normalised by these instead of by type alone.
+SHAPES = {"lr_mult": _pattern_mults, "lr_steps": _epoch_list}
+
 # Bounds of the numeric keys, checked before anything is built.
 RULES = {
     "num_classes": (lambda v: v >= 0, ">= 0 (0: the dataset's classes)"),
@@ -235,6 +282,10 @@ RULES = {
     "eval_clips": (lambda v: v >= 1, ">= 1"),
     "log_every": (lambda v: v >= 1, ">= 1"),
     "ckpt_every_steps": (lambda v: v >= 0, ">= 0 (0: at epoch ends only)"),
+    "frozen_stages": (lambda v: v >= -1, ">= -1 (-1: nothing frozen)"),
+    "layer_decay": (lambda v: 0 <= v <= 1, "in [0, 1] (0: off)"),
+    "keep_best": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "save_every": (lambda v: v >= 0, ">= 0 (0: off)"),
 }
 
 
@@ -258,8 +309,27 @@ def check(cfg: TrainConfig) -> None:
     if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:
         raise ConfigError(f"config key 'batch_size' must be even with mixup/cutmix (they pair clips), "
                           f"got {cfg.batch_size}")
+    _check_recipe_keys(cfg)
     _check_pipeline_keys(cfg)
     cfg.model = _canonical_model(cfg.model)
+
+
+def _check_recipe_keys(cfg: TrainConfig) -> None:
+    """The optimisation and checkpoint keys that only make sense together."""
+    if (cfg.sched == "multistep") != bool(cfg.lr_steps):
+        raise ConfigError(f"config key 'lr_steps' is for sched multistep, and it needs them: got sched {cfg.sched} "
+                          f"with lr_steps {cfg.lr_steps}")
+    if cfg.lr_steps and cfg.lr_steps[-1] >= cfg.epochs:
+        raise ConfigError(f"config key 'lr_steps' {cfg.lr_steps}: every decay must come before the last epoch "
+                          f"({cfg.epochs})")
+    if cfg.optimizer == "sgd" and cfg.nesterov and cfg.momentum == 0:
+        raise ConfigError("config key 'nesterov' needs momentum > 0 (pass --no-nesterov for plain SGD)")
+    if cfg.keep_best and not cfg.eval_every:
+        raise ConfigError(f"config key 'keep_best' ranks checkpoints by validation: it needs eval_every > 0, "
+                          f"got keep_best {cfg.keep_best} with eval_every 0")
+    modes = [k for k in ("norm_eval", "partial_bn", "frozen_bn") if getattr(cfg, k)]
+    if len(modes) > 1:
+        raise ConfigError(f"config keys {' and '.join(modes)}: choose one BatchNorm mode")
 
 
 def _check_pipeline_keys(cfg: TrainConfig) -> None:
@@ -287,7 +357,8 @@ def _canonical_model(name: str) -> str:
 SAFE_ON_RESUME = ("epochs", "max_steps", "eval_every", "eval_clips", "eval_crops", "val_split", "progress",
                   "log_every", "py_workers", "threads", "hw_decoder_load", "preallocate_width_hint",
                   "preallocate_height_hint", "data_path", "resume", "output", "name", "device", "ckpt_every_steps",
-                  "amp", "ema", "channels_last", "compile")
+                  "amp", "ema", "channels_last", "compile",
+                  "keep_best", "save_every", "grad_checkpointing")
 
 
 def config_changes(saved: dict, cfg: TrainConfig) -> tuple[list[str], list[str]]:

@@ -150,6 +150,9 @@ class Trainer:
             return
         path, state = found
         self._check_same_run(path, state)
+        if state.get("averaged_from"):
+            raise ConfigError(f"{path} averages {len(state['averaged_from'])} checkpoints and has no optimizer state "
+                              f"to resume: fine-tune from it with --pretrained {path} --resume none")
         self.model.load_state_dict(state["model"])
         if self.ema and state["ema"]:
             self.ema.module.load_state_dict(state["ema"])
@@ -200,6 +203,22 @@ class Trainer:
                 raise RunStopped(str(e)) from None
             self._last_pt_good = True
         self.last_good = (os.path.join(self.run_dir, ckpt.LAST), self.step)
+
+    def save_kept(self, top1: float | None) -> None:
+        """At an epoch's end, after `save`: the top-k file (keep_best) and the every-N-epochs file (save_every)."""
+        cfg = self.cfg
+        keep = cfg.keep_best and top1 is not None and math.isfinite(top1)
+        every = cfg.save_every and self.epoch % cfg.save_every == 0
+        if not self.d.main or not (keep or every):
+            return
+        state = self.state()
+        try:
+            if keep:
+                ckpt.keep_top(state, self.run_dir, top1, cfg.keep_best)
+            if every:
+                ckpt.save_atomic(state, os.path.join(self.run_dir, ckpt.every_name(self.epoch)))
+        except ckpt.CheckpointWriteError as e:
+            raise RunStopped(str(e)) from None
 
     def _last_good_text(self) -> str:
         if self.last_good is None:
@@ -420,6 +439,7 @@ class Trainer:
         self.best = max(self.best, top1) if is_best else self.best
         self._log_epoch(row)
         self.save(is_best)
+        self.save_kept(top1)
         self._agree()  # a signal during validation or saving: the checkpoint just written resumes here
         self._stop_if_asked()
         return row

@@ -1,6 +1,7 @@
 """Building the pieces of a run from its config: processes, model, optimizer, schedule, loss, mixup, EMA."""
 from __future__ import annotations
 
+import fnmatch
 import os
 import random
 from dataclasses import dataclass
@@ -10,11 +11,12 @@ import torch
 import torch.distributed as dist
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler, StepLRScheduler
+from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
+from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, StepLRScheduler
 from timm.utils import ModelEmaV3
 
 import models
+from models import tuning
 from models.profile import has_convs, to_channels_last
 from .config import ConfigError, TrainConfig
 
@@ -68,10 +70,28 @@ def build_model(cfg: TrainConfig, num_classes: int, d: Dist) -> torch.nn.Module:
                                                 frame_stride=cfg.frame_stride or contract.frame_stride)
     if cfg.sync_bn and d.world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    apply_tuning(cfg, model)
     model.to(d.device)
     if cfg.channels_last and d.device.type == "cuda" and has_convs(model):
         to_channels_last(model)
     return model
+
+
+def apply_tuning(cfg: TrainConfig, model: torch.nn.Module) -> None:
+    """The model-side switches (models.tuning), before the optimizer sees which parameters train. Frozen
+    modules keep themselves in eval mode through every later `model.train()` (a forward pre-hook)."""
+    switches = [("grad_checkpointing", cfg.grad_checkpointing, tuning.set_grad_checkpointing),
+                ("frozen_stages", cfg.frozen_stages >= 0, lambda m: tuning.freeze_stages(m, cfg.frozen_stages)),
+                ("norm_eval", cfg.norm_eval, tuning.set_norm_eval),
+                ("partial_bn", cfg.partial_bn, tuning.set_partial_bn),
+                ("frozen_bn", cfg.frozen_bn, tuning.freeze_bn)]
+    for key, wanted, switch in switches:
+        if not wanted:
+            continue
+        try:
+            switch(model)
+        except ValueError as e:
+            raise ConfigError(f"config key {key!r}: {cfg.model}: {e}") from None
 
 
 @torch.no_grad()
@@ -109,9 +129,49 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, d: Dist) -> torch.
     lr = cfg.lr * total_batch(cfg, d) / cfg.lr_base_batch if cfg.lr_base_batch else cfg.lr
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"model {cfg.model} has no trainable parameters")
-    # timm groups parameters itself: requires_grad=False ones are left out, norms and biases get no decay
-    kwargs = {"momentum": cfg.momentum, "nesterov": True} if cfg.optimizer == "sgd" else {}
-    return create_optimizer_v2(model, opt=cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay, **kwargs)
+    kwargs = {"momentum": cfg.momentum, "nesterov": cfg.nesterov} if cfg.optimizer == "sgd" else {}
+    groups = param_groups(cfg, model)
+    for group in groups:  # the schedulers multiply by lr_scale from their first update; this is the rate before
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+        group["initial_lr"] = lr  # what the schedulers scale (they read it as the group's base rate)
+    return create_optimizer_v2(groups, opt=cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay, **kwargs)
+
+
+def param_groups(cfg: TrainConfig, model: torch.nn.Module) -> list[dict]:
+    """timm's groups (trainable parameters only; norms, biases and the model's no_weight_decay() get no
+    decay; with layer_decay, one `lr_scale` per block), each split further by the lr_mult patterns."""
+    no_decay = getattr(model, "no_weight_decay", lambda: set())()
+    if cfg.layer_decay:
+        if not hasattr(model, "group_matcher"):
+            raise ConfigError(f"config key 'layer_decay': {cfg.model} has no blocks to decay over (it is an "
+                              f"option of the ViT and Swin models, which have a group_matcher)")
+        groups = param_groups_layer_decay(model, cfg.weight_decay, no_decay, layer_decay=cfg.layer_decay)
+    else:
+        groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=no_decay)
+    if not cfg.lr_mult:
+        return groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    used, out = set(), []
+    for group in groups:
+        by_mult: dict[float, list] = {}
+        for p in group["params"]:
+            mult = _lr_mult(cfg.lr_mult, names[id(p)], used)
+            by_mult.setdefault(mult, []).append(p)
+        for mult, params in by_mult.items():
+            out.append(dict(group, params=params, lr_scale=group.get("lr_scale", 1.0) * mult))
+    unused = [pattern for pattern, _ in cfg.lr_mult if pattern not in used]
+    if unused:
+        raise ConfigError(f"config key 'lr_mult': {unused} match no trainable parameter of {cfg.model} "
+                          f"(e.g. {next(iter(names.values()))!r})")
+    return out
+
+
+def _lr_mult(patterns: list, name: str, used: set) -> float:
+    for pattern, mult in patterns:
+        if fnmatch.fnmatchcase(name, pattern):
+            used.add(pattern)
+            return mult
+    return 1.0
 
 
 def build_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
@@ -124,6 +184,12 @@ def build_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
     if cfg.sched == "step":
         return StepLRScheduler(optimizer, decay_t=max(1, int(cfg.decay_epochs * steps_per_epoch)),
                                decay_rate=cfg.decay_rate, **common)
+    if cfg.sched == "multistep":
+        # timm decays at t + 1 >= milestone, and (warmup_prefix) counts t from the warmup's end; the epochs
+        # of lr_steps are absolute, and step t is the first at the lower rate: milestone t + 1, no prefix
+        milestones = [round(e * steps_per_epoch) + 1 for e in cfg.lr_steps]
+        return MultiStepLRScheduler(optimizer, decay_t=milestones, decay_rate=cfg.decay_rate,
+                                    warmup_prefix=False, **common)
     return None
 
 
