@@ -28,6 +28,7 @@ from torch import nn
 
 from .checkpoints import Checkpoint, CheckpointError, Recognized, register_origin
 from .registry import CLIP_MEAN, CLIP_STD, register_model
+from .tuning import checkpoint_seq
 from .vit_video import CLIP_VIT_BASE, CLIP_VIT_LARGE, CLIP_VIT_TINY, VideoViT, video_contract, zero_init_
 
 
@@ -88,14 +89,21 @@ class AIM(VideoViT):
         self.freeze()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) clips -> (B, T, D) normed class tokens of every frame."""
         b = x.shape[0]
         x = self.embed_frames(x)
         x = (x.view(b, self.num_frames, *x.shape[1:]) + self.temporal_embed.unsqueeze(2)).flatten(0, 1)
-        x = self.blocks(self.norm_pre(x))
+        x = self.norm_pre(x)
+        x = checkpoint_seq(self.blocks, x) if self.grad_checkpointing else self.blocks(x)  # timm's switch
         return self.norm(x[:, 0]).view(b, self.num_frames, -1)
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Average over frames (I3DHead); `pre_logits`: that (B, num_features) clip embedding past the dropout."""
+        x = self.head_drop(x.mean(1))
+        return x if pre_logits else self.head(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_drop(self.forward_features(x).mean(1)))
+        return self.forward_head(self.forward_features(x))
 
 
 def _create_aim(num_classes: int, num_frames: int, crop_size: int, vit_args: dict, **kwargs) -> AIM:

@@ -36,6 +36,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 from .checkpoints import Checkpoint, CheckpointError, Recognized, register_origin
 from .clip_text import CLIP_BLOCK_RENAMES, CLIPTextEncoder, clip_text_args, convert_clip_text, rename, tokenize
 from .registry import IMAGENET_MEAN, IMAGENET_STD, register_model
+from .tuning import checkpoint_module
 from .vit_video import CLIP_VIT_BASE, CLIP_VIT_LARGE, CLIP_VIT_TINY, VideoViT, video_contract, zero_init_
 from .weights import load_state_dict_checked
 
@@ -235,6 +236,7 @@ class ILA(VideoViT):
         super().__init__(num_frames, freeze_backbone, block_fn=block_fn, img_size=img_size, patch_size=patch_size,
                          num_classes=0, **vit_kwargs)
         self.arch, self.num_classes, self.class_names = arch, num_classes, class_names
+        self.num_features = proj_dim  # the clip embedding is the MIT's, not the ViT's width
         self.proj = nn.Linear(self.embed_dim, proj_dim, bias=False)  # CLIP's visual.proj
         self.mit = FrameIntegration(proj_dim, num_frames, mit_depth)
         self.mit.apply(init_weights_vit_timm)  # as the repo: truncated normal (0.02) linears
@@ -316,25 +318,41 @@ class ILA(VideoViT):
         return self._class_cache[1]
 
     def text_logits(self, video: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        """Normalised video embeddings (B, E) and the last block's patch tokens (B*T, HW, D) -> (B, K)."""
-        b = video.shape[0]
-        patches = self.prompt_proj(self.prompt_norm(patches))
-        patches = patches.view(b, self.num_frames, *patches.shape[1:]).mean(1)
-        text = self.class_embeddings().expand(b, -1, -1)
+        """Normalised video embeddings (B, E) and the last block's patch tokens (B, T, HW, D) -> (B, K)."""
+        patches = self.prompt_proj(self.prompt_norm(patches)).mean(1)
+        text = self.class_embeddings().expand(video.shape[0], -1, -1)
         text = F.normalize(text + self.prompt(text, patches), dim=-1)
         return self.logit_scale.exp() * torch.einsum("bd,bkd->bk", video, text)
 
-    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and the summed alignment (cosine) loss of all blocks, which the repo adds to the loss."""
-        b = x.shape[0]
+    def _features_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = x.shape[0]  # the input's, and view, not unflatten: an ONNX export would bake in the traced batch size
         x = self.norm_pre(self.embed_frames(x))
         aux = x.new_zeros(())
-        for block in self.blocks:
-            x, loss = block(x)
+        for block in self.blocks:  # grad_checkpointing: timm's switch; the alignment has BatchNorms
+            x, loss = checkpoint_module(block, x) if self.grad_checkpointing else block(x)
             aux = aux + loss
-        video = self.mit(self.proj(self.norm(x[:, 0])).view(b, self.num_frames, -1))
-        logits = self.head(video) if self.text is None else self.text_logits(video, x[:, 1:])
-        return logits, aux
+        return x.view(b, self.num_frames, *x.shape[1:]), aux
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) clips -> the last block's tokens (B, T, 1 + HW, D)."""
+        return self._features_with_aux(x)[0]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Class tokens projected and mixed over time by the MIT, then classified. `pre_logits` gives the
+        (B, num_features) clip embedding: for 'ssv2' what its linear classifier takes (after the head's
+        LayerNorm and dropout); for 'k400', which classifies by cosine similarity to the class names' text
+        embeddings, the L2-normalised video embedding they are compared with (the text side also sees the
+        patch tokens, through the video prompt, so its logits are not a function of this embedding alone)."""
+        video = self.mit(self.proj(self.norm(x[:, :, 0])))
+        if self.text is not None:
+            return video if pre_logits else self.text_logits(video, x[:, :, 1:])
+        video = self.head[:-1](video)
+        return video if pre_logits else self.head[-1](video)
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the summed alignment (cosine) loss of all blocks, which the repo adds to the loss."""
+        x, aux = self._features_with_aux(x)
+        return self.forward_head(x), aux
 
     def forward(self, x: torch.Tensor, return_aux: bool = False):
         """`return_aux=True` (train passes it through DDP) also returns the alignment loss."""

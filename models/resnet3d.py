@@ -21,7 +21,8 @@ Networks:
   conv in res4-res5 only.
 `sts=True` turns the temporal convolutions of the residual stages (and of R(2+1)D's factorised stem)
 into STS convolutions computed as the authors do (`sts="2d"`: with true 2-D filters; models/sts.py),
-keeping the parameters and state-dict keys. `temporal_strides` and `bn_eps` are options of every network.
+keeping the parameters and state-dict keys. `temporal_strides`, `bn_eps` and `drop_path_rate` (stochastic
+depth) are options of every network.
 
 The STS paper's released mmaction files (ir-CSN, SlowOnly, R(2+1)D; SlowFast in models/slowfast.py)
 are recognised by `mmaction_resnet3d` at the end of this file: with the paper's settings they are
@@ -33,6 +34,8 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
+import torch
+from timm.layers import DropPath
 from torch import nn
 from torchvision.models.video.resnet import (
     BasicBlock,
@@ -46,6 +49,7 @@ from .checkpoints import Checkpoint, CheckpointError, Recognized, register_origi
 from .registry import IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD, InputContract
 from .registry import is_model, register_alias, register_model
 from .sts import convert_to_sts, sts_mode
+from .tuning import checkpoint_seq, drop_path_rates
 
 TINY_WIDTHS = (8, 16, 32, 64)
 
@@ -164,6 +168,16 @@ def make_res_stage(block, conv_maker, inplanes: int, planes: int, num_blocks: in
     return nn.Sequential(*blocks)
 
 
+def add_drop_path(stages, rate: float) -> None:
+    """Stochastic depth on every block's residual branch, the rate rising linearly from 0 at the first block
+    to `rate` at the last (timm's rule). The DropPath ends the branch's last conv-BN Sequential, so the
+    state-dict keys stay those of the plain network."""
+    blocks = [block for stage in stages for block in stage]
+    for block, p in zip(blocks, drop_path_rates(rate, len(blocks))):
+        if p > 0:
+            (block.conv3 if isinstance(block, Bottleneck) else block.conv2).append(DropPath(p))
+
+
 def init_weights_(module: nn.Module) -> None:
     """torchvision's video-ResNet initialisation."""
     for m in module.modules():
@@ -218,14 +232,15 @@ class ResNet3d(nn.Module):
     """Generic 3D ResNet: `block` and `conv_makers` may be one value or one per stage; `temporal_strides`
     (one per stage, full 3D convs only) sets the time stride of each stage's first block, e.g. (1, 1, 1, 1)
     for IBM's I3D without temporal stride. `bn_eps` (mmaction's CSN and R(2+1)D use 1e-3) and
-    `factorized_downsample` (1x1x1 shortcuts as (2+1)D pairs, mmaction's R(2+1)D) are their options."""
+    `factorized_downsample` (1x1x1 shortcuts as (2+1)D pairs, mmaction's R(2+1)D) are their options;
+    `drop_path_rate` adds stochastic depth on the residual branches (`add_drop_path`)."""
 
     head_names = ("fc.",)
 
     def __init__(self, block, conv_makers, layers: Sequence[int], stem: nn.Module,
                  widths: Sequence[int] = (64, 128, 256, 512), num_classes: int = 400,
                  drop_rate: float = 0.0, inflate_mode: str = "mean", temporal_strides=None,
-                 bn_eps: float = 1e-5, factorized_downsample: bool = False):
+                 bn_eps: float = 1e-5, factorized_downsample: bool = False, drop_path_rate: float = 0.0):
         super().__init__()
         blocks, makers = _per_stage(block, "block"), _per_stage(conv_makers, "conv_makers")
         layers, widths = _per_stage(layers, "layers"), _per_stage(widths, "widths")
@@ -244,14 +259,24 @@ class ResNet3d(nn.Module):
         self.fc = nn.Linear(inplanes, num_classes)
         init_weights_(self)
         set_bn_eps(self, bn_eps)
+        add_drop_path(self.res_stages(), drop_path_rate)
+        self.grad_checkpointing = False
 
     def res_stages(self) -> tuple[nn.Module, ...]:
         return self.layer1, self.layer2, self.layer3, self.layer4
 
+    def stage_modules(self) -> list[tuple[nn.Module, ...]]:
+        """The stem, then each residual stage (models/tuning.py's freeze_stages)."""
+        return [(self.stem,), *((stage,) for stage in self.res_stages())]
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
     def forward_features(self, x):
         x = self.stem(x)
         for stage in self.res_stages():
-            x = stage(x)
+            x = checkpoint_seq(stage, x) if self.grad_checkpointing else stage(x)
         return x
 
     def forward_head(self, x, pre_logits: bool = False):

@@ -23,9 +23,11 @@ from torchvision.models.video.resnet import Conv3DNoTemporal
 
 from .checkpoints import CheckpointError
 from .registry import IMAGENET_MEAN, IMAGENET_STD, InputContract, register_model
-from .resnet3d import SLOWONLY_BLOCKS, TINY_CROP, TINY_WIDTHS, Stem3d, TemporalBottleneck, init_weights_, make_res_stage
+from .resnet3d import SLOWONLY_BLOCKS, TINY_CROP, TINY_WIDTHS, Stem3d, TemporalBottleneck, add_drop_path, init_weights_
+from .resnet3d import make_res_stage
 from .resnet3d import mmaction_layers, mmaction_pathway_key
 from .sts import convert_to_sts, sts_mode
+from .tuning import checkpoint_seq
 from .weights import load_state_dict_checked
 
 
@@ -58,7 +60,7 @@ class SlowFast(nn.Module):
     def __init__(self, layers=(3, 4, 6, 3), widths=(64, 128, 256, 512), alpha: int = 8,
                  beta_inv: int = 8, fusion_kernel: int = 5, fusion_ratio: int = 2,
                  fast_stem_kernel: int = 5, num_classes: int = 400, drop_rate: float = 0.5,
-                 lateral_norm: bool = True, feature_order: str = "slow_fast"):
+                 lateral_norm: bool = True, feature_order: str = "slow_fast", drop_path_rate: float = 0.0):
         super().__init__()
         if feature_order not in FEATURE_ORDERS:
             raise ValueError(f"feature_order must be one of {FEATURE_ORDERS}, got {feature_order!r}")
@@ -83,6 +85,9 @@ class SlowFast(nn.Module):
         self.dropout = nn.Dropout(drop_rate)
         self.fc = nn.Linear(self.num_features, num_classes)
         init_weights_(self)
+        for pathway in (self.slow_layers, self.fast_layers):  # the same schedule over the depth of each
+            add_drop_path(pathway, drop_path_rate)
+        self.grad_checkpointing = False
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, feature_order={self.feature_order}"
@@ -90,12 +95,26 @@ class SlowFast(nn.Module):
     def res_stages(self) -> tuple[nn.Module, ...]:
         return (*self.slow_layers, *self.fast_layers)
 
+    def stage_modules(self) -> list[tuple[nn.Module, ...]]:
+        """The stems, then each stage of both pathways with the lateral connection that reads its output, as
+        mmaction freezes them (its lateral after the stem, `fusions.0`, stays out of the stem's group)."""
+        stages = zip(self.slow_layers, self.fast_layers)
+        return [(self.slow_stem, self.fast_stem),
+                *((slow, fast, *self.fusions[i + 1:i + 2]) for i, (slow, fast) in enumerate(stages))]
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def _stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return checkpoint_seq(stage, x) if self.grad_checkpointing else stage(x)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, num_features): the pathways' maps differ in frames and width, so each is pooled and joined here."""
         slow, fast = self.slow_stem(x[:, :, :: self.alpha]), self.fast_stem(x)
         for fuse, slow_stage, fast_stage in zip(self.fusions, self.slow_layers, self.fast_layers):
-            slow = slow_stage(fuse(slow, fast))
-            fast = fast_stage(fast)
+            slow = self._stage(slow_stage, fuse(slow, fast))
+            fast = self._stage(fast_stage, fast)
         pooled = [self.avgpool(slow).flatten(1), self.avgpool(fast).flatten(1)]
         return torch.cat(pooled if self.feature_order == "slow_fast" else pooled[::-1], dim=1)
 

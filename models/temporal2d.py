@@ -30,6 +30,7 @@ from torch import nn
 from .checkpoints import Checkpoint, CheckpointError, Recognized, register_origin
 from .inflate import to_video_resnet_keys
 from .registry import IMAGENET_MEAN, IMAGENET_STD, InputContract, is_model, register_model
+from .tuning import checkpoint_seq
 from .weights import load_state_dict_checked
 
 TAM_BLENDINGS = ("sum", "max")
@@ -210,22 +211,34 @@ class TemporalSegmentResNet(ResNet):
     def res_stages(self) -> tuple[nn.Module, ...]:
         return self.layer1, self.layer2, self.layer3, self.layer4
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if self.temporal_pools is None:
-            return super().forward_features(x)
-        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
-        for i, stage in enumerate(self.res_stages()):
-            x = stage(x)
-            if i < len(self.temporal_pools):
-                x = self.temporal_pools[i](x)
-        return x
+    def stage_modules(self) -> list[tuple[nn.Module, ...]]:
+        """The stem, then each residual stage (models/tuning.py's freeze_stages)."""
+        return [(self.conv1, self.bn1), *((stage,) for stage in self.res_stages())]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, T, C, H, W) clips -> (N, T', C', H', W') feature maps of the T' frames left."""
         n, t = x.shape[:2]
         if self.fixed_frames and t != self.num_frames:
             raise ValueError(f"{type(self).__name__} was built for {self.num_frames} frames, got {t}")
-        logits = super().forward(x.flatten(0, 1))
-        return logits.unflatten(0, (n, -1)).mean(1)
+        x = self.maxpool(self.act1(self.bn1(self.conv1(x.flatten(0, 1)))))
+        pools = self.temporal_pools or ()
+        for i, stage in enumerate(self.res_stages()):
+            # timm's set_grad_checkpointing sets the flag; its checkpoint_seq would update BN statistics twice
+            x = checkpoint_seq(stage, x) if self.grad_checkpointing else stage(x)
+            if i < len(pools):
+                x = pools[i](x)
+        return x.view(n, -1, *x.shape[1:])  # not unflatten: an ONNX export would bake in the traced batch size
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Per-frame pooling and dropout, then the average over frames: of the logits (TSN's consensus), or
+        with `pre_logits` of the pooled features, the (N, num_features) clip embedding whose logits are
+        the same since the classifier is linear."""
+        n = x.shape[0]
+        x = super().forward_head(x.flatten(0, 1), pre_logits=pre_logits)
+        return x.unflatten(0, (n, -1)).mean(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
     def load_pretrained(self, state_dict: dict) -> None:
         """Load 2D ResNet weights (timm or torchvision keys); temporal modules a 2D file lacks keep their init."""
