@@ -187,7 +187,9 @@ def vidkit_checkpoint(ckpt: Checkpoint, overrides: dict) -> Recognized | None:
         return None
     weights = c["ema"] if ckpt.prefer_ema and isinstance(c.get("ema"), dict) and c["ema"] else c["model"]
     config = c.get("config") or {}
-    args = dict(config.get("model_args") or {}, num_classes=c["num_classes"])
+    args = dict(config.get("model_args") or {})
+    if "num_classes" in c:
+        args["num_classes"] = c["num_classes"]
     if c.get("contract"):
         args["num_frames"] = c["contract"]["num_frames"]
     return Recognized(origin=f"vidkit ({c['model_name']})", model=c["model_name"], model_args=args,
