@@ -216,16 +216,27 @@ def _run(*args):
     return proc
 
 
+@pytest.fixture(scope="module")
+def learnable_images(tmp_path_factory):
+    """Enough images that a tiny model's training loss falls clearly within a few epochs: with the 12 per class
+    of `images`, strong crops and repeated augmentation, r2plus1d_tiny stays within noise of ln(6) for 6-10
+    epochs (a 72-image epoch is 9 noisy steps of batch 8)."""
+    root = tmp_path_factory.mktemp("learnable_images")
+    generate_image_folder(root, per_class=24, val_per_class=3, size=64, progress=False)
+    return root
+
+
 @pytest.mark.slow
-def test_pretrain_lowers_the_loss_then_fine_tunes_on_video(images, data, tmp_path):
-    _run("-m", "train", "--task", "image", "--model", "r2plus1d_tiny", "--data", str(images), "--output",
-         str(tmp_path), "--name", "img", "--batch-size", "8", "--threads", "1", "--amp", "none", "--no-progress",
-         "--optimizer", "adamw", "--lr", "0.003", "--epochs", "6", "--model-args.sts", "true", "--ema",
-         "--ema-decay", "0.5", "--repeated-aug", "2", "--augment.area", "[0.35, 1.0]", "--augment.flip", "true",
-         "--eval-every", "3")
+def test_pretrain_lowers_the_loss_then_fine_tunes_on_video(learnable_images, data, tmp_path):
+    # mild crops and no repeats (tested on their own above and in the resume/DDP runs): shapes learnable fast
+    _run("-m", "train", "--task", "image", "--model", "r2plus1d_tiny", "--data", str(learnable_images),
+         "--output", str(tmp_path), "--name", "img", "--batch-size", "8", "--threads", "1", "--amp", "none",
+         "--no-progress", "--optimizer", "adamw", "--lr", "0.003", "--epochs", "5", "--model-args.sts", "true",
+         "--ema", "--ema-decay", "0.5", "--augment.area", "[0.8, 1.0]", "--augment.flip", "true",
+         "--eval-every", "5")
     run = tmp_path / "img"
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
-    assert [r["epoch"] for r in rows] == list(range(1, 7)) and "val_top1" in rows[2] and "val_top1" in rows[5]
+    assert [r["epoch"] for r in rows] == list(range(1, 6)) and "val_top1" in rows[-1]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.05
     state = torch.load(run / "best.pt", weights_only=False)
     assert state["config"]["task"] == "image" and state["ema"] is not None
