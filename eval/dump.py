@@ -59,7 +59,8 @@ def fuse(dumps: list[tuple[np.ndarray, dict]], weights: list[float], names: list
     for (scores, index), name in zip(dumps[1:], names[1:]):
         for key, what in (("classes", "class list"), ("ids", "videos"), ("labels", "labels")):
             if index[key] != base[key]:
-                raise ValueError(f"{name} and {names[0]} differ in their {what} ({_difference(index[key], base[key])}); "
+                difference = _difference(index[key], base[key])
+                raise ValueError(f"{name} and {names[0]} differ in their {what} ({difference}); "
                                  "fuse scores of the same split and classes only")
     fused = sum(w * s.astype(np.float64) for w, (s, _) in zip(weights, dumps)) / sum(weights)
     return fused.astype(np.float32), dict(base, fused_from=names, weights=weights)

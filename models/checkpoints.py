@@ -287,7 +287,8 @@ def check_same_architecture(model: nn.Module, rec: Recognized, source: str) -> N
         reference = create_model(rec.model, **args)
     ours, theirs = _structure(model), _structure(reference)
     if type(model) is not type(reference) or ours != theirs:
-        where = next((f"{a[0] or 'the model'}: {a[2] or a[1]} vs {b[2] or b[1]}" for a, b in zip(ours, theirs) if a != b),
+        differing = ((a, b) for a, b in zip(ours, theirs) if a != b)
+        where = next((f"{a[0] or 'the model'}: {a[2] or a[1]} vs {b[2] or b[1]}" for a, b in differing),
                      f"{len(ours)} vs {len(theirs)} modules")
         raise CheckpointError(f"{source} is {rec.origin} -> {rec.model} {_args_text(rec.model_args)}; the model "
                               f"being loaded is another variant ({where}); build it with those arguments, or "
