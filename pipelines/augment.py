@@ -10,21 +10,25 @@ axis and use one argument per sample). Either way every frame of a clip gets the
 
 Parameter vector (float32, `param_count(cfg)` long):
   training:   x0, y0, x1, y1 (relative crop box), mirror, brightness, contrast, saturation, hue (degrees),
+              ex0, ey0, ex1, ey1 (relative random-erasing box of the output crop, all 0 when not erased),
               then with RandAugment n operation indices and n signs (0: +, 1: -)
+              (random grayscale is a saturation factor of 0: color_twist's luma is torchvision's 0.299/0.587/0.114)
   evaluation: crop_pos_x, crop_pos_y, mirror, then zeros (PARAMS long)
 """
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
-PARAMS = 9
+PARAMS = 13
 # DALI's RandAugment suite (nvidia.dali.auto_aug.rand_augment.get_rand_augment_suite): translate x/y, shear x/y,
 # rotate, brightness, contrast, color, sharpness, posterize, solarize, equalize, auto_contrast, identity
 RAND_AUGMENT_OPS = 14
-TRAIN_CROPS = ("multiscale", "resized", "center")
+TRAIN_CROPS = ("multiscale", "resized", "center", "random")
+ERASE_MODES = ("pixel", "const")
 EVAL_CROPS = (1, 3, 5, 10)
 EVAL_CROP_SIDES = ("contract", "full")
 _IDENTITY_JITTER = (1.0, 1.0, 1.0, 0.0)
@@ -32,7 +36,12 @@ _IDENTITY_JITTER = (1.0, 1.0, 1.0, 0.0)
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    train_crop: str = "multiscale"  # TSN multi-scale crop | "resized" (random resized crop) | "center"
+    # TSN multi-scale crop | "resized" (random resized crop) | "center" | "random": a crop_size square anywhere
+    # (PySlowFast's random crop), of the frame rescaled to a short side drawn from scale_jitter if it is set
+    train_crop: str = "multiscale"
+    # [min, max] short side the frame is (virtually) rescaled to before a "random" or "center" crop (PySlowFast's
+    # TRAIN_JITTER_SCALES, mmaction's RandomRescale); () = off. The box is crop_size / side of the short side.
+    scale_jitter: tuple = ()
     scales: tuple = (1.0, 0.875, 0.75, 0.66)  # multi-scale crop sides, relative to the short side
     max_distort: int = 1  # the width and height scales may differ by at most this many steps
     fix_crop: bool = True  # crop at fixed corner/centre offsets (TSN) instead of anywhere
@@ -43,6 +52,16 @@ class AugmentConfig:
     flip: bool = False
     jitter: tuple = (0.0, 0.0, 0.0, 0.0)  # colour jitter: brightness, contrast, saturation, hue (0 = off)
     jitter_prob: float = 0.8
+    grayscale: float = 0.0  # probability of a grayscale clip (torchvision's RandomGrayscale, drawn per clip)
+    # random erasing (timm's RandomErasing, one box per clip, after normalisation): probability, area fraction and
+    # aspect ratio ranges of the box, fill "pixel" (per-pixel standard normal noise) or "const" (zeros)
+    erase: float = 0.0
+    erase_area: tuple = (0.02, 1 / 3)
+    erase_ratio: tuple = (0.3, 1 / 0.3)
+    erase_mode: str = "pixel"
+    # label swap of a flipped clip: {class: class, ...} (both ways needed) or "ssv2": SSv2's classes whose names
+    # differ only by left <-> right (mmaction's Flip(flip_label_map))
+    flip_label_map: dict | str | None = None
     rand_augment: int = 0  # RandAugment: operations per clip (0 = off)
     rand_augment_m: int = 9  # RandAugment magnitude, 0..30
     eval_scale: float = 256 / 224  # evaluation: short side resized to round(crop_size * eval_scale)
@@ -62,10 +81,30 @@ class AugmentConfig:
         if self.rand_augment < 0 or not 0 <= self.rand_augment_m <= 30:
             raise ValueError(f"rand_augment must be >= 0 and rand_augment_m in 0..30, got "
                              f"{self.rand_augment}, {self.rand_augment_m}")
+        self._check_recipe_options()
         if self.eval_scale < 1:
             raise ValueError(f"eval_scale must be >= 1 (the crop must fit), got {self.eval_scale}")
         if self.eval_crop not in EVAL_CROP_SIDES:
             raise ValueError(f"eval_crop must be one of {EVAL_CROP_SIDES}, got {self.eval_crop!r}")
+
+    def _check_recipe_options(self):
+        """scale_jitter, grayscale, erase and flip_label_map."""
+        if self.scale_jitter and (len(self.scale_jitter) != 2 or not 0 < self.scale_jitter[0] <= self.scale_jitter[1]
+                                  or self.train_crop not in ("random", "center")):
+            raise ValueError(f"scale_jitter must be [min, max] sides > 0, with train_crop random or center (the "
+                             f"other boxes are relative to the frame: rescaling changes nothing), got "
+                             f"{self.scale_jitter} with {self.train_crop!r}")
+        for key in ("grayscale", "erase"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"{key} is a probability in [0, 1], got {getattr(self, key)}")
+        if not 0 < self.erase_area[0] <= self.erase_area[1] <= 1 or not 0 < self.erase_ratio[0] <= self.erase_ratio[1] \
+                or self.erase_mode not in ERASE_MODES:
+            raise ValueError(f"bad random erasing: area {self.erase_area}, ratio {self.erase_ratio}, mode "
+                             f"{self.erase_mode!r} (one of {ERASE_MODES})")
+        if self.flip_label_map not in (None, "ssv2") and not _class_pairs(self.flip_label_map):
+            raise ValueError(f"flip_label_map must be {{class: class}} or 'ssv2', got {self.flip_label_map!r}")
+        if self.flip_label_map is not None and not self.flip:
+            raise ValueError("flip_label_map needs flip: true")
 
     def eval_short_side(self, crop_size: int) -> int:
         return int(round(crop_size * self.eval_scale))
@@ -73,6 +112,14 @@ class AugmentConfig:
     def eval_crop_side(self, crop_size: int) -> int:
         """The side of the square evaluation crops for a model whose contract crop is `crop_size`."""
         return self.eval_short_side(crop_size) if self.eval_crop == "full" else crop_size
+
+
+def _class_pairs(value) -> bool:
+    """A {class index: class index} mapping (YAML or the command line may give the indices as text)."""
+    try:
+        return isinstance(value, dict) and all(int(k) >= 0 and int(v) >= 0 for k, v in value.items())
+    except (TypeError, ValueError):
+        return False
 
 
 # --------------------------------------------------------------------------------------------- crop boxes
@@ -126,6 +173,19 @@ def center_box(width: int, height: int) -> np.ndarray:
     return np.array([x / width, y / height, (x + side) / width, (y + side) / height])
 
 
+def random_box(rng: np.random.Generator, width: int, height: int, cfg: AugmentConfig, crop_size: int,
+               centred: bool = False) -> np.ndarray:
+    """A crop_size square of the frame rescaled to a short side drawn from cfg.scale_jitter (the stored short
+    side when off), anywhere or `centred`. The crop is resized to crop_size anyway, so the rescale is only a box
+    of crop_size / side of the short side (the whole short side when the rescaled frame is smaller)."""
+    short = min(width, height)
+    side = rng.integers(cfg.scale_jitter[0], cfg.scale_jitter[1] + 1) if cfg.scale_jitter else short
+    box = min(short, crop_size * short / side)
+    x, y = ((width - box) / 2, (height - box) / 2) if centred else \
+        (rng.uniform(0, width - box), rng.uniform(0, height - box))
+    return np.array([x / width, y / height, (x + box) / width, (y + box) / height])
+
+
 _BOXES = {"multiscale": multi_scale_box, "resized": random_resized_box}
 
 
@@ -133,13 +193,56 @@ def param_count(cfg: AugmentConfig, training: bool = True) -> int:
     return PARAMS + 2 * cfg.rand_augment if training else PARAMS
 
 
-def train_params(rng: np.random.Generator, width: int, height: int, cfg: AugmentConfig) -> np.ndarray:
-    """The parameter vector of one training clip (see the module docstring)."""
-    box = center_box(width, height) if cfg.train_crop == "center" else _BOXES[cfg.train_crop](rng, width, height, cfg)
+def train_params(rng: np.random.Generator, width: int, height: int, cfg: AugmentConfig,
+                 crop_size: int = 0) -> np.ndarray:
+    """The parameter vector of one training clip (see the module docstring). `crop_size`, the model's, is needed
+    by the "random" crop, scale jitter and random erasing. A draw is made only for what is on, so turning one
+    augmentation on leaves the others' draws as they were."""
+    if (cfg.train_crop == "random" or cfg.scale_jitter or cfg.erase) and crop_size < 1:
+        raise ValueError("the random crop, scale_jitter and erase need the model's crop_size")
+    if cfg.train_crop == "random" or (cfg.train_crop == "center" and cfg.scale_jitter):
+        box = random_box(rng, width, height, cfg, crop_size, centred=cfg.train_crop == "center")
+    else:
+        box = center_box(width, height) if cfg.train_crop == "center" else \
+            _BOXES[cfg.train_crop](rng, width, height, cfg)
     mirror = float(cfg.flip and rng.random() < 0.5)
+    colour = list(jitter_factors(rng, cfg))
+    if cfg.grayscale and rng.random() < cfg.grayscale:
+        colour[2] = 0.0  # saturation 0: color_twist leaves the luma, torchvision's rgb_to_grayscale weights
+    erase = erase_box(rng, crop_size, cfg) if cfg.erase and rng.random() < cfg.erase else np.zeros(4)
     # drawn last, so the other parameters do not depend on whether RandAugment is on
     ops = rand_augment_choices(rng, cfg.rand_augment)
-    return np.concatenate([box, [mirror], jitter_factors(rng, cfg), ops]).astype(np.float32)
+    return np.concatenate([box, [mirror], colour, erase, ops]).astype(np.float32)
+
+
+def erase_box(rng: np.random.Generator, side: int, cfg: AugmentConfig) -> np.ndarray:
+    """timm's RandomErasing box in a side x side crop (10 tries, else none), relative (x0, y0, x1, y1)."""
+    log_ratio = np.log(cfg.erase_ratio)
+    for _ in range(10):
+        area = side * side * rng.uniform(*cfg.erase_area)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        h, w = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+        if 0 < w < side and 0 < h < side:
+            y, x = rng.integers(side - h + 1), rng.integers(side - w + 1)
+            return np.array([x, y, x + w, y + h]) / side
+    return np.zeros(4)
+
+
+def flip_label_pairs(spec, classes: list[str]) -> dict[int, int]:
+    """The label of a mirrored clip, {class: class}: `spec` as given (int keys, e.g. from YAML) or "ssv2": every
+    class whose name with "left" and "right" swapped is another class (SSv2's "from left to right" pairs)."""
+    if spec is None:
+        return {}
+    if spec != "ssv2":
+        return {int(k): int(v) for k, v in spec.items()}
+    index = {name.lower(): i for i, name in enumerate(classes)}
+    swap = {"left": "right", "right": "left"}
+    pairs = {}
+    for i, name in enumerate(classes):
+        other = re.sub(r"\b(left|right)\b", lambda m: swap[m.group(1)], name.lower())
+        if other != name.lower() and other in index:
+            pairs[i] = index[other]
+    return pairs
 
 
 def rand_augment_choices(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -191,7 +294,7 @@ def train_transform(clip, params, crop_size: int, cfg: AugmentConfig, cropped: b
     else:
         clip = fn.resize(clip, size=(crop_size, crop_size), roi_start=fn.stack(params[1], params[0]),
                          roi_end=fn.stack(params[3], params[2]), roi_relative=True, antialias=True)
-    if any(cfg.jitter):
+    if any(cfg.jitter) or cfg.grayscale:
         clip = fn.color_twist(clip, brightness=params[5], contrast=params[6], saturation=params[7], hue=params[8])
     if cfg.rand_augment:
         clip = rand_augment(clip, params, cfg)
@@ -217,6 +320,23 @@ def rand_augment(clip, params, cfg: AugmentConfig):
         clip = select(suite, ops[level], data=clip, magnitude_bin=magnitudes[level], num_magnitude_bins=31,
                       fill_value=128, interp_type=None)
     return clip
+
+
+def random_erase(clip, params, cfg: AugmentConfig, dali_dtype, layout: str):
+    """The normalised frame or clip with the source's erasing box (params 9..12, empty when not erased) filled
+    with per-pixel standard normal noise ("pixel") or zeros ("const"), the same box in every frame."""
+    from nvidia.dali import fn, types
+
+    box = {"anchor": fn.stack(params[10], params[9]),
+           "shape": fn.stack(params[12] - params[10], params[11] - params[9]),
+           "normalized_anchor": True, "normalized_shape": True, "axis_names": "HW"}
+    erased = fn.erase(clip, fill_value=0.0, **box)
+    if cfg.erase_mode == "const":
+        return erased
+    # in float32: DALI's normal and its CPU arithmetic have no half; laid out so that erase finds H and W by name
+    noise = fn.reshape(fn.random.normal(clip), layout=layout)
+    inside = noise - fn.erase(noise, fill_value=0.0, **box)
+    return fn.cast(fn.cast(erased, dtype=types.FLOAT) + inside, dtype=dali_dtype)
 
 
 def eval_transform(clip, params, crop_size: int, cfg: AugmentConfig):

@@ -230,6 +230,9 @@ class ImageLoader:
             raise ValueError(f"bad batch_size {batch_size}, num_threads {num_threads}, rank {rank} of {world_size}")
         if training and augment is not None and any(augment.jitter):  # the STS recipe uses RandAugment instead
             raise ValueError("colour jitter is not implemented for images: use rand_augment")
+        video_only = [k for k in ("scale_jitter", "grayscale", "erase", "flip_label_map") if getattr(augment, k, None)]
+        if training and video_only:
+            raise ValueError(f"augment {', '.join(video_only)}: implemented for videos only")
         if repeats < 1 or (repeats > 1 and not training):
             raise ValueError(f"repeats must be >= 1, and 1 for evaluation, got {repeats}")
         self.folder, self.training, self.dtype = folder, bool(training), dtype

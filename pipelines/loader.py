@@ -157,7 +157,7 @@ class VideoLoader:
 
     def _source(self, first_epoch: int) -> ClipSource:
         return ClipSource(self.dataset, self.plan, self.spec, self.augment, self.path, self.damage_log,
-                          first_epoch, self.clips, self.crops, self.verify)
+                          first_epoch, self.clips, self.crops, self.verify, int(self.contract.crop_size))
 
     def _ensure_pipeline(self, epoch: int) -> None:
         stale = self.training and self._pipe_epoch != epoch  # evaluation reads the same plan every epoch

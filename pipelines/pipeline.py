@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .augment import AugmentConfig, eval_transform, normalize, output_layout, train_transform
+from .augment import AugmentConfig, eval_transform, normalize, output_layout, random_erase, train_transform
 from .resources import HW_DECODER_LOAD, image_decoder_args
 from .source import ClipSource
 
@@ -75,6 +75,8 @@ def clip_graph(source: ClipSource, opts: GraphOptions, prefetch: int):
         mirror = crop.pop("mirror")
     layout = output_layout(opts.layout, per_frame=source.path == "frames")
     data = normalize(data, opts.mean, opts.std, layout, opts.dali_dtype, mirror, **crop)
+    if opts.training and opts.augment.erase:  # after normalisation, as timm: the noise is in normalised units
+        data = random_erase(data, params, opts.augment, opts.dali_dtype, layout)
     # a copy, so no output aliases an external-source buffer (see DALI-NOTES: 2.1 executor issue)
     meta = meta.gpu() if opts.decoder_device == "mixed" else fn.copy(meta)
     return data, meta

@@ -27,7 +27,7 @@ import pyarrow as pa
 from prep import DamagedEntry, PreppedDataset
 from prep.dataset import UNLABELLED
 
-from .augment import AugmentConfig, eval_params, train_params
+from .augment import AugmentConfig, eval_params, flip_label_pairs, train_params
 from .gops import CONTAINERS, cut_stream
 from .orphans import die_with_parent
 from .sampling import ClipSpec, EpochPlan, clip_indices, sample_rng, view_of
@@ -84,6 +84,8 @@ class ClipSource:
     clips: int = 1
     crops: int = 1
     verify: bool = True
+    crop_size: int = 0  # the model's: the "random" crop, scale jitter and random erasing need it
+    _flip_map: dict | None = field(default=None, repr=False)
     _orders: dict = field(default_factory=dict, repr=False)
     _last: tuple = field(default=(None, None), repr=False)  # ((epoch, position), resolved clip) of the last read
     _owner: int = field(default_factory=os.getpid, repr=False)  # the training process that built the pipeline
@@ -149,6 +151,11 @@ class ClipSource:
             return out, (index, damaged, reason)
         raise RuntimeError(f"every video of {self.data!r} is damaged ({reason})")
 
+    def _flip_labels(self) -> dict[int, int]:
+        if self._flip_map is None:
+            self._flip_map = flip_label_pairs(self.augment.flip_label_map, self.data.classes)
+        return self._flip_map
+
     def _report(self, video: int, index: int, damaged: list[int], reason: str) -> None:
         log.warning("damaged stored video %s replaced by %s: %s",
                     self.data.rows[video]["id"], self.data.rows[index]["id"], reason)
@@ -160,12 +167,15 @@ class ClipSource:
         if self.plan.training:
             rng = sample_rng(self.plan.seed, epoch, index, view)
             frames = clip_indices(row["num_frames"], self.spec, True, rng)
-            params = train_params(rng, width, height, self.augment)
+            params = train_params(rng, width, height, self.augment, self.crop_size)
         else:
             clip, crop = view_of(view, self.crops)
             frames = clip_indices(row["num_frames"], self.spec, False, clip=clip, clips=self.clips)
             params = eval_params(crop, self.crops, width, height)
-        meta = np.array([_label(row), index, view], dtype=np.int64)
+        label = _label(row)
+        if self.plan.training and params[4]:  # a mirrored clip: left <-> right classes swap
+            label = self._flip_labels().get(label, label)
+        meta = np.array([label, index, view], dtype=np.int64)
         if self.path == "frames":
             jpegs = self.data.frames(index, frames, verify=self.verify)
             return (*[np.frombuffer(j, dtype=np.uint8) for j in jpegs], meta, params)

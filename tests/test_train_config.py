@@ -57,3 +57,18 @@ def test_cli_error_is_one_line_and_exit_2(tmp_path):
 def test_defaults_are_valid():
     cfg = TrainConfig()
     assert from_dict(cfg.to_dict()) == cfg
+
+
+def test_recipe_augment_keys(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("augment:\n  train_crop: random\n  scale_jitter: [256, 320]\n  grayscale: 0.2\n"
+                      "  erase: 0.25\n  erase_mode: const\n  flip: true\n  flip_label_map: {86: 87, 87: 86}\n")
+    cfg = load_config(["--config", str(recipe), "--data", "d", "--augment.flip_label_map", "ssv2"])
+    assert cfg.augment["scale_jitter"] == [256, 320] and cfg.augment["flip_label_map"] == "ssv2"
+    for bad, needle in ((["--augment.scale_jitter", "[320, 256]"], "scale_jitter"),
+                        (["--augment.grayscale", "1.5"], "grayscale"),
+                        (["--augment.erase_mode", "rand"], "erasing"),
+                        (["--augment.flip_label_map", "[1, 2]"], "flip_label_map"),
+                        (["--augment.flip_label_map", "{a: 1}"], "flip_label_map")):
+        with pytest.raises(ConfigError, match=f"'augment'.*{needle}"):
+            load_config(["--config", str(recipe), "--data", "d", *bad])
