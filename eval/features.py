@@ -16,11 +16,9 @@ import sys
 
 import torch
 
-from models.checkpoints import recognize_file
-
 from .__main__ import add_view_args, augment_overrides
 from .dump import FEATURES, save_features
-from .run import _damaged_rows, _loader, _open_split, _protocol_row, _run_config, _test_protocol, load_model
+from .run import _damaged_rows, _loader, _protocol_row, _test_protocol, load_model, open_with_data
 from .score import autocast, average_views, check_coverage
 
 log = logging.getLogger("eval")
@@ -45,12 +43,7 @@ def extract_features(ckpt_path: str, d, data: str = "", split: str = "val", clip
                      use_ema: bool = True, progress: bool = True, num_frames: int | None = None, sampling: str = "",
                      frame_stride: int = 0, augment: dict | None = None, per_view: bool = False) -> dict:
     """Embed every video of a split; returns the index written beside features.npy (plus `out_dir`)."""
-    rec = recognize_file(ckpt_path, use_ema)
-    cfg = _run_config(rec)
-    data = data or cfg["data"]
-    if not data:
-        raise ValueError(f"{ckpt_path} is a {rec.origin} file, which records no dataset: pass --data")
-    dataset = _open_split(cfg, data, split, rec.classes, progress and d.main)
+    rec, cfg, data, dataset = open_with_data(ckpt_path, use_ema, data, split, progress and d.main)
     # the classifier is not used, so the file's own head is kept whatever the dataset's classes; only a text
     # classifier needs class names to be built at all
     classes = dataset.classes if "class_names" in rec.needs else None

@@ -41,16 +41,22 @@ def load_model(path: str, device: torch.device, use_ema: bool = True, classes: l
     return model.to(device).eval(), rec
 
 
-def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips: int = 1, crops: int = 1,
-             batch_size: int = 8, out_dir: str = "", amp: str = "bf16", py_workers: int = 2,
-             use_ema: bool = True, progress: bool = True, num_frames: int | None = None,
-             save_views: bool = False, sampling: str = "", frame_stride: int = 0, augment: dict | None = None) -> dict:
+def open_with_data(ckpt_path: str, use_ema: bool, data: str, split: str, progress: bool) -> tuple:
+    """(Recognized, run config, data path, split): a checkpoint and the split it is evaluated on; an authors'
+    file records no dataset, so `data` must be given for it."""
     rec = recognize_file(ckpt_path, use_ema)
     cfg = _run_config(rec)
     data = data or cfg["data"]
     if not data:
         raise ValueError(f"{ckpt_path} is a {rec.origin} file, which records no dataset: pass --data")
-    dataset = _open_split(cfg, data, split, rec.classes, progress and d.main)
+    return rec, cfg, data, _open_split(cfg, data, split, rec.classes, progress)
+
+
+def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips: int = 1, crops: int = 1,
+             batch_size: int = 8, out_dir: str = "", amp: str = "bf16", py_workers: int = 2,
+             use_ema: bool = True, progress: bool = True, num_frames: int | None = None,
+             save_views: bool = False, sampling: str = "", frame_stride: int = 0, augment: dict | None = None) -> dict:
+    rec, cfg, data, dataset = open_with_data(ckpt_path, use_ema, data, split, progress and d.main)
     classes = _split_classes(ckpt_path, rec, dataset, data)
     model, rec = load_model(ckpt_path, d.device, use_ema, classes, num_frames, rec)
     column = _class_columns(ckpt_path, rec.classes, classes, model.num_classes)
