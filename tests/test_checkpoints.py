@@ -117,3 +117,16 @@ def test_an_explicit_argument_may_differ_from_the_file_but_an_unsaid_one_may_not
         plain = models.create_model("x3d_tiny", num_classes=5, num_frames=4, sts=False, pretrained=str(path))
     assert "given explicitly" in caplog.text
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), model.state_dict().values()))
+
+
+def test_each_rank_resumes_its_own_rng_state_and_a_changed_world_is_told():
+    from train.checkpoint import rank_rng_state
+
+    ranks = [{"r": 0}, {"r": 1}]
+    state = {"rng": ranks[0], "rng_ranks": ranks}
+    assert rank_rng_state(state, 1, 2) == ({"r": 1}, None)
+    assert rank_rng_state({"rng": {"r": 0}}, 0, 1) == ({"r": 0}, None)  # written before per-rank states
+    own, warning = rank_rng_state(state, 3, 4)
+    assert own == {"r": 1} and "2 process(es) and this run has 4" in warning
+    own, warning = rank_rng_state({"rng": {"r": 0}, "rng_ranks": None}, 1, 2)
+    assert own == {"r": 0} and warning

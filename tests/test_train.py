@@ -103,6 +103,29 @@ def test_ddp_two_processes_on_cpu(data, tmp_path):
     assert json.loads((run / "eval_val_2x1" / "metrics.json").read_text())["videos"] == 10
 
 
+def _ddp_train(data, out, *extra):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "train",
+           "--model", "tsn_tiny", "--data", str(data), "--output", str(out), "--name", "run", "--batch-size", "4",
+           "--py-workers", "1", "--threads", "1", "--amp", "none", "--no-progress", "--eval-every", "0",
+           "--optimizer", "adamw", "--lr", "0.002", "--mixup", "0.8", *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(out / "run" / "last.pt", map_location="cpu", weights_only=True)
+
+
+@pytest.mark.slow
+def test_ddp_resume_matches_uninterrupted(data, tmp_path):
+    """Each rank draws its own mixup numbers: a resumed two-process run needs each rank's RNG state back."""
+    a = _ddp_train(data, tmp_path / "a", "--epochs", "2")
+    stopped = _ddp_train(data, tmp_path / "b", "--epochs", "2", "--max-steps", "4")
+    assert stopped["step"] == 4 and len(stopped["rng_ranks"]) == 2
+    assert not torch.equal(stopped["rng_ranks"][0]["torch"], stopped["rng_ranks"][1]["torch"])
+    b = _ddp_train(data, tmp_path / "b", "--epochs", "2")
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (2, 6)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
 def test_mixup_and_cutmix_on_clips():
     clips = torch.arange(4 * 3 * 2 * 8 * 8, dtype=torch.float32).view(4, 3, 2, 8, 8)
     labels = torch.tensor([0, 1, 2, 3])

@@ -212,7 +212,8 @@ def average_checkpoints(run_dir: str, top: int, out: str | None = None) -> str:
     best["model"] = _mean_tensors([s["model"] for s in states])
     emas = [s.get("ema") for s in states]
     best["ema"] = _mean_tensors(emas) if all(emas) else None
-    for key in ("optimizer", "scheduler", "scaler", "rng"):  # an average is evaluated or fine-tuned, not resumed
+    # an average is evaluated or fine-tuned, not resumed
+    for key in ("optimizer", "scheduler", "scaler", "rng", "rng_ranks"):
         best[key] = None
     best["averaged_from"] = [os.path.basename(p) for _, _, p in kept[:top]]
     out = out or os.path.join(run_dir, f"averaged_top{top}.pt")
@@ -251,6 +252,34 @@ def rng_state(device: torch.device) -> dict:
                       "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
                       "gauss": float(np_state["gauss"])},
             "python": [version, list(internal), gauss]}
+
+
+def gather_rng_states(device: torch.device, world: int) -> list[dict]:
+    """Every rank's `rng_state`, in rank order (a collective: all ranks call it). Each rank draws its own dropout,
+    drop-path and mixup numbers, so a bit-exact resume needs each rank's state, not rank 0's for all."""
+    own = rng_state(device)
+    if world == 1:
+        return [own]
+    import torch.distributed as dist
+
+    gathered = [None] * world
+    dist.all_gather_object(gathered, own)
+    return gathered
+
+
+def rank_rng_state(state: dict, rank: int, world: int) -> tuple[dict, str | None]:
+    """(the RNG state this rank resumes with, a warning when the resume cannot be bit-exact). Checkpoints written
+    before the per-rank states existed hold rank 0's only."""
+    ranks = state.get("rng_ranks")
+    if ranks and len(ranks) == world:
+        return ranks[rank], None
+    saved = len(ranks) if ranks else 1
+    if saved == world:  # one process, old or new format alike
+        return state["rng"], None
+    own = ranks[rank % saved] if ranks else state["rng"]
+    return own, (f"the checkpoint holds the random states of {saved} process(es) and this run has {world}: the "
+                 f"run resumes with reused states (dropout, drop-path and mixup draws differ from an "
+                 f"uninterrupted run on {world})")
 
 
 def set_rng_state(state: dict, device: torch.device) -> None:

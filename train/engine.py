@@ -51,6 +51,7 @@ class Trainer:
         check(cfg)
         self.cfg, self.d = cfg, d
         self.run_dir = cfg.run_dir()
+        self._rng_ranks = None  # every rank's RNG state at the last save (see save)
         seed_everything(cfg.seed + d.rank)
         train_set = self._open_split(cfg.train_split)
         self.classes = train_set.classes
@@ -141,7 +142,8 @@ class Trainer:
             "epoch": self.epoch, "step": self.step, "best_top1": self.best, "progress": asdict(self.progress),
             "config": self.cfg.to_dict(), "model_name": self.cfg.model, "num_classes": self.num_classes,
             "classes": list(self.classes), "contract": self.contract.to_dict(),
-            "rng": ckpt.rng_state(self.d.device),
+            "rng": self._rng_ranks[0] if self._rng_ranks else ckpt.rng_state(self.d.device),
+            "rng_ranks": self._rng_ranks,
         }
 
     def resume(self) -> None:
@@ -165,7 +167,10 @@ class Trainer:
         self.progress = EpochProgress(**state.get("progress") or {})
         if self.scheduler:  # a pure function of the config and the step: a longer run stretches its schedule
             self.scheduler.step_update(self.step)
-        ckpt.set_rng_state(state["rng"], self.d.device)
+        rng, warning = ckpt.rank_rng_state(state, self.d.rank, self.d.world)
+        if warning and self.d.main:
+            log.warning("%s", warning)
+        ckpt.set_rng_state(rng, self.d.device)
         self.last_good = (path, self.step)
         self._last_pt_good = os.path.abspath(path) == os.path.abspath(os.path.join(self.run_dir, ckpt.LAST))
         if self.d.main:
@@ -192,6 +197,8 @@ class Trainer:
         if not ckpt.all_finite(ckpt.unwrap(self.model).state_dict()):
             raise RunStopped(f"the weights are not finite after step {self.step}: not saved; "
                              f"{self._last_good_text()}")
+        # every rank's, gathered now: save_kept, right after, writes the same moment's states
+        self._rng_ranks = ckpt.gather_rng_states(self.d.device, self.d.world)
         if self.d.main:
             state = self.state()
             last = os.path.join(self.run_dir, ckpt.LAST)
