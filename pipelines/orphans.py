@@ -5,6 +5,11 @@ workers (the parallel external source), and they live on as orphans blocked on t
 of MB (checked: tests/test_train.py's kill test found them alive). On Linux a worker asks the kernel to send it
 SIGKILL when its parent goes (prctl PR_SET_PDEATHSIG); elsewhere this is a no-op. (prep's decode pool needs
 none of this: multiprocessing's pool workers exit on their own when the parent's end of the task pipe closes.)
+
+Ctrl-C sends SIGINT to the whole foreground process group, workers included. A forked worker inherits the
+trainer's handler (which only records the signal), but a spawned one (the default on a GPU) starts with Python's
+KeyboardInterrupt and dies, and the trainer's graceful stop then fails with "Worker data receiving interrupted"
+instead of checkpointing. The stop is the trainer's decision: workers ignore SIGINT (`ignore_interrupts`).
 """
 from __future__ import annotations
 
@@ -28,3 +33,8 @@ def die_with_parent(parent_pid: int) -> None:
     _armed_in = os.getpid()
     if os.getppid() != parent_pid:  # the parent died before the request reached the kernel
         os._exit(1)
+
+
+def ignore_interrupts() -> None:
+    """Call in a worker: SIGINT (Ctrl-C reaches the whole process group) is the parent's to act on."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
