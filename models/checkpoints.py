@@ -92,6 +92,7 @@ def register_origin(fn: Recognizer) -> Recognizer:
 
 def read_checkpoint(path: str) -> Checkpoint:
     """Read a .pth/.pt/.tar (weights only: no pickled code runs) or .safetensors file."""
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.endswith(".safetensors"):
@@ -179,6 +180,20 @@ def _import_families() -> None:
     import models  # noqa: F401  (importing the package registers every family's recogniser)
 
 
+# `model_args: {class_names: dataset}`: a text classifier (ILA's K400 head) over the training set's own class names,
+# which only the trainer knows; our checkpoints record them ("classes"), so the file rebuilds the same head
+DATASET_CLASS_NAMES = "dataset"
+
+
+def with_class_names(model_args: dict, classes) -> dict:
+    """`model_args` with `class_names: dataset` replaced by `classes` (unchanged otherwise)."""
+    if model_args.get("class_names") != DATASET_CLASS_NAMES:
+        return dict(model_args)
+    if not classes:
+        raise CheckpointError("model_args class_names: dataset, but the dataset has no class names")
+    return dict(model_args, class_names=list(classes))
+
+
 @register_origin
 def vidkit_checkpoint(ckpt: Checkpoint, overrides: dict) -> Recognized | None:
     """A checkpoint written by `python -m train` (last.pt / best.pt): the EMA weights when it has them."""
@@ -187,7 +202,7 @@ def vidkit_checkpoint(ckpt: Checkpoint, overrides: dict) -> Recognized | None:
         return None
     weights = c["ema"] if ckpt.prefer_ema and isinstance(c.get("ema"), dict) and c["ema"] else c["model"]
     config = c.get("config") or {}
-    args = dict(config.get("model_args") or {})
+    args = with_class_names(config.get("model_args") or {}, c.get("classes"))
     if "num_classes" in c:
         args["num_classes"] = c["num_classes"]
     if c.get("contract"):

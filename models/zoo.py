@@ -238,7 +238,8 @@ AIM = [
 
 _ILA_NOTE = ("views: the README's Test command (TEST.NUM_CLIP 4 TEST.NUM_CROP 3: Resize to the input size, "
              "ThreeCrop); the repo draws each clip's frames at random within the segments, here at fixed offsets")
-_ILA_K400_TRAIN = "fine-tuning the K400 (video-text) architecture needs class names, which train does not pass"
+_ILA_K400_TRAIN = ("to fine-tune the K400 (video-text) architecture, give train `model_args: {arch: k400, "
+                   "class_names: dataset}`: the head embeds the training split's class names")
 
 
 def _ila(model_name: str, dataset: str, size: str, top1: float, drive: str) -> Release:

@@ -31,7 +31,7 @@ from .config import ConfigError, TrainConfig, check, config_changes, save_config
 from .guard import DamageCounter, RunStopped, StopSignals, check_stored_videos, training_amp
 from .meter import StepMeter
 from .setup import (Dist, build_ema, build_loss, build_mixup, build_model, build_optimizer, build_scheduler,
-                    check_one_frame, mix_clips, seed_everything, wrap_model)
+                    check_one_frame, mix_clips, seed_everything, video_loader_options, wrap_model)
 
 log = logging.getLogger("train")
 
@@ -59,7 +59,7 @@ class Trainer:
         if self.num_classes < len(self.classes):
             raise ConfigError(f"config key 'num_classes' is {self.num_classes}, but {cfg.train_split} has "
                               f"{len(self.classes)} classes")
-        self.model = build_model(cfg, self.num_classes, d)
+        self.model = build_model(cfg, self.num_classes, d, self.classes)
         self.contract = self.model.input_contract
         self.amp = training_amp(cfg.amp, d.device, self.model, warn=d.main)
         if cfg.task == "image":
@@ -113,7 +113,8 @@ class Trainer:
             crops=crops, device_id=self.d.device_id, rank=self.d.rank, world_size=self.d.world,
             seed=self.cfg.seed, num_threads=self.cfg.threads, py_workers=self.cfg.py_workers,
             augment=augment, path=self.cfg.data_path, hw_decoder_load=self.cfg.hw_decoder_load,
-            preallocate=(self.cfg.preallocate_width_hint, self.cfg.preallocate_height_hint))
+            preallocate=(self.cfg.preallocate_width_hint, self.cfg.preallocate_height_hint),
+            **video_loader_options(self.cfg, training))
 
     def _check_batches(self, batches: int) -> int:
         """Optimizer steps per epoch; a split too small for one step is a config error, not a run of nothing."""
@@ -381,7 +382,8 @@ class Trainer:
         result = score_videos(model, self.val_loader, len(self.val_records), self.num_classes,
                               self.d.device, self.amp)
         labels = torch.tensor([r["label"] for r in self.val_records])
-        report, damaged = readable_accuracy(result, labels, self.classes, cfg.eval_clips * cfg.eval_crops)
+        views = cfg.eval_clips * cfg.eval_crops * (2 if cfg.eval_twice_sample else 1)
+        report, damaged = readable_accuracy(result, labels, self.classes, views)
         if damaged and self.d.main:
             log.warning("validation: %d damaged videos left out of the accuracy (e.g. %s)", len(damaged),
                         self.val_records[damaged[0]]["id"])
