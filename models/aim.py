@@ -77,6 +77,7 @@ class AIMBlock(Block):
 class AIM(VideoViT):
     trainable_keys = r"temporal_embed|norm\.|head\.|blocks\.\d+\.\w+_adapter(_in)?\."
     video_keys = r"temporal_embed|blocks\.\d+\.\w+_adapter(_in)?\."
+    embed_keys = r"temporal_embed"
 
     def __init__(self, num_frames: int = 8, adapter_ratio: float = 0.25, joint_scale: float = 0.5,
                  num_tadapter: int = 1, drop_rate: float = 0.5, freeze_backbone: bool = True, **vit_kwargs):

@@ -80,6 +80,13 @@ class SuperImageSwin(SwinTransformer):
         return self.norm(x)
 
     @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's Swin grouping (layer-wise lr decay) with the frame embedding in the stem, next to the patch
+        embedding it is added to; unmatched, it would take the head's rate."""
+        matcher = super().group_matcher(coarse)
+        return dict(matcher, stem=f"{matcher['stem']}|frame_pos_embed")
+
+    @torch.jit.ignore
     def no_weight_decay(self) -> set:
         return super().no_weight_decay() | {"frame_pos_embed"}
 

@@ -28,20 +28,30 @@ CLIP_VIT_TINY = dict(embed_dim=32, depth=2, num_heads=2, pre_norm=True, act_laye
 
 
 class VideoViT(VisionTransformer):
-    """timm ViT over (B, T, C, H, W) clips. Subclasses set two regexes (matched at a key's start):
+    """timm ViT over (B, T, C, H, W) clips. Subclasses set three regexes (matched at a key's start):
 
     `trainable_keys`: parameters left trainable when `freeze_backbone` (the paper's recipe);
-    `video_keys`: parameters no image checkpoint has (they keep their init on an image load).
+    `video_keys`: parameters no image checkpoint has (they keep their init on an image load);
+    `embed_keys`: the model's own embeddings added to the patch tokens before the blocks ("" : none).
     """
 
     trainable_keys = r"head\."
     video_keys = r"$^"
+    embed_keys = ""
 
     def __init__(self, num_frames: int, freeze_backbone: bool = True, **vit_kwargs):
         super().__init__(**vit_kwargs)
         self.num_frames = num_frames
         self.head_names = ("head.",)
         self._freeze_backbone = freeze_backbone
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's grouping (layer-wise lr decay), with `embed_keys` in the stem next to pos_embed: a parameter
+        that no pattern matches would land in the head's group. Modules inside a block (adapters, alignment)
+        already go with their block; those after the blocks (ILA's MIT) with the head, as the classifier."""
+        matcher = super().group_matcher(coarse)
+        return dict(matcher, stem=f"{matcher['stem']}|{self.embed_keys}") if self.embed_keys else matcher
 
     def freeze(self) -> None:
         """With `freeze_backbone`, requires_grad=False on every parameter not matching `trainable_keys`."""

@@ -176,14 +176,14 @@ def test_loader_argument_errors(folder):
 def test_config_rules_for_image_task():
     with pytest.raises(ConfigError, match="one centre crop"):
         load_config(["--task", "image", "--data", "x", "--eval-crops", "3"])
-    with pytest.raises(ConfigError, match="repeated_aug"):
-        load_config(["--data", "x", "--repeated-aug", "3"])
+    with pytest.raises(ConfigError, match="repeated_aug"):  # video copies only: images have no frames to share
+        load_config(["--task", "image", "--data", "x", "--repeated-aug", "3", "--repeated-aug-same-frames"])
     with pytest.raises(ConfigError, match="image_size"):
         load_config(["--data", "x", "--image-size", "128"])
     cfg = load_config(["--config", os.path.join(ROOT, "configs", "imagenet_sts.yaml"), "--data", "x"])
-    assert (cfg.task, cfg.optimizer, cfg.repeated_aug, cfg.ema, cfg.model_args) == (
-        "image", "adamw", 3, True, {"sts": True})
-    assert cfg.mixup > 0 and cfg.cutmix > 0 and cfg.label_smoothing > 0 and cfg.warmup_epochs > 0
+    assert (cfg.task, cfg.optimizer, cfg.repeated_aug, cfg.ema, cfg.model_args) == (  # the authors' LAMB script
+        "image", "lamb", 3, False, {"sts": True, "drop_path_rate": 0.05})
+    assert cfg.mixup > 0 and cfg.cutmix > 0 and cfg.warmup_epochs > 0 and cfg.keep_best == 10
 
 
 @pytest.mark.parametrize("name", PAPER_MODELS)
