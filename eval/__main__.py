@@ -7,7 +7,8 @@ predictions.json and the submission files submission.csv (id, top-5 class names)
 (`id;class`, the format of Something-Something v2's answer key) instead of per_class.csv and confusion.png.
 
 Protocol options (default: what the run trained with, else the model's contract): --frames, --sampling,
---frame-stride choose the frames of a clip; --eval-scale resizes the short side to crop x scale and
+--frame-stride choose the frames of a clip (a run's frames_per_group is kept), --twice adds mmaction's twice-sample
+views (the segments' starts); --eval-scale resizes the short side to crop x scale and
 --eval-crop full takes crops as large as that short side (`python -m models zoo` prints each released
 checkpoint's settings).
 
@@ -27,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
     add_view_args(p)
     p.add_argument("--save-views", action="store_true", help="also save every view's scores (scores_views.npy)")
+    p.add_argument("--twice", action="store_true", help="tsn sampling: mmaction's twice_sample (TSM's test), CLIPS "
+                   "more temporal views at the segments' starts, averaged with the others (2 x CLIPS x CROPS views)")
     return p
 
 
@@ -82,20 +85,21 @@ def main(argv=None) -> int:
                            batch_size=args.batch_size, out_dir=args.out, amp=args.amp, py_workers=args.py_workers,
                            use_ema=not args.no_ema, progress=not args.no_progress, num_frames=args.frames,
                            sampling=args.sampling, frame_stride=args.frame_stride, augment=augment_overrides(args),
-                           save_views=args.save_views)
+                           save_views=args.save_views, twice=args.twice)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"eval: error: {e}", file=sys.stderr)
         return 2
     if d.main:
         damaged = f", {len(summary['damaged'])} damaged videos left out" if summary["damaged"] else ""
+        views = f"{args.clips}x{args.crops}" + (" x2 twice-sampled" if args.twice else "")
         if summary["top1"] is None:  # an unlabelled split
             print(f"{summary['model']}: no labels in split {args.split!r}, no accuracy: predictions of "
-                  f"{summary['videos']} videos ({args.clips}x{args.crops} views{damaged}) -> "
+                  f"{summary['videos']} videos ({views} views{damaged}) -> "
                   f"{summary['submission']['csv']}, {summary['submission']['ssv2']}")
         else:
             print(f"{summary['model']}: top-1 {summary['top1']:.2f}  top-5 {summary['top5']:.2f}  "
                   f"mean class {summary['mean_class_acc']:.2f}  ({summary['videos']} videos{damaged}, "
-                  f"{args.clips}x{args.crops} views) -> {summary['out_dir']}")
+                  f"{views} views) -> {summary['out_dir']}")
         print(json.dumps(summary))
     return 0
 

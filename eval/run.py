@@ -55,30 +55,37 @@ def open_with_data(ckpt_path: str, use_ema: bool, data: str, split: str, progres
 def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips: int = 1, crops: int = 1,
              batch_size: int = 8, out_dir: str = "", amp: str = "bf16", py_workers: int = 2,
              use_ema: bool = True, progress: bool = True, num_frames: int | None = None,
-             save_views: bool = False, sampling: str = "", frame_stride: int = 0, augment: dict | None = None) -> dict:
+             save_views: bool = False, sampling: str = "", frame_stride: int = 0, augment: dict | None = None,
+             twice: bool = False) -> dict:
+    """Score every video over its views: `clips` temporal (x 2 with `twice`: mmaction's twice_sample, the
+    segments' starts after their centres) x `crops` spatial, averaged."""
     rec, cfg, data, dataset = open_with_data(ckpt_path, use_ema, data, split, progress and d.main)
     classes = _split_classes(ckpt_path, rec, dataset, data)
     model, rec = load_model(ckpt_path, d.device, use_ema, classes, num_frames, rec)
     column = _class_columns(ckpt_path, rec.classes, classes, model.num_classes)
     contract, view = _test_protocol(cfg, model.input_contract, sampling, frame_stride, augment)
-    loader = _loader(cfg, dataset, contract, split, clips, crops, batch_size, d, py_workers, view)
+    loader = _loader(cfg, dataset, contract, split, clips, crops, batch_size, d, py_workers, view, twice)
     loader.set_epoch(0)
+    views = clips * crops * (2 if twice else 1)
     result = score_videos(model, loader, len(dataset), model.num_classes, d.device, amp,
-                          progress=progress and d.main, keep_views=clips * crops if save_views else 0)
+                          progress=progress and d.main, keep_views=views if save_views else 0)
     if column is not None:
         result.scores = result.scores[:, column]
         result.views = result.views[..., column] if result.views is not None else None
-    report, damaged = _accuracy(result, dataset, classes, clips * crops)
+    report, damaged = _accuracy(result, dataset, classes, views)
     summary = {"model": rec.model, "origin": rec.origin, "checkpoint": ckpt_path, "data": data, "split": split,
-               "clips": clips, "crops": crops, "videos": len(dataset) - len(damaged),
+               "clips": clips, "crops": crops, "twice_sample": twice, "views": views,
+               "videos": len(dataset) - len(damaged),
                **{k: report[k] if report else None for k in ("top1", "top5", "mean_class_acc")},
                "damaged": _damaged_rows(damaged, dataset.rows, loader),
-               "protocol": _protocol_row(contract, view, cfg.get("image_size") or contract.crop_size)}
+               "protocol": {**_protocol_row(contract, view, cfg.get("image_size") or contract.crop_size),
+                            "frames_per_group": cfg.get("frames_per_group", 1)}}
     if damaged and d.main:
         log.warning("%d of %d videos could not be read and are left out (listed in metrics.json)",
                     len(damaged), len(dataset))
     if d.main:
-        out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), f"eval_{split}_{clips}x{crops}")
+        name = f"eval_{split}_{clips}x{crops}" + ("_twice" if twice else "")
+        out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), name)
         left_out = set(damaged)
         readable = [i for i in range(len(dataset)) if i not in left_out]
         views = result.views[readable] if result.views is not None else None
@@ -148,12 +155,14 @@ def _protocol_row(contract, view, crop_size: int) -> dict:
             "short_side": view.eval_short_side(crop_size), "crop": view.eval_crop_side(crop_size)}
 
 
-def _loader(cfg: dict, dataset, contract, split, clips, crops, batch_size, d: Dist, py_workers, augment=None):
-    """A prepped video split's loader, or for an image pre-training run its image folder's."""
+def _loader(cfg: dict, dataset, contract, split, clips, crops, batch_size, d: Dist, py_workers, augment=None,
+            twice: bool = False):
+    """A prepped video split's loader (frames_per_group: the run's), or for an image pre-training run its image
+    folder's."""
     if cfg.get("task", "video") == "image":
-        if (clips, crops) != (1, 1):
+        if (clips, crops) != (1, 1) or twice:
             raise ValueError(f"an image pre-training checkpoint is evaluated on one centre crop per image, "
-                             f"not {clips} clips x {crops} crops")
+                             f"not {clips}{' x 2 (twice)' if twice else ''} clips x {crops} crops")
         return ImageLoader(dataset, contract, batch_size, False, device_id=d.device_id, rank=d.rank,
                            world_size=d.world, seed=cfg["seed"], num_threads=cfg["threads"],
                            image_size=cfg.get("image_size", 0), augment=augment)
@@ -162,7 +171,8 @@ def _loader(cfg: dict, dataset, contract, split, clips, crops, batch_size, d: Di
         device_id=d.device_id, rank=d.rank, world_size=d.world, seed=cfg["seed"], num_threads=cfg["threads"],
         py_workers=py_workers, path=cfg.get("data_path", "auto"), augment=augment,
         hw_decoder_load=cfg.get("hw_decoder_load", 0.9),
-        preallocate=(cfg.get("preallocate_width_hint", 0), cfg.get("preallocate_height_hint", 0)))
+        preallocate=(cfg.get("preallocate_width_hint", 0), cfg.get("preallocate_height_hint", 0)),
+        frames_per_group=cfg.get("frames_per_group", 1), twice=twice)
 
 
 def _damaged_rows(damaged: list[int], rows: list[dict], loader) -> list[dict]:

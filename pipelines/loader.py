@@ -5,6 +5,11 @@ so consecutive epochs run on one pipeline (its workers stay up). The pipeline is
 epoch is asked for, not when one ends, so nothing is read past the last epoch and `stats` are exact at
 epoch boundaries. `set_epoch` with any other epoch, or a new pass after an epoch
 was abandoned half way, rebuilds the pipeline: DALI cannot rewind a parallel source mid-epoch.
+
+Repeated augmentation (`repeats` R, training; PySlowFast's AUG.NUM_SAMPLE, mmaction's RepeatAugDataset): a
+batch holds `batch_size` videos x R copies, copies of a video next to each other and labels repeated; an epoch
+keeps its number of batches (every video of the rank's slice once, in R copies). Evaluation views: `clips`
+(x 2 with `twice`, mmaction's twice_sample) temporal x `crops` spatial per video.
 """
 from __future__ import annotations
 
@@ -78,29 +83,43 @@ def _check_counts(batch_size, clips, crops, training, num_threads, py_workers, w
         raise ValueError(f"training reads one clip and one crop per video, got clips={clips}, crops={crops}")
 
 
+def _check_sampling(training: bool, repeats: int, same_frames: bool, twice: bool, spec: ClipSpec) -> None:
+    """The repeated-augmentation and twice-sampling options: each only where it does something."""
+    if repeats < 1 or (repeats > 1 and not training):
+        raise ValueError(f"repeats must be >= 1, and 1 for evaluation, got {repeats}")
+    if same_frames and repeats == 1:
+        raise ValueError("same_frames shares the frames of repeated copies: it needs repeats > 1")
+    if twice and training:
+        raise ValueError("twice sampling is an evaluation protocol; training draws its frames at random")
+    if twice and spec.sampling != "tsn":
+        raise ValueError(f"twice sampling (segment centres and starts) is for tsn sampling, not {spec.sampling}")
+
+
 class VideoLoader:
     """Iterate for one epoch of batches: dicts of "clips", "labels", "index", "view" torch tensors."""
 
     def __init__(self, data, split, contract, batch_size, training, clips=1, crops=1, device_id=None, rank=0,
                  world_size=1, seed=0, num_threads=None, py_workers=None, augment=None, dtype=torch.float32,
                  path="auto", verify=True, prefetch=2, py_start_method=None, hw_decoder_load=HW_DECODER_LOAD,
-                 preallocate=None):
+                 preallocate=None, frames_per_group=1, repeats=1, same_frames=False, twice=False):
         num_threads, py_workers = resolve_threads(num_threads, py_workers)
         _check_counts(batch_size, clips, crops, training, num_threads, py_workers, world_size)
+        self.spec = ClipSpec.of(contract, int(frames_per_group))
+        _check_sampling(bool(training), int(repeats), bool(same_frames), bool(twice), self.spec)
         self.dataset = _open(data, split)
         self.path = _choose_path(self.dataset, path, device_id)
         self.contract, self.training, self.dtype = contract, bool(training), dtype
         self.clips, self.crops, self.device_id = int(clips), int(crops), device_id
+        self.twice, self.same_frames = bool(twice), bool(same_frames)
         self.augment = augment if augment is not None else AugmentConfig()
-        self.plan = EpochPlan(len(self.dataset), int(batch_size), self.training, self.clips * self.crops,
-                              int(rank), int(world_size), int(seed))
+        self.plan = EpochPlan(len(self.dataset), int(batch_size), self.training, self.num_views,
+                              int(rank), int(world_size), int(seed), int(repeats))
         largest = largest_frame(self.dataset.rows)  # per side, 0 or None: the dataset's largest stored frame
         preallocate = tuple(int(p or d) for p, d in zip(preallocate or (0, 0), largest))
         self.graph = GraphOptions(int(contract.crop_size), tuple(contract.mean), tuple(contract.std),
                                   contract.layout, self.training, self.augment, _dali_dtype(dtype),
                                   "cpu" if device_id is None else "mixed", float(hw_decoder_load), tuple(preallocate))
         image_decoder_args(self.graph.decoder_device, hw_decoder_load)  # a bad value fails here, not at build
-        self.spec = ClipSpec.of(contract)
         self.num_threads, self.py_workers, self.verify, self.prefetch = num_threads, py_workers, verify, prefetch
         # spawned workers stay clear of a CUDA context the parent holds or will hold; fork starts faster
         cuda = device_id is not None or torch.cuda.is_initialized()
@@ -124,7 +143,12 @@ class VideoLoader:
 
     @property
     def num_views(self) -> int:
-        return self.clips * self.crops
+        """Evaluation views per video (training: 1)."""
+        return self.clips * (2 if self.twice else 1) * self.crops
+
+    @property
+    def repeats(self) -> int:
+        return self.plan.repeats
 
     @property
     def num_samples(self) -> int:
@@ -157,7 +181,8 @@ class VideoLoader:
 
     def _source(self, first_epoch: int) -> ClipSource:
         return ClipSource(self.dataset, self.plan, self.spec, self.augment, self.path, self.damage_log,
-                          first_epoch, self.clips, self.crops, self.verify, int(self.contract.crop_size))
+                          first_epoch, self.clips, self.crops, self.verify, int(self.contract.crop_size),
+                          self.twice, self.same_frames)
 
     def _ensure_pipeline(self, epoch: int) -> None:
         stale = self.training and self._pipe_epoch != epoch  # evaluation reads the same plan every epoch
@@ -173,7 +198,7 @@ class VideoLoader:
                      "previous epoch abandoned" if self._mid_epoch else "not the next epoch")
         self.close()
         seed = int(np.random.SeedSequence([self.plan.seed, self.plan.rank]).generate_state(1)[0] % (2**31 - 1))
-        self._pipe = build_pipeline(self._source(epoch), self.graph, self.plan.batch_size, self.num_threads,
+        self._pipe = build_pipeline(self._source(epoch), self.graph, self.plan.clips_per_batch, self.num_threads,
                                     self.py_workers, self.device_id, seed, self.prefetch, self.py_start_method)
         self._iterator = DALIGenericIterator([self._pipe], ["clips", "meta"], auto_reset=False)
         self._pipe_epoch = epoch
@@ -189,8 +214,8 @@ class VideoLoader:
             out = next(self._iterator)[0]
             if number == len(self) - 1:
                 self._finish_epoch(epoch)
-            batch = self._to_batch(out["clips"], out["meta"], min(left, self.plan.batch_size))
-            left -= self.plan.batch_size
+            batch = self._to_batch(out["clips"], out["meta"], min(left, self.plan.clips_per_batch))
+            left -= self.plan.clips_per_batch
             yield batch
 
     def _finish_epoch(self, epoch: int) -> None:
@@ -227,6 +252,8 @@ def build_loader(data, split, contract, batch_size, training, clips=1, crops=1, 
     (`resources.host_threads`). `options`: verify (check stored checksums, default True), prefetch (DALI queue
     depth, default 2), py_start_method ("fork" on the CPU, "spawn" with a GPU by default), hw_decoder_load (the
     hardware JPEG decoder's share, default 0.9), preallocate ((width, height) for nvJPEG's buffers; default the
-    largest stored frame)."""
+    largest stored frame), frames_per_group (tsn frames per segment, IBM's; default 1), repeats (training:
+    copies of each video per batch, default 1), same_frames (the copies share their frames, default False),
+    twice (evaluation: mmaction's twice_sample, default False)."""
     return VideoLoader(data, split, contract, batch_size, training, clips, crops, device_id, rank, world_size,
                        seed, num_threads, py_workers, augment, dtype, path, **options)

@@ -9,6 +9,12 @@ clip is read once per process: consecutive samples go to the same worker (DALI h
 range of the batch), so a one-clip cache serves the other T - 1 frames, and every frame of a clip comes from the
 same read, damaged-video replacement included.
 
+Repeated augmentation (training, `plan.repeats` R > 1): the R copies of a video are R positions in a row; copy c
+draws its frames and augmentation from `sample_rng(seed, epoch, video, c)` (copy 0's stream is the one without
+repeats), so a copy depends only on (seed, epoch, video, copy) and a resumed epoch reads it again bit for bit.
+With `same_frames` (mmaction's sample_once, PySlowFast's one decode per video) every copy takes copy 0's frames
+and only its augmentation is its own.
+
 A damaged or missing stored entry is replaced by the next readable video of the split, which keeps its own
 label and index; every replacement is logged and appended to a `DamageLog` file that all workers share (once per
 clip: by the sample that carries the clip's first frame).
@@ -29,7 +35,7 @@ from prep.dataset import UNLABELLED
 
 from .augment import AugmentConfig, eval_params, flip_label_pairs, train_params
 from .gops import CONTAINERS, cut_stream
-from .orphans import die_with_parent
+from .orphans import die_with_parent, ignore_interrupts
 from .sampling import ClipSpec, EpochPlan, clip_indices, sample_rng, view_of
 
 log = logging.getLogger("pipelines")
@@ -71,8 +77,9 @@ class ClipSource:
 
     Returns, per sample, for path "frames": one frame's JPEG buffer, meta, params (samples_per_clip = T samples
     per clip); for path "video": the encoded video, the T frame indices (int32), meta, params (one sample per
-    clip). meta = int64 [label (UNLABELLED for an unlabelled video), video index, view]; params = the clip's
-    augmentation vector (`augment.param_count` floats)."""
+    clip). meta = int64 [label (UNLABELLED for an unlabelled video), video index, view (training: the copy)];
+    params = the clip's augmentation vector (`augment.param_count` floats). `clips` x (2 with `twice`) x `crops`
+    evaluation views per video."""
 
     data: PreppedDataset
     plan: EpochPlan
@@ -85,10 +92,18 @@ class ClipSource:
     crops: int = 1
     verify: bool = True
     crop_size: int = 0  # the model's: the "random" crop, scale jitter and random erasing need it
+    twice: bool = False  # evaluation: mmaction's twice_sample, 2 x clips temporal views
+    same_frames: bool = False  # training with repeats: the copies share copy 0's frames
     _flip_map: dict | None = field(default=None, repr=False)
     _orders: dict = field(default_factory=dict, repr=False)
     _last: tuple = field(default=(None, None), repr=False)  # ((epoch, position), resolved clip) of the last read
     _owner: int = field(default_factory=os.getpid, repr=False)  # the training process that built the pipeline
+
+    def __setstate__(self, state):
+        # a spawned DALI worker unpickles the source before its first sample (see orphans.ignore_interrupts)
+        if os.getpid() != state["_owner"]:
+            ignore_interrupts()
+        self.__dict__.update(state)
 
     @property
     def num_outputs(self) -> int:
@@ -102,7 +117,7 @@ class ClipSource:
         if os.getpid() != self._owner:  # in a DALI worker: do not outlive a trainer killed with SIGKILL
             die_with_parent(self._owner)
         position, frame = divmod(sample_info.idx_in_epoch, self.samples_per_clip)
-        if position >= self.plan.num_batches * self.plan.batch_size:
+        if position >= self.plan.num_positions:
             raise StopIteration
         epoch = self.first_epoch + sample_info.epoch_idx
         video, view = self.plan.item(position, epoch, self._order(epoch))
@@ -167,10 +182,13 @@ class ClipSource:
         if self.plan.training:
             rng = sample_rng(self.plan.seed, epoch, index, view)
             frames = clip_indices(row["num_frames"], self.spec, True, rng)
+            if self.same_frames and view > 0:  # copy 0's frames; this copy's stream still drew its own, so its
+                # augmentation is the one it has without same_frames
+                frames = clip_indices(row["num_frames"], self.spec, True, sample_rng(self.plan.seed, epoch, index))
             params = train_params(rng, width, height, self.augment, self.crop_size)
         else:
             clip, crop = view_of(view, self.crops)
-            frames = clip_indices(row["num_frames"], self.spec, False, clip=clip, clips=self.clips)
+            frames = clip_indices(row["num_frames"], self.spec, False, clip=clip, clips=self.clips, twice=self.twice)
             params = eval_params(crop, self.crops, width, height)
         label = _label(row)
         if self.plan.training and params[4]:  # a mirrored clip: left <-> right classes swap

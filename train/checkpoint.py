@@ -191,6 +191,7 @@ def kept_checkpoints(run_dir: str) -> list[tuple[float, int, str]]:
 def keep_top(state: dict, run_dir: str, score: float, k: int) -> None:
     """Write `state` as a kept checkpoint when `score` is among the `k` best, and delete those it pushes out."""
     path = os.path.join(run_dir, kept_name(state["epoch"], score))
+    score = float(f"{score:.4f}")  # as the kept files' names hold it: a tie with an earlier epoch stays a tie
     kept = [f for f in kept_checkpoints(run_dir) if f[2] != path]  # an epoch redone after a resume replaces its file
     ranked = sorted(kept + [(score, state["epoch"], path)], key=lambda f: (-f[0], f[1]))
     if (score, state["epoch"], path) in ranked[:k]:

@@ -30,8 +30,10 @@ class TrainConfig:
     num_frames: int = 0  # 0: the model's default
     sampling: str = ""  # "" : the model's | tsn | dense (the model's input contract, overridden)
     frame_stride: int = 0  # dense sampling's stride (0: the model's)
+    frames_per_group: int = 1  # tsn: IBM's frames_per_group, F frames in each of num_frames / F segments (F distinct
+    #   random offsets, the same in every segment; evaluation spreads them evenly); num_frames counts all of them
     pretrained: str = ""
-    model_args: dict = field(default_factory=dict)
+    model_args: dict = field(default_factory=dict)  # the builder's; class_names: dataset = the split's class names
     # model-side training switches (models.tuning)
     grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more compute
     frozen_stages: int = -1  # mmaction's: -1 nothing, 0 the stem, n the stem and the first n stages (CNNs)
@@ -47,7 +49,12 @@ class TrainConfig:
     preallocate_height_hint: int = 0
     data_path: str = "auto"  # frames | video | auto
     image_size: int = 0  # task image: training and evaluation crop (0: the model's crop size)
-    repeated_aug: int = 1  # task image: repeated augmentation, copies of each image per epoch (timm's aug_repeats)
+    repeated_aug: int = 1  # repeated augmentation, R copies of a sample, each augmented on its own. task image:
+    #   timm's aug_repeats (an epoch keeps its length: N / R images, R times; a batch counts images). task video:
+    #   PySlowFast's AUG.NUM_SAMPLE (a step takes batch_size videos x R copies, each copy its own frames and
+    #   augmentation, labels repeated; an epoch reads every video once and keeps its steps; lr_base_batch counts videos)
+    repeated_aug_same_frames: bool = False  # task video, repeated_aug > 1: the copies share one frame sample and
+    #   differ only in augmentation (mmaction's RepeatAugDataset(sample_once=True), PySlowFast's single decode)
     augment: dict = field(default_factory=dict)  # pipelines.AugmentConfig fields
     # optimisation
     epochs: int = 30
@@ -85,6 +92,7 @@ class TrainConfig:
     eval_every: int = 1
     eval_clips: int = 1
     eval_crops: int = 1
+    eval_twice_sample: bool = False  # tsn: mmaction's twice_sample, eval_clips more views at the segments' starts
     # bookkeeping
     output: str = "runs"
     name: str = ""
@@ -253,6 +261,8 @@ RULES = {
     "num_classes": (lambda v: v >= 0, ">= 0 (0: the dataset's classes)"),
     "num_frames": (lambda v: v >= 0, ">= 0 (0: the model's)"),
     "frame_stride": (lambda v: v >= 0, ">= 0 (0: the model's)"),
+    "frames_per_group": (lambda v: v >= 1, ">= 1"),
+    "repeated_aug": (lambda v: v >= 1, ">= 1"),
     "batch_size": (lambda v: v >= 1, ">= 1"),
     "py_workers": (lambda v: v >= 0, ">= 0 (0: a share of the cores)"),
     "threads": (lambda v: v >= 0, ">= 0 (0: a share of the cores)"),
@@ -298,17 +308,16 @@ def check(cfg: TrainConfig) -> None:
         what = "an ImageNet-style folder (train/<class>/*.JPEG)" if cfg.task == "image" else \
             "the folder written by `python -m prep`"
         raise ConfigError(f"config key 'data' is required: {what}")
-    if cfg.repeated_aug < 1 or (cfg.repeated_aug > 1 and cfg.task != "image"):
-        raise ConfigError(f"config key 'repeated_aug' must be >= 1, and > 1 only with task image, "
-                          f"got {cfg.repeated_aug} with task {cfg.task}")
-    if cfg.task == "image" and (cfg.eval_clips, cfg.eval_crops) != (1, 1):
-        raise ConfigError("config keys 'eval_clips'/'eval_crops': task image evaluates one centre crop per image")
+    if cfg.task == "image" and ((cfg.eval_clips, cfg.eval_crops) != (1, 1) or cfg.eval_twice_sample):
+        raise ConfigError("config keys 'eval_clips'/'eval_crops'/'eval_twice_sample': task image evaluates one "
+                          "centre crop per image")
     if cfg.image_size < 0 or (cfg.image_size and cfg.task != "image"):
         raise ConfigError(f"config key 'image_size' is for task image (videos follow the model's contract), "
                           f"got {cfg.image_size}")
-    if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:
+    copies = cfg.repeated_aug if cfg.task == "video" else 1  # a video step takes batch_size x copies clips
+    if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size * copies % 2:
         raise ConfigError(f"config key 'batch_size' must be even with mixup/cutmix (they pair clips), "
-                          f"got {cfg.batch_size}")
+                          f"got {cfg.batch_size}" + (f" x repeated_aug {copies}" if copies > 1 else ""))
     _check_recipe_keys(cfg)
     _check_pipeline_keys(cfg)
     cfg.model = _canonical_model(cfg.model)
@@ -332,9 +341,29 @@ def _check_recipe_keys(cfg: TrainConfig) -> None:
         raise ConfigError(f"config keys {' and '.join(modes)}: choose one BatchNorm mode")
 
 
+def _check_sampling_keys(cfg: TrainConfig) -> None:
+    """frames_per_group, repeated augmentation and twice sampling: each only where it does something."""
+    from pipelines.sampling import check_groups
+
+    if cfg.repeated_aug_same_frames and (cfg.repeated_aug == 1 or cfg.task != "video"):
+        raise ConfigError(f"config key 'repeated_aug_same_frames' shares the frames of a video's copies: it needs "
+                          f"task video and repeated_aug > 1, got task {cfg.task} with repeated_aug {cfg.repeated_aug}")
+    if cfg.frames_per_group > 1 and cfg.task != "video":
+        raise ConfigError(f"config key 'frames_per_group' is for task video, got {cfg.frames_per_group}")
+    if cfg.sampling and cfg.num_frames:  # otherwise the model's contract decides (train.setup.build_model)
+        try:
+            check_groups(cfg.num_frames, cfg.sampling, cfg.frames_per_group)
+        except ValueError as e:
+            raise ConfigError(f"config key 'frames_per_group': {e}") from None
+    if cfg.eval_twice_sample and cfg.sampling == "dense":
+        raise ConfigError("config key 'eval_twice_sample' (segment centres and starts) is for tsn sampling, "
+                          "not dense")
+
+
 def _check_pipeline_keys(cfg: TrainConfig) -> None:
     from pipelines.augment import EVAL_CROPS, AugmentConfig
 
+    _check_sampling_keys(cfg)
     if cfg.eval_crops not in EVAL_CROPS:
         raise ConfigError(f"config key 'eval_crops' must be one of {EVAL_CROPS}, got {cfg.eval_crops}")
     try:
@@ -354,10 +383,10 @@ def _canonical_model(name: str) -> str:
 
 
 # Keys a resumed run may change: how long, how it is evaluated, and how it runs, not what it computes.
-SAFE_ON_RESUME = ("epochs", "max_steps", "eval_every", "eval_clips", "eval_crops", "val_split", "progress",
-                  "log_every", "py_workers", "threads", "hw_decoder_load", "preallocate_width_hint",
-                  "preallocate_height_hint", "data_path", "resume", "output", "name", "device", "ckpt_every_steps",
-                  "amp", "ema", "channels_last", "compile",
+SAFE_ON_RESUME = ("epochs", "max_steps", "eval_every", "eval_clips", "eval_crops", "eval_twice_sample",
+                  "val_split", "progress", "log_every", "py_workers", "threads", "hw_decoder_load",
+                  "preallocate_width_hint", "preallocate_height_hint", "data_path", "resume", "output", "name",
+                  "device", "ckpt_every_steps", "amp", "ema", "channels_last", "compile",
                   "keep_best", "save_every", "grad_checkpointing")
 
 

@@ -58,16 +58,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(cfg: TrainConfig, num_classes: int, d: Dist) -> torch.nn.Module:
+def build_model(cfg: TrainConfig, num_classes: int, d: Dist, classes=()) -> torch.nn.Module:
+    """`classes`: the training split's class names, for `model_args: {class_names: dataset}` (a text classifier)."""
+    from models.checkpoints import CheckpointError, with_class_names
+
+    try:
+        args = with_class_names(cfg.model_args, classes)
+    except CheckpointError as e:
+        raise ConfigError(f"config key 'model_args': {e}") from None
     try:
         model = models.create_model(cfg.model, num_classes=num_classes, num_frames=cfg.num_frames or None,
-                                     pretrained=cfg.pretrained or None, **cfg.model_args)
+                                     pretrained=cfg.pretrained or None, **args)
     except TypeError as e:  # an argument the model's builder does not take
         raise ConfigError(f"config key 'model_args' {cfg.model_args}: {cfg.model} refuses it ({e})") from None
     if cfg.sampling or cfg.frame_stride:  # e.g. a dense-sampling model fine-tuned with TSN sampling on SSv2
         contract = model.input_contract
         model.input_contract = contract.replace(sampling=cfg.sampling or contract.sampling,
                                                 frame_stride=cfg.frame_stride or contract.frame_stride)
+    check_sampling(cfg, model.input_contract)
     if cfg.sync_bn and d.world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     apply_tuning(cfg, model)
@@ -75,6 +83,29 @@ def build_model(cfg: TrainConfig, num_classes: int, d: Dist) -> torch.nn.Module:
     if cfg.channels_last and d.device.type == "cuda" and has_convs(model):
         to_channels_last(model)
     return model
+
+
+def check_sampling(cfg: TrainConfig, contract) -> None:
+    """frames_per_group and eval_twice_sample against the sampling the model's contract settles on."""
+    from pipelines.sampling import check_groups
+
+    if cfg.task != "video":
+        return
+    try:
+        check_groups(contract.num_frames, contract.sampling, cfg.frames_per_group)
+    except ValueError as e:
+        raise ConfigError(f"config key 'frames_per_group': {cfg.model}: {e}") from None
+    if cfg.eval_twice_sample and contract.sampling != "tsn":
+        raise ConfigError(f"config key 'eval_twice_sample' (segment centres and starts) is for tsn sampling; "
+                          f"{cfg.model} samples {contract.sampling} (set sampling: tsn to change it)")
+
+
+def video_loader_options(cfg: TrainConfig, training: bool) -> dict:
+    """The frame-sampling options of a video loader (pipelines.build_loader) for training or validation."""
+    if training:
+        return {"frames_per_group": cfg.frames_per_group, "repeats": cfg.repeated_aug,
+                "same_frames": cfg.repeated_aug_same_frames}
+    return {"frames_per_group": cfg.frames_per_group, "twice": cfg.eval_twice_sample}
 
 
 def apply_tuning(cfg: TrainConfig, model: torch.nn.Module) -> None:
@@ -121,6 +152,7 @@ def wrap_model(model: torch.nn.Module, cfg: TrainConfig, d: Dist) -> torch.nn.Mo
 
 
 def total_batch(cfg: TrainConfig, d: Dist) -> int:
+    """Samples per optimizer step; repeated copies of a video (repeated_aug) are not counted apart."""
     return cfg.batch_size * d.world * cfg.grad_accum
 
 
