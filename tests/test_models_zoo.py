@@ -215,7 +215,8 @@ def test_eval_cli_protocol_options_reach_the_model(data, tmp_path, monkeypatch, 
     assert tuple(shape[1:]) == (3, 3, 48, 48)  # NTCHW: 3 frames, crops of the 48 px short side
     assert (contract.sampling, contract.frame_stride) == ("dense", 2)
     protocol = json.load(open(tmp_path / "out" / "metrics.json"))["protocol"]
-    assert protocol == {"frames": 3, "sampling": "dense", "frame_stride": 2, "short_side": 48, "crop": 48, "frames_per_group": 1}
+    assert protocol == {"frames": 3, "sampling": "dense", "frame_stride": 2, "short_side": 48, "crop": 48,
+                        "frames_per_group": 1}
     capsys.readouterr()
     assert eval_main(argv[:-4] + ["--eval-scale", "0.5"]) == 2
     assert "eval_scale" in capsys.readouterr().err
