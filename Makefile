@@ -96,6 +96,10 @@ bench-prep: install
 	$(PYTHON) -m bench.prep $(ARGS)
 
 bench-data: install
+	@command -v ffmpeg >/dev/null || { echo "installing Debian's ffmpeg: torchcodec loads its shared libraries"; \
+	  apt-get update -qq && apt-get install -y -qq ffmpeg >/dev/null; }
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-bench.txt 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(BIN)/pip check >/dev/null || { $(BIN)/pip check; exit 1; }
 	$(PYTHON) -m bench.data $(ARGS)
 
 bench-models: install
