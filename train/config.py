@@ -63,18 +63,33 @@ class TrainConfig:
     lr: float = 0.01
     lr_base_batch: int = 0  # >0: lr is for this total batch and scales linearly with the real one
     weight_decay: float = 5e-4
+    weight_decay_mult: list = field(default_factory=list)  # [[pattern, mult], ...] or {pattern: mult}: weight_decay x
+    #   mult (0 allowed) for the parameters whose name matches the fnmatch pattern (first match wins; mmcv's
+    #   custom_keys decay_mult); parameters that get no decay (below) keep none
+    decay_norm_bias: bool = False  # norms, biases and other 1-D parameters decay too (torch.optim's default: IBM's
+    #   train.py, mmaction without paramwise_cfg); off: timm's default, they get no decay. The model's
+    #   no_weight_decay() names (position embeddings, class tokens) get none either way
     momentum: float = 0.9
     nesterov: bool = True  # sgd: Nesterov momentum (IBM's recipes: off)
+    betas: list = field(default_factory=list)  # adamw, lamb: [beta1, beta2], e.g. ILA's [0.9, 0.98]; []: the
+    #   optimizer's own (0.9, 0.999)
     lr_mult: list = field(default_factory=list)  # [[pattern, mult], ...] or {pattern: mult}: lr x mult for the
     #   parameters whose name matches the fnmatch pattern (first match wins), e.g. {"fc.*": 10} (TSM's fc_lr5)
     layer_decay: float = 0.0  # ViT/Swin: block i's lr x layer_decay**(depth - i) (BEiT/mmaction); 0: off
     sched: str = "cosine"  # cosine | step (every decay_epochs) | multistep (at lr_steps) | none
+    sched_per_epoch: bool = False  # the schedule, warmup included, moves at epoch starts only (timm's t_in_epochs,
+    #   as IBM's train.py, SIFAR's main.py and timm's train.py step it; epoch counts then whole); off: every step
     warmup_epochs: float = 0.0
-    warmup_lr: float = 1e-6
+    warmup_lr: float = 1e-6  # the warmup's first rate
+    warmup_ratio: float = 0.0  # >0: the warmup starts at warmup_ratio x lr (the lr after lr_base_batch scaling)
+    #   instead of at warmup_lr (mmcv's warmup_ratio, 0.1 in mmaction's recipes)
     min_lr: float = 0.0
     decay_epochs: float = 10.0  # step schedule
     decay_rate: float = 0.1  # step/multistep: the lr factor at each decay
     lr_steps: list = field(default_factory=list)  # multistep: the epochs at which the lr decays, e.g. [20, 40]
+    loss: str = "ce"  # ce: softmax cross-entropy | bce: binary cross-entropy per class (timm's --bce-loss,
+    #   timm.loss.BinaryCrossEntropy) on the mixed targets with mixup/cutmix, else on one-hot targets smoothed by
+    #   label_smoothing
     label_smoothing: float = 0.0
     aux_loss_weight: float = 1.0  # models with an auxiliary loss (ILA's alignment loss)
     mixup: float = 0.0
@@ -113,8 +128,8 @@ class TrainConfig:
 
 
 CHOICES = {"task": ("video", "image"), "sampling": ("", "tsn", "dense"), "optimizer": ("sgd", "adamw", "lamb"),
-           "sched": ("cosine", "step", "multistep", "none"), "amp": ("bf16", "fp16", "none"), "device": ("auto", "cpu", "cuda"),
-           "data_path": ("auto", "frames", "video")}
+           "loss": ("ce", "bce"), "sched": ("cosine", "step", "multistep", "none"), "amp": ("bf16", "fp16", "none"),
+           "device": ("auto", "cpu", "cuda"), "data_path": ("auto", "frames", "video")}
 _TYPES = typing.get_type_hints(TrainConfig)
 
 
@@ -224,8 +239,9 @@ def load_config(argv: list[str]) -> TrainConfig:
     return cfg
 
 
-def _pattern_mults(key: str, value) -> list:
-    """lr_mult as [[pattern, mult], ...]; {pattern: mult} (YAML keeps its order) is the same list."""
+def _pattern_mults(key: str, value, zero_ok: bool = False) -> list:
+    """lr_mult, weight_decay_mult as [[pattern, mult], ...]; {pattern: mult} (YAML keeps its order) is the same
+    list. A decay may be switched off (mult 0), a learning rate not (that is freezing: frozen_stages)."""
     if isinstance(value, str):
         value = _from_text(key, value, list)
     pairs = list(value.items()) if isinstance(value, dict) else value
@@ -234,9 +250,9 @@ def _pattern_mults(key: str, value) -> list:
     out = []
     for pattern, mult in pairs:
         mult = _coerce(f"{key}.{pattern}", mult, float)
-        if not isinstance(pattern, str) or not pattern or mult <= 0:
-            raise ConfigError(f"config key {key!r}: each entry is a name pattern and a multiplier > 0, "
-                              f"got {pattern!r}: {mult!r}")
+        if not isinstance(pattern, str) or not pattern or mult < 0 or (mult == 0 and not zero_ok):
+            raise ConfigError(f"config key {key!r}: each entry is a name pattern and a multiplier "
+                              f"{'>= 0' if zero_ok else '> 0'}, got {pattern!r}: {mult!r}")
         out.append([pattern, mult])
     return out
 
@@ -253,8 +269,21 @@ def _epoch_list(key: str, value) -> list:
     return steps
 
 
+def _betas(key: str, value) -> list:
+    """betas: [] or two coefficients in [0, 1)."""
+    if isinstance(value, str):
+        value = _from_text(key, value, list)
+    if not isinstance(value, list) or len(value) not in (0, 2):
+        raise ConfigError(f"config key {key!r}: expected [beta1, beta2] (or [] for the optimizer's), got {value!r}")
+    betas = [_coerce(key, v, float) for v in value]
+    if not all(0 <= b < 1 for b in betas):
+        raise ConfigError(f"config key {key!r} must be two numbers in [0, 1), got {value!r}")
+    return betas
+
+
 # Keys whose value has a structure of its own: checked and normalised by these instead of by type alone.
-SHAPES = {"lr_mult": _pattern_mults, "lr_steps": _epoch_list}
+SHAPES = {"lr_mult": _pattern_mults, "weight_decay_mult": lambda k, v: _pattern_mults(k, v, zero_ok=True),
+          "lr_steps": _epoch_list, "betas": _betas}
 
 # Bounds of the numeric keys, checked before anything is built.
 RULES = {
@@ -277,6 +306,7 @@ RULES = {
     "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "warmup_epochs": (lambda v: v >= 0, ">= 0"),
     "warmup_lr": (lambda v: v >= 0, ">= 0"),
+    "warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1) (0: warmup_lr)"),
     "min_lr": (lambda v: v >= 0, ">= 0"),
     "decay_epochs": (lambda v: v > 0, "> 0"),
     "decay_rate": (lambda v: 0 < v <= 1, "in (0, 1]"),
@@ -331,14 +361,44 @@ def _check_recipe_keys(cfg: TrainConfig) -> None:
     if cfg.lr_steps and cfg.lr_steps[-1] >= cfg.epochs:
         raise ConfigError(f"config key 'lr_steps' {cfg.lr_steps}: every decay must come before the last epoch "
                           f"({cfg.epochs})")
-    if cfg.optimizer == "sgd" and cfg.nesterov and cfg.momentum == 0:
-        raise ConfigError("config key 'nesterov' needs momentum > 0 (pass --no-nesterov for plain SGD)")
     if cfg.keep_best and not cfg.eval_every:
         raise ConfigError(f"config key 'keep_best' ranks checkpoints by validation: it needs eval_every > 0, "
                           f"got keep_best {cfg.keep_best} with eval_every 0")
     modes = [k for k in ("norm_eval", "partial_bn", "frozen_bn") if getattr(cfg, k)]
     if len(modes) > 1:
         raise ConfigError(f"config keys {' and '.join(modes)}: choose one BatchNorm mode")
+    _check_optimizer_keys(cfg)
+    _check_schedule_keys(cfg)
+
+
+def _check_optimizer_keys(cfg: TrainConfig) -> None:
+    """Momentum, betas and the weight decay options: each only where it does something."""
+    if cfg.optimizer == "sgd" and cfg.nesterov and cfg.momentum == 0:
+        raise ConfigError("config key 'nesterov' needs momentum > 0 (pass --no-nesterov for plain SGD)")
+    if cfg.betas and cfg.optimizer == "sgd":
+        raise ConfigError(f"config key 'betas' is for adamw and lamb, not sgd (its key is momentum), got {cfg.betas}")
+    for key in ("weight_decay_mult", "decay_norm_bias"):
+        if getattr(cfg, key) and not cfg.weight_decay:
+            raise ConfigError(f"config key {key!r} shapes weight_decay, which is 0")
+
+
+def _check_schedule_keys(cfg: TrainConfig) -> None:
+    """warmup_ratio replaces warmup_lr; per-epoch schedules count whole epochs."""
+    if cfg.warmup_ratio and not cfg.warmup_epochs:
+        raise ConfigError(f"config key 'warmup_ratio' {cfg.warmup_ratio} needs warmup_epochs > 0")
+    if cfg.warmup_ratio and cfg.warmup_lr != TrainConfig.warmup_lr:
+        raise ConfigError(f"config keys 'warmup_ratio' and 'warmup_lr' both set the warmup's first rate: choose one "
+                          f"(got {cfg.warmup_ratio} and {cfg.warmup_lr})")
+    if not cfg.sched_per_epoch:
+        return
+    if cfg.sched == "none":
+        raise ConfigError("config key 'sched_per_epoch' steps a schedule: sched is none")
+    epochs = {"warmup_epochs": [cfg.warmup_epochs], "lr_steps": cfg.lr_steps,
+              "decay_epochs": [cfg.decay_epochs] if cfg.sched == "step" else []}
+    for key, values in epochs.items():
+        if any(v != int(v) for v in values):
+            raise ConfigError(f"config key {key!r} must be whole epochs with sched_per_epoch, got "
+                              f"{getattr(cfg, key)!r}")
 
 
 def _check_sampling_keys(cfg: TrainConfig) -> None:

@@ -31,7 +31,7 @@ from .config import ConfigError, TrainConfig, check, config_changes, save_config
 from .guard import DamageCounter, RunStopped, StopSignals, check_stored_videos, training_amp
 from .meter import StepMeter
 from .setup import (Dist, build_ema, build_loss, build_mixup, build_model, build_optimizer, build_scheduler,
-                    check_one_frame, mix_clips, seed_everything, video_loader_options, wrap_model)
+                    check_one_frame, mix_clips, schedule_to, seed_everything, video_loader_options, wrap_model)
 
 log = logging.getLogger("train")
 
@@ -166,8 +166,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best_top1"]
         self.progress = EpochProgress(**state.get("progress") or {})
-        if self.scheduler:  # a pure function of the config and the step: a longer run stretches its schedule
-            self.scheduler.step_update(self.step)
+        # the schedule is a pure function of the config and the step: a longer run stretches it
+        schedule_to(self.scheduler, self.step, self.steps_per_epoch)
         rng, warning = ckpt.rank_rng_state(state, self.d.rank, self.d.world)
         if warning and self.d.main:
             log.warning("%s", warning)
@@ -308,8 +308,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        if self.scheduler:
-            self.scheduler.step_update(self.step)
+        schedule_to(self.scheduler, self.step, self.steps_per_epoch)
         if self.ema:
             self.ema.update(self.model, step=self.step)
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from timm.data import Mixup
-from timm.loss import SoftTargetCrossEntropy
+from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, StepLRScheduler
 from timm.utils import ModelEmaV3
@@ -162,6 +162,8 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, d: Dist) -> torch.
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"model {cfg.model} has no trainable parameters")
     kwargs = {"momentum": cfg.momentum, "nesterov": cfg.nesterov} if cfg.optimizer == "sgd" else {}
+    if cfg.betas:  # config.check refuses them for sgd (timm would drop them without a word)
+        kwargs["betas"] = tuple(cfg.betas)
     groups = param_groups(cfg, model)
     for group in groups:  # the schedulers multiply by lr_scale from their first update; this is the rate before
         group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -171,58 +173,79 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, d: Dist) -> torch.
 
 def param_groups(cfg: TrainConfig, model: torch.nn.Module) -> list[dict]:
     """timm's groups (trainable parameters only; norms, biases and the model's no_weight_decay() get no
-    decay; with layer_decay, one `lr_scale` per block), each split further by the lr_mult patterns."""
+    decay, the first two do with decay_norm_bias; with layer_decay, one `lr_scale` per block), each split
+    further by the lr_mult and weight_decay_mult patterns."""
     no_decay = getattr(model, "no_weight_decay", lambda: set())()
+    exclude_1d = not cfg.decay_norm_bias
     if cfg.layer_decay:
         if not hasattr(model, "group_matcher"):
             raise ConfigError(f"config key 'layer_decay': {cfg.model} has no blocks to decay over (it is an "
                               f"option of the ViT and Swin models, which have a group_matcher)")
-        groups = param_groups_layer_decay(model, cfg.weight_decay, no_decay, layer_decay=cfg.layer_decay)
+        groups = param_groups_layer_decay(model, cfg.weight_decay, no_decay, layer_decay=cfg.layer_decay,
+                                          weight_decay_exclude_1d=exclude_1d)
     else:
-        groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=no_decay)
-    if not cfg.lr_mult:
+        groups = param_groups_weight_decay(model, cfg.weight_decay, weight_decay_exclude_1d=exclude_1d,
+                                           no_weight_decay_list=no_decay)
+    if not cfg.lr_mult and not cfg.weight_decay_mult:
         return groups
     names = {id(p): n for n, p in model.named_parameters()}
     used, out = set(), []
     for group in groups:
-        by_mult: dict[float, list] = {}
+        by_mults: dict[tuple[float, float], list] = {}
         for p in group["params"]:
-            mult = _lr_mult(cfg.lr_mult, names[id(p)], used)
-            by_mult.setdefault(mult, []).append(p)
-        for mult, params in by_mult.items():
-            out.append(dict(group, params=params, lr_scale=group.get("lr_scale", 1.0) * mult))
-    unused = [pattern for pattern, _ in cfg.lr_mult if pattern not in used]
-    if unused:
-        raise ConfigError(f"config key 'lr_mult': {unused} match no trainable parameter of {cfg.model} "
-                          f"(e.g. {next(iter(names.values()))!r})")
+            mults = (_mult("lr_mult", cfg.lr_mult, names[id(p)], used),
+                     _mult("weight_decay_mult", cfg.weight_decay_mult, names[id(p)], used))
+            by_mults.setdefault(mults, []).append(p)
+        for (lr_mult, wd_mult), params in by_mults.items():
+            out.append(dict(group, params=params, lr_scale=group.get("lr_scale", 1.0) * lr_mult,
+                            weight_decay=group["weight_decay"] * wd_mult))
+    for key in ("lr_mult", "weight_decay_mult"):
+        unused = [pattern for pattern, _ in getattr(cfg, key) if (key, pattern) not in used]
+        if unused:
+            raise ConfigError(f"config key {key!r}: {unused} match no trainable parameter of {cfg.model} "
+                              f"(e.g. {next(iter(names.values()))!r})")
     return out
 
 
-def _lr_mult(patterns: list, name: str, used: set) -> float:
+def _mult(key: str, patterns: list, name: str, used: set) -> float:
     for pattern, mult in patterns:
         if fnmatch.fnmatchcase(name, pattern):
-            used.add(pattern)
+            used.add((key, pattern))
             return mult
     return 1.0
 
 
 def build_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
-    """Per-step schedules (warmup and decay measured in optimizer steps); None for a constant rate."""
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    common = dict(warmup_t=warmup, warmup_lr_init=cfg.warmup_lr, t_in_epochs=False)
+    """timm's schedules, warmup and decay measured in optimizer steps, or with sched_per_epoch in epochs
+    (t_in_epochs: `schedule_to` then feeds them the epoch); None for a constant rate."""
+    unit = 1 if cfg.sched_per_epoch else steps_per_epoch
+    total = max(1, cfg.epochs * unit)
+    warmup = int(cfg.warmup_epochs * unit)
+    # the groups' initial_lr is lr after lr_base_batch scaling (build_optimizer): mmcv's ratio is of that rate
+    start = cfg.warmup_ratio * optimizer.param_groups[0]["initial_lr"] if cfg.warmup_ratio else cfg.warmup_lr
+    common = dict(warmup_t=warmup, warmup_lr_init=start, t_in_epochs=cfg.sched_per_epoch)
     if cfg.sched == "cosine":
         return CosineLRScheduler(optimizer, t_initial=total, lr_min=cfg.min_lr, **common)
     if cfg.sched == "step":
-        return StepLRScheduler(optimizer, decay_t=max(1, int(cfg.decay_epochs * steps_per_epoch)),
+        return StepLRScheduler(optimizer, decay_t=max(1, int(cfg.decay_epochs * unit)),
                                decay_rate=cfg.decay_rate, **common)
     if cfg.sched == "multistep":
         # timm decays at t + 1 >= milestone, and (warmup_prefix) counts t from the warmup's end; the epochs
         # of lr_steps are absolute, and step t is the first at the lower rate: milestone t + 1, no prefix
-        milestones = [round(e * steps_per_epoch) + 1 for e in cfg.lr_steps]
+        milestones = [round(e * unit) + 1 for e in cfg.lr_steps]
         return MultiStepLRScheduler(optimizer, decay_t=milestones, decay_rate=cfg.decay_rate,
                                     warmup_prefix=False, **common)
     return None
+
+
+def schedule_to(scheduler, step: int, steps_per_epoch: int) -> None:
+    """Set the rate of optimizer step `step` (counted from 0): the step's own, or its epoch's with t_in_epochs."""
+    if scheduler is None:
+        return
+    if scheduler.t_in_epochs:
+        scheduler.step(step // steps_per_epoch)
+    else:
+        scheduler.step_update(step)
 
 
 def build_mixup(cfg: TrainConfig, num_classes: int):
@@ -243,6 +266,8 @@ def mix_clips(mixup: Mixup, clips: torch.Tensor, labels: torch.Tensor) -> tuple[
 
 
 def build_loss(cfg: TrainConfig, mixup) -> torch.nn.Module:
+    if cfg.loss == "bce":  # timm's train.py: with mixup the smoothing is already in the mixed targets
+        return BinaryCrossEntropy(smoothing=0.0 if mixup is not None else cfg.label_smoothing)
     if mixup is not None:
         return SoftTargetCrossEntropy()
     return torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
