@@ -29,7 +29,7 @@ CONFIG ?= $(wildcard configs/$(MODEL_NAME)_$(DATASET).yaml)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-quick demo prep train pretrain-image eval predict bench-prep bench-data bench-models bench-images bench-memory gpu-check clean
+.PHONY: help install test test-quick demo prep train pretrain-image eval predict bench-prep bench-data bench-stages bench-models bench-images bench-memory gpu-check clean
 
 help:
 	@echo "make install                       create .venv with the pinned versions of requirements.txt"
@@ -40,7 +40,7 @@ help:
 	@echo "make pretrain-image MODEL=ircsn_50 DATA=IMAGENET_DIR [GPUS=8 ARGS=...]   image pre-training (STS recipe)"
 	@echo "make eval CKPT=... [DATA=...] CLIPS=3 CROPS=3"
 	@echo "make predict VIDEO='a.mp4 dir/ list.txt' CKPT=... [CLIPS=3 CROPS=3]   top classes of video files, no prep step"
-	@echo "make bench-prep | bench-data | bench-models | bench-images | bench-memory"
+	@echo "make bench-prep | bench-data | bench-stages | bench-models | bench-images | bench-memory"
 	@echo "make gpu-check [STEP=\"tests data images meter nvdec\"]   on a GPU: checks, docs/benchmarks-gpu.md"
 
 install: $(STAMP)
@@ -101,6 +101,9 @@ bench-data: install
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements-bench.txt 2>&1 | { grep -v "^WARNING: Location" || true; }
 	$(BIN)/pip check >/dev/null || { $(BIN)/pip check; exit 1; }
 	$(PYTHON) -m bench.data $(ARGS)
+
+bench-stages: install
+	$(PYTHON) -m bench.stages $(ARGS)
 
 bench-models: install
 	$(PYTHON) -m bench.models $(ARGS)

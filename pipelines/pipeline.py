@@ -8,6 +8,8 @@ Frame path: one sample per FRAME. A batch of B clips of T frames is a DALI batch
 decoder operator sees all of them at once (nvJPEG and the hardware JPEG decoder work in batches; T decoders
 of B images each would leave them underfed), and every frame sample carries its clip's parameters, so all the
 frames of a clip are cropped, coloured and flipped alike. The loader views the B x T frames as B clips.
+CPU training decodes only each frame's crop box and brings it to the crop size with `augment.resize_window`
+(OpenCV's bilinear warp where it matches fn.resize within noise: per-sample branches, so enable_conditionals).
 Video path: one sample per clip, the encoded video and the clip's frame indices; NVDEC decodes FHWC clips.
 """
 from __future__ import annotations
@@ -31,21 +33,30 @@ class GraphOptions:
     decoder_device: str  # "mixed" | "cpu"
     hw_decoder_load: float = HW_DECODER_LOAD  # the hardware JPEG decoder's share (mixed only)
     preallocate: tuple | None = None  # (width, height) of the largest stored frame: nvJPEG's preallocation hint
+    # CPU training windows all through fn.resize's antialiased filter, as before `augment.resize_window`'s warp:
+    # the pixels of earlier releases, at over twice the resize time
+    exact_resize: bool = False
 
 
-def _decode_frames(jpeg, params, opts: GraphOptions, crop_on_decode: bool):
-    """One decoder for every frame of the batch; with crop_on_decode, only the training crop box of each JPEG is
+def crop_on_decode(opts: GraphOptions, path: str) -> bool:
+    """Whether the decoder cuts out the training crop box: on the CPU frame path (on the GPU the whole frame goes to
+    the hardware JPEG decoder, which we have not measured with ROIs)."""
+    return opts.training and path == "frames" and opts.decoder_device == "cpu"
+
+
+def _decode_frames(jpeg, params, opts: GraphOptions, cropped: bool):
+    """One decoder for every frame of the batch; `cropped`: only the training crop box of each JPEG is
     decoded (libjpeg-turbo partial decoding: a multi-scale crop of a 16:9 frame is a quarter to a half of it)."""
     from nvidia.dali import fn, types
 
     args = image_decoder_args(opts.decoder_device, opts.hw_decoder_load, opts.preallocate)
-    if crop_on_decode:  # params[0:4] = x0, y0, x1, y1, the slice's default "WH" order
+    if cropped:  # params[0:4] = x0, y0, x1, y1, the slice's default "WH" order
         return fn.decoders.image_slice(jpeg, rel_start=params[0:2], rel_end=params[2:4], device=opts.decoder_device,
                                        output_type=types.RGB, **args)
     return fn.decoders.image(jpeg, device=opts.decoder_device, output_type=types.RGB, **args)
 
 
-def _decode(source: ClipSource, opts: GraphOptions, prefetch: int, crop_on_decode: bool):
+def _decode(source: ClipSource, opts: GraphOptions, prefetch: int, cropped: bool):
     """(HWC frame or FHWC clip, uint8; meta; params)."""
     from nvidia.dali import fn
 
@@ -53,7 +64,7 @@ def _decode(source: ClipSource, opts: GraphOptions, prefetch: int, crop_on_decod
                                  prefetch_queue_depth=prefetch)
     if source.path == "frames":
         jpeg, meta, params = outputs
-        return _decode_frames(jpeg, params, opts, crop_on_decode), meta, params
+        return _decode_frames(jpeg, params, opts, cropped), meta, params
     encoded, indices, meta, params = outputs
     # edge padding only guards against a stored frame count that overstates the decodable frames
     return fn.decoders.video(encoded, frames=indices, device=opts.decoder_device, pad_mode="edge"), meta, params
@@ -64,11 +75,10 @@ def clip_graph(source: ClipSource, opts: GraphOptions, prefetch: int):
     `augment.output_layout`, in the model's dtype, and meta = [label, index, view] per sample."""
     from nvidia.dali import fn
 
-    # on the GPU the whole frame goes to the hardware JPEG decoder, which we have not measured with ROIs
-    crop_on_decode = opts.training and source.path == "frames" and opts.decoder_device == "cpu"
-    data, meta, params = _decode(source, opts, prefetch, crop_on_decode)
+    cropped = crop_on_decode(opts, source.path)
+    data, meta, params = _decode(source, opts, prefetch, cropped)
     if opts.training:
-        data, mirror = train_transform(data, params, opts.crop_size, opts.augment, cropped=crop_on_decode)
+        data, mirror = train_transform(data, params, opts.crop_size, opts.augment, cropped, opts.exact_resize)
         crop = {}
     else:
         data, crop = eval_transform(data, params, opts.crop_size, opts.augment)
@@ -88,7 +98,9 @@ def build_pipeline(source: ClipSource, opts: GraphOptions, batch_size: int, num_
     batch holds batch_size x frames samples."""
     from nvidia.dali import pipeline_def
 
-    conditionals = opts.training and opts.augment.rand_augment > 0  # nvidia.dali.auto_aug needs them
+    # nvidia.dali.auto_aug needs them, and augment.resize_window's per-sample choice of warp or resize
+    conditionals = opts.training and (opts.augment.rand_augment > 0 or
+                                      (crop_on_decode(opts, source.path) and not opts.exact_resize))
 
     @pipeline_def(enable_conditionals=conditionals)
     def graph():
