@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import av
+import numpy as np
+import simplejpeg
 from PIL import Image
 
 from .store import FrameSpool
 
 MIN_FRAMES_DEFAULT = 4
+ENCODERS = ("yuv", "pil")
 
 
 @dataclass
@@ -51,6 +54,13 @@ class DecodeOptions:
     reencode: str = ""  # --store video: "" keeps the source bytes; "h264" | "vp9" re-encodes (prep.nvdec)
     min_frames: int = MIN_FRAMES_DEFAULT
     threads: int = 1
+    # "yuv": scale in YUV, libjpeg-turbo encodes the planes; "pil": the first path (RGB, Pillow, optimized Huffman
+    # tables), kept to compare: its scale + encode take 2.6-4.5x the CPU time (docs/benchmarks.md)
+    encoder: str = "yuv"
+
+    def __post_init__(self):
+        if self.encoder not in ENCODERS:  # here, not per video: a typo must not reject every video
+            raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
 
 
 def target_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -192,7 +202,7 @@ def _decode_stream(path: str, container, stream, opts: DecodeOptions, spool: Fra
 
 def _scan_frames(container, stream, opts: DecodeOptions, rate: float, spool: FrameSpool | None) -> _Scan:
     """Decodes frame by frame, JPEG-encoding each kept one straight into the spool: memory holds one frame."""
-    scan, keeper = _Scan(), FpsKeeper(opts.fps, rate)
+    scan, keeper, encode = _Scan(), FpsKeeper(opts.fps, rate), None
     try:
         for frame in container.decode(stream):
             if frame.is_corrupt:
@@ -204,7 +214,9 @@ def _scan_frames(container, stream, opts: DecodeOptions, rate: float, spool: Fra
             t = frame.time if frame.time is not None else scan.decoded / rate
             scan.decoded += 1
             if spool is not None and keeper.keep(t):
-                jpeg = _encode_jpeg(frame, *scan.out, opts)
+                if encode is None:
+                    encode = make_encoder(*scan.out, opts)
+                jpeg = encode(frame)
                 spool.append(jpeg)
                 scan.crcs.append(zlib.crc32(jpeg))
                 scan.digest.update(jpeg)
@@ -224,17 +236,121 @@ def _keep_encoded(path, count, rate, size, notes, opts) -> Decoded | Rejected:
     return store_video(path, count, rate, size, opts)
 
 
+def _chroma(width: int, height: int, opts: DecodeOptions) -> str:
+    return opts.chroma if opts.chroma != "auto" else ("420" if min(width, height) >= 128 else "444")
+
+
+def make_encoder(width: int, height: int, opts: DecodeOptions):
+    """frame -> JPEG bytes at width x height, for the frames of one video (the yuv encoder keeps its scaler).
+    Both stages are methods of their own, scale(frame) and encode(scaled), for bench.prep's per-stage profile."""
+    cls = YuvJpeg if opts.encoder == "yuv" else PilJpeg
+    return cls(width, height, _chroma(width, height, opts), opts.quality)
+
+
 _SUBSAMPLING = {"444": 0, "422": 1, "420": 2}
 
 
-def _encode_jpeg(frame, width: int, height: int, opts: DecodeOptions) -> bytes:
-    rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
-    chroma = opts.chroma if opts.chroma != "auto" else ("420" if min(width, height) >= 128 else "444")
-    buf = io.BytesIO()
-    # optimize: per-image Huffman tables, ~14% fewer bytes for ~0.6 ms per 256p frame
-    Image.fromarray(rgb.to_ndarray()).save(buf, format="JPEG", quality=opts.quality,
-                                           subsampling=_SUBSAMPLING[chroma], optimize=True)
-    return buf.getvalue()
+class PilJpeg:
+    """The first encoder, kept to compare (bench.prep): swscale scales and converts to RGB, Pillow converts back to
+    YCbCr, subsamples and encodes with optimized Huffman tables."""
+
+    def __init__(self, width: int, height: int, chroma: str, quality: int, optimize: bool = True):
+        self.size, self.chroma, self.quality, self.optimize = (width, height), chroma, quality, optimize
+
+    def __call__(self, frame) -> bytes:
+        return self.encode(self.scale(frame))
+
+    def scale(self, frame) -> np.ndarray:
+        return frame.reformat(width=self.size[0], height=self.size[1], format="rgb24",
+                              interpolation="AREA").to_ndarray()
+
+    def encode(self, rgb: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="JPEG", quality=self.quality, subsampling=_SUBSAMPLING[self.chroma],
+                                  optimize=self.optimize)
+        return buf.getvalue()
+
+
+_PLANAR = {"444": "yuv444p", "422": "yuv422p", "420": "yuv420p"}
+# where JPEG's subsampled chroma samples sit (JFIF: centred), and the positions a decoder may report
+_SITINGS = ("left", "center", "topleft", "top", "bottomleft", "bottom")
+
+
+class YuvJpeg:
+    """Scales frames in YUV straight to JFIF's colours (full-range BT.601 planes, chroma centred) with FFmpeg's
+    scale filter, and has libjpeg-turbo (simplejpeg) encode the planes: no RGB image is ever made. Any source
+    format works (10-bit, 4:2:2, RGB, grey: the filter converts); the source's matrix, range and chroma position
+    come from the frame."""
+
+    def __init__(self, width: int, height: int, chroma: str, quality: int):
+        self.size, self.chroma, self.quality = (width, height), chroma, quality
+        self.graph, self.source = None, None
+
+    def __call__(self, frame) -> bytes:
+        return self.encode(self.scale(frame))
+
+    def scale(self, frame):
+        source = (frame.width, frame.height, frame.format.name, frame.colorspace, frame.color_range)
+        if source != self.source:  # the first frame, or the stream changed its format mid-way
+            self.graph, self.source = self._graph(frame), source
+        self.graph.push(frame)
+        return self.graph.pull()
+
+    def encode(self, scaled) -> bytes:
+        # no per-image Huffman tables: 9-10% fewer bytes would cost 0.24-0.39 ms a frame, as much as this whole
+        # encode (docs/benchmarks.md); simplejpeg does not offer them anyway
+        y, u, v = _planes(scaled)
+        return simplejpeg.encode_jpeg_yuv_planes(y, u, v, quality=self.quality)
+
+    def _graph(self, frame):
+        w, h = self.size
+        args = (f"w={w}:h={h}:flags=area:in_chroma_loc={chroma_siting(frame)}:out_chroma_loc=center"
+                ":out_color_matrix=bt601:out_range=full")
+        return _scale_graph(frame, args, _PLANAR[self.chroma])
+
+
+def _scale_graph(frame, scale_args: str, pix_fmt: str):
+    graph = av.filter.Graph()
+    # the buffer is told the frame's colours: frames that match it pass without a reconfiguration each
+    chain = [graph.add("buffer", video_size=f"{frame.width}x{frame.height}", pix_fmt=str(int(frame.format)),
+                       time_base="1/1000", pixel_aspect="1/1", colorspace=str(int(frame.colorspace)),
+                       range=str(int(frame.color_range))),
+             graph.add("scale", scale_args + ":threads=1"),  # one thread: prep runs one process per core
+             graph.add("format", pix_fmts=pix_fmt), graph.add("buffersink")]
+    for a, b in zip(chain, chain[1:]):
+        a.link_to(b)
+    graph.configure()
+    return graph
+
+
+def chroma_siting(frame) -> str:
+    """Where the decoder says `frame`'s chroma samples sit (H.264: left of the luma pair, VP9: centred, ...). PyAV
+    does not expose it but its reformat() honours it, while the scale filter takes it as an argument: the answer
+    is the position under which the filter upsamples the chroma as reformat() does."""
+    fmt = frame.format
+    if fmt.chroma_width(frame.width) == frame.width and fmt.chroma_height(frame.height) == frame.height:
+        return "center"  # 4:4:4, RGB or grey: nothing to place
+    w, h = (frame.width + 1) // 2, (frame.height + 1) // 2  # half size: still sensitive, a quarter of the work
+    want = _planes(frame.reformat(width=w, height=h, format="yuv444p", interpolation="BILINEAR", threads=1))
+
+    def distance(siting: str) -> int:
+        graph = _scale_graph(frame, f"w={w}:h={h}:flags=bilinear:in_chroma_loc={siting}:out_chroma_loc={siting}",
+                             "yuv444p")
+        graph.push(frame)
+        got = _planes(graph.pull())
+        return sum(int(np.abs(a.astype(np.int16) - b).sum()) for a, b in zip(want[1:], got[1:]))
+
+    distances = {}
+    for siting in _SITINGS:  # the likely ones first; an exact match ends the search
+        distances[siting] = distance(siting)
+        if not distances[siting]:
+            return siting
+    return min(distances, key=distances.get)
+
+
+def _planes(frame) -> list[np.ndarray]:
+    """The frame's planes as 2D views (no copy; rows keep FFmpeg's padding as the stride)."""
+    return [np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[:p.height, :p.width] for p in frame.planes]
 
 
 def _short(e: Exception) -> str:

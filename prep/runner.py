@@ -233,8 +233,9 @@ def _job_signature(tasks, classes, decode: DecodeOptions, job: JobOptions) -> di
     digest = hashlib.sha1()
     for t in tasks:
         digest.update(f"{t.key}\t{t.id}\t{t.path}\t{t.split}\t{t.label}\n".encode())
-    # reencode only when set: a run prepped before the option existed resumes under the same signature
-    opts = {k: v for k, v in asdict(decode).items() if k != "threads" and (k != "reencode" or v)}
+    # reencode only when set: a run prepped before the option existed resumes under the same signature; the JPEG
+    # encoder, like threads, changes how frames are made, not what they are (size, quality, subsampling)
+    opts = {k: v for k, v in asdict(decode).items() if k not in ("threads", "encoder") and (k != "reencode" or v)}
     return {"format": job.fmt, "decode": opts, "shard_bytes": job.shard_bytes, "parts": job.part[1],
             "tasks": len(tasks), "tasks_sha1": digest.hexdigest(), "classes": classes}
 
