@@ -22,21 +22,21 @@ NCTHW = InputContract("NCTHW", num_frames=4, crop_size=32)
 NTCHW = InputContract("NTCHW", num_frames=3, crop_size=24, sampling="dense", frame_stride=2)
 
 
-def _prep(src: str, lists: list[str], out: str, store: str) -> str:
+def _prep(src: str, lists: list[str], out: str, store: str, encoder: str = "yuv") -> str:
     tasks, classes = parse_video_lists(lists, src, os.path.join(src, "classes.txt"))
-    decode = DecodeOptions(short_side=0, store=store, min_frames=2)
+    decode = DecodeOptions(short_side=0, store=store, min_frames=2, encoder=encoder)
     run_prep(number_tasks(tasks), classes, out, decode, JobOptions(progress=False))
     return out
 
 
-def _synthetic(base, codec: str, store: str, size=(48, 64)) -> str:
+def _synthetic(base, codec: str, store: str, size=(48, 64), encoder: str = "yuv") -> str:
     tag = "" if size == (48, 64) else f"-{size[0]}p"
     src = base / f"src-{codec}{tag}"
     if not (src / "train.txt").exists():  # another store of the same videos may have made them
         generate(str(src), videos=12, frames=20, size=size, codec=codec, classes=4, val_fraction=0.25,
                  progress=False)
     return _prep(str(src), [f"train={src / 'train.txt'}", f"val={src / 'val.txt'}"],
-                 str(base / f"{codec}{tag}-{store}"), store)
+                 str(base / f"{codec}{tag}-{store}{'' if encoder == 'yuv' else '-' + encoder}"), store, encoder)
 
 
 @pytest.fixture(scope="session")
