@@ -214,3 +214,14 @@ def test_a_run_resumes_under_the_other_encoder(tmp_path):
     first = run_prep(number_tasks(tasks), classes, out, DecodeOptions(short_side=64, encoder="pil"), job)
     again = run_prep(number_tasks(tasks), classes, out, DecodeOptions(short_side=64, encoder="yuv"), job)
     assert first["stored"] == 2 and again["decoded_now"] == 0 and len(open_dataset(out)) == 2
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_the_command_line_chooses_the_encoder(tmp_path, monkeypatch, encoder):
+    import prep.__main__ as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "run_prep", lambda tasks, classes, out, decode, job: seen.append(decode) or 0)
+    assert cli.main(["synthetic", "--out", str(tmp_path / "out"), "--videos", "10", "--frames", "4", "--size", "32",
+                     "--workers", "1", "--no-progress", "--encoder", encoder]) == 0
+    assert [d.encoder for d in seen] == [encoder]
