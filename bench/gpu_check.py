@@ -19,7 +19,7 @@ of the steps run is met, 1 naming each one missed, 2 at once with one line when 
 Runs without the project's .venv, on the GPU machine's python3 (torch, timm, pyarrow, numpy preinstalled) with
 DALI, lmdb, av and pytest from wheels carried over (at most 64 MiB per device call). The device calls, back to
 back on one warm machine (each a fresh shell: /tmp/site and data/gpu-check stay, exports do not):
-  here:    EXTRA="lmdb av pytest" bash ../shared/tools/device-wheels.sh          # writes .whl/g1 .. .whl/gN
+  here:    EXTRA="lmdb av pytest simplejpeg" bash ../shared/tools/device-wheels.sh          # writes .whl/g1 .. .whl/gN
   device:  one call per group:  carry [".whl/gK"]  mkdir -p /tmp/whl && cp .whl/gK/* /tmp/whl/
   device:  bash /tmp/whl/install.sh && export PYTHONPATH=/tmp/site:$PYTHONPATH && python3 -m bench.gpu_check \
              --step tests --step data
@@ -102,7 +102,8 @@ def step_tests(s: Settings) -> dict:
     files = gpu_test_files()
     command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *files]
     if importlib.util.find_spec("pytest") is None:
-        note = "pytest is not installed: pack it with EXTRA=\"lmdb av pytest\" bash ../shared/tools/device-wheels.sh"
+        note = ("pytest is not installed: pack it with EXTRA=\"lmdb av pytest simplejpeg\" bash "
+                "../shared/tools/device-wheels.sh")
         return {"command": " ".join(command), "table": note, "goals": [goal("gpu tests run", 0, "all pass", False)]}
     proc = subprocess.run(command, capture_output=True, text=True, timeout=570)
     counts = pytest_counts(proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "")
@@ -366,7 +367,7 @@ def _call_sequence() -> list[str]:
             "Each device call starts a fresh shell on the same warm machine (it goes back after about 30 s idle: make",
             "the calls back to back); /tmp/site and the ignored data/gpu-check stay between calls, exports do not.",
             "", "```",
-            'EXTRA="lmdb av pytest" bash ../shared/tools/device-wheels.sh   # here: the wheels in groups under .whl/',
+            'EXTRA="lmdb av pytest simplejpeg" bash ../shared/tools/device-wheels.sh   # here: wheels in groups, .whl/',
             '# device, one call per group:  carry [".whl/gK"]',
             "mkdir -p /tmp/whl && cp .whl/gK/* /tmp/whl/",
             "# device, then one call per line (each at most 10 minutes; 20 in all on one H100):",
