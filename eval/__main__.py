@@ -28,8 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
     add_view_args(p)
     p.add_argument("--save-views", action="store_true", help="also save every view's scores (scores_views.npy)")
-    p.add_argument("--twice", action="store_true", help="tsn sampling: mmaction's twice_sample (TSM's test), CLIPS "
-                   "more temporal views at the segments' starts, averaged with the others (2 x CLIPS x CROPS views)")
     return p
 
 
@@ -52,6 +50,8 @@ def add_view_args(p: argparse.ArgumentParser, data: bool = True) -> None:
                    help="crop side: the model's crop size, or the whole short side (default: the run's, else contract)")
     p.add_argument("--clips", type=int, default=1, help="temporal clips per video")
     p.add_argument("--crops", type=int, choices=(1, 3, 5, 10), default=1, help="spatial crops per clip")
+    p.add_argument("--twice", action="store_true", help="tsn sampling: mmaction's twice_sample (TSM's test), CLIPS "
+                   "more temporal views at the segments' starts, averaged with the others (2 x CLIPS x CROPS views)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--py-workers", type=int, default=0, help="DALI source processes (0: a share of the cores)")
     p.add_argument("--amp", choices=("bf16", "fp16", "none"), default="bf16")
@@ -64,6 +64,11 @@ def augment_overrides(args: argparse.Namespace) -> dict:
     """The pipelines.AugmentConfig fields given on the command line (they override the run's)."""
     given = {"eval_scale": args.eval_scale, "eval_crop": args.eval_crop}
     return {k: v for k, v in given.items() if v is not None}
+
+
+def views_label(args: argparse.Namespace) -> str:
+    """The test views as the printed summary lines say them."""
+    return f"{args.clips}x{args.crops}" + (" x2 twice-sampled" if args.twice else "")
 
 
 def main(argv=None) -> int:
@@ -91,7 +96,7 @@ def main(argv=None) -> int:
         return 2
     if d.main:
         damaged = f", {len(summary['damaged'])} damaged videos left out" if summary["damaged"] else ""
-        views = f"{args.clips}x{args.crops}" + (" x2 twice-sampled" if args.twice else "")
+        views = views_label(args)
         if summary["top1"] is None:  # an unlabelled split
             print(f"{summary['model']}: no labels in split {args.split!r}, no accuracy: predictions of "
                   f"{summary['videos']} videos ({views} views{damaged}) -> "

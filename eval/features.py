@@ -1,10 +1,12 @@
-"""python -m eval features --ckpt CKPT [--data DIR] [--split val] [--clips N --crops M] [--per-view] [--out DIR]
+"""python -m eval features --ckpt CKPT [--data DIR] [--split val] [--clips N --crops M] [--twice] [--per-view]
+[--out DIR]
 
 Pre-logit embeddings of every video: the clip embedding the model's classifier takes (`forward_features`, then
 `forward_head(pre_logits=True)`; for ILA's text classifier the normalised video embedding), of the same test
 views as `python -m eval`, averaged per video (or every view's with --per-view). Writes features.npy (float32,
 videos x D, or videos x views x D) and features_index.json (ids, labels, class names, model, checkpoint, split,
-views) next to the checkpoint (or --out). A video with an unreadable view is left out and listed under "damaged".
+views, twice_sample) next to the checkpoint (or --out). A video with an unreadable view is left out and listed
+under "damaged". --twice adds mmaction's twice-sample views (tsn sampling), as it does for `python -m eval`.
 """
 from __future__ import annotations
 
@@ -16,9 +18,10 @@ import sys
 
 import torch
 
-from .__main__ import add_view_args, augment_overrides
+from .__main__ import add_view_args, augment_overrides, views_label
 from .dump import FEATURES, save_features
-from .run import _damaged_rows, _loader, _protocol_row, _test_protocol, load_model, open_with_data
+from .run import (_damaged_rows, _loader, _protocol_row, _test_protocol, default_out_dir, load_model, open_with_data,
+                  view_count)
 from .score import autocast, average_views, check_coverage
 
 log = logging.getLogger("eval")
@@ -41,30 +44,32 @@ def embedder(model, device: torch.device, amp: str):
 def extract_features(ckpt_path: str, d, data: str = "", split: str = "val", clips: int = 1, crops: int = 1,
                      batch_size: int = 8, out_dir: str = "", amp: str = "bf16", py_workers: int = 0,
                      use_ema: bool = True, progress: bool = True, num_frames: int | None = None, sampling: str = "",
-                     frame_stride: int = 0, augment: dict | None = None, per_view: bool = False) -> dict:
-    """Embed every video of a split; returns the index written beside features.npy (plus `out_dir`)."""
+                     frame_stride: int = 0, augment: dict | None = None, per_view: bool = False,
+                     twice: bool = False) -> dict:
+    """Embed every video of a split over `python -m eval`'s views (`twice`: its twice_sample, 2 x clips temporal
+    views); returns the index written beside features.npy (plus `out_dir`)."""
     rec, cfg, data, dataset = open_with_data(ckpt_path, use_ema, data, split, progress and d.main)
     # the classifier is not used, so the file's own head is kept whatever the dataset's classes; only a text
     # classifier needs class names to be built at all
     classes = dataset.classes if "class_names" in rec.needs else None
     model, rec = load_model(ckpt_path, d.device, use_ema, classes, num_frames, rec)
     contract, view = _test_protocol(cfg, model.input_contract, sampling, frame_stride, augment)
-    loader = _loader(cfg, dataset, contract, split, clips, crops, batch_size, d, py_workers, view)
+    loader = _loader(cfg, dataset, contract, split, clips, crops, batch_size, d, py_workers, view, twice)
     loader.set_epoch(0)
-    views = clips * crops
+    views = view_count(clips, crops, twice)
     result = average_views(embedder(model, d.device, amp), loader, len(dataset), model.num_features, d.device,
                            progress and d.main, keep_views=views if per_view else 0)
     damaged = check_coverage(result, views)
     index = {"model": rec.model, "origin": rec.origin, "checkpoint": ckpt_path, "data": data, "split": split,
-             "clips": clips, "crops": crops, "views": views, "per_view": per_view, "dim": model.num_features,
+             "clips": clips, "crops": crops, "twice_sample": twice, "views": views, "per_view": per_view,
+             "dim": model.num_features,
              "damaged": _damaged_rows(damaged, dataset.rows, loader),
              "protocol": _protocol_row(contract, view, cfg.get("image_size") or contract.crop_size)}
     if damaged and d.main:
         log.warning("%d of %d videos could not be read and are left out (listed in features_index.json)",
                     len(damaged), len(dataset))
     if d.main:
-        out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(ckpt_path)),
-                                          f"features_{split}_{clips}x{crops}")
+        out_dir = out_dir or default_out_dir(ckpt_path, "features", split, clips, crops, twice)
         os.makedirs(out_dir, exist_ok=True)
         left_out = set(damaged)
         readable = [i for i in range(len(dataset)) if i not in left_out]
@@ -95,13 +100,14 @@ def main(argv=None) -> int:
             args.ckpt, d, data=args.data, split=args.split, clips=args.clips, crops=args.crops,
             batch_size=args.batch_size, out_dir=args.out, amp=args.amp, py_workers=args.py_workers,
             use_ema=not args.no_ema, progress=not args.no_progress, num_frames=args.frames, sampling=args.sampling,
-            frame_stride=args.frame_stride, augment=augment_overrides(args), per_view=args.per_view)
+            frame_stride=args.frame_stride, augment=augment_overrides(args), per_view=args.per_view,
+            twice=args.twice)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"eval features: error: {e}", file=sys.stderr)
         return 2
     if d.main:
         damaged = f", {len(index['damaged'])} damaged videos left out" if index["damaged"] else ""
-        print(f"{index['model']}: {index['dim']}-d embeddings ({args.clips}x{args.crops} views{damaged}) -> "
+        print(f"{index['model']}: {index['dim']}-d embeddings ({views_label(args)} views{damaged}) -> "
               f"{os.path.join(index['out_dir'], FEATURES)}")
         print(json.dumps(index))
     return 0

@@ -1,4 +1,5 @@
-"""python -m eval predict VIDEO|FOLDER|LIST [...] --ckpt CKPT [--clips N --crops M] [--top 5] [--json] [--classes FILE]
+"""python -m eval predict VIDEO|FOLDER|LIST [...] --ckpt CKPT [--clips N --crops M] [--twice] [--top 5] [--json]
+[--classes FILE]
 
 Classifies video files as they are, with no prep step for the user: any file PyAV opens (H.264, HEVC, VP9, AV1,
 MPEG-4, MJPEG, ... in mp4, webm, mkv, avi, ...), every video below a folder, or the paths of a list file (.txt,
@@ -10,8 +11,9 @@ It is evaluation itself, not a re-implementation: the videos are prepped by prep
 unlabelled, in parallel worker processes, into a temporary store, storing frames the way the run's own prepped data
 does: its prep.json's short side, fps, JPEG quality and chroma, else prep's defaults) and that store is scored by
 `python -m eval`'s own `evaluate`. So a video gets the frames, resizing and views (and so the scores) it gets when
-prepped into a dataset and evaluated. Decoding overlaps the model only within each stage (the prep workers decode
-videos in parallel, the DALI loader prefetches batches); the model starts when every video is prepped.
+prepped into a dataset and evaluated (--twice adds mmaction's twice-sample views, tsn sampling only, as it does
+there). Decoding overlaps the model only within each stage (the prep workers decode videos in parallel, the DALI
+loader prefetches batches); the model starts when every video is prepped.
 
 Class names come from the checkpoint (toolkit checkpoints record them); the source projects' released files
 record none, so they need --classes FILE (one name per line in the model's order, or a classes.json).
@@ -129,7 +131,7 @@ def predict(inputs: list[str], ckpt: str, d, classes_file: str | None = None, wo
     """Top classes of every video of `inputs`; `view`: `eval.run.evaluate`'s protocol and view arguments."""
     from models.checkpoints import recognize_file
 
-    from .run import _run_config
+    from .run import _run_config, view_count
 
     videos, unreadable = collect_videos(inputs)
     if not videos and not unreadable:
@@ -150,8 +152,10 @@ def predict(inputs: list[str], ckpt: str, d, classes_file: str | None = None, wo
     failed = {r["video"]: r["reason"] for r in unreadable + rejects + summary.get("damaged", [])}
     rows = [_row(v, scores[v], classes, top) if v in scores else {"video": v, "reason": failed.get(v, "not scored")}
             for v in videos] + unreadable
-    return {"checkpoint": ckpt, "model": rec.model, "clips": view.get("clips", 1), "crops": view.get("crops", 1),
-            "protocol": summary.get("protocol"), "predicted": len(scores), "unreadable": len(rows) - len(scores),
+    clips, crops, twice = view.get("clips", 1), view.get("crops", 1), view.get("twice", False)
+    return {"checkpoint": ckpt, "model": rec.model, "clips": clips, "crops": crops, "twice_sample": twice,
+            "views": view_count(clips, crops, twice), "protocol": summary.get("protocol"),
+            "predicted": len(scores), "unreadable": len(rows) - len(scores),
             "seconds": {"prep": round(prepped - start, 2), "model": round(done - prepped, 2),
                         "total": round(done - start, 2)}, "videos": rows}
 
@@ -219,7 +223,8 @@ def main(argv=None) -> int:
                          workers=args.workers, top=args.top, keep=args.keep, progress=not args.no_progress,
                          clips=args.clips, crops=args.crops, batch_size=args.batch_size, amp=args.amp,
                          py_workers=args.py_workers, use_ema=not args.no_ema, num_frames=args.frames,
-                         sampling=args.sampling, frame_stride=args.frame_stride, augment=augment_overrides(args))
+                         sampling=args.sampling, frame_stride=args.frame_stride, augment=augment_overrides(args),
+                         twice=args.twice)
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # PredictError and CheckpointError are ValueErrors
         print(f"eval predict: error: {e}", file=sys.stderr)
         return 2

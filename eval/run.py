@@ -66,7 +66,7 @@ def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips:
     contract, view = _test_protocol(cfg, model.input_contract, sampling, frame_stride, augment)
     loader = _loader(cfg, dataset, contract, split, clips, crops, batch_size, d, py_workers, view, twice)
     loader.set_epoch(0)
-    views = clips * crops * (2 if twice else 1)
+    views = view_count(clips, crops, twice)
     result = score_videos(model, loader, len(dataset), model.num_classes, d.device, amp,
                           progress=progress and d.main, keep_views=views if save_views else 0)
     if column is not None:
@@ -84,8 +84,7 @@ def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips:
         log.warning("%d of %d videos could not be read and are left out (listed in metrics.json)",
                     len(damaged), len(dataset))
     if d.main:
-        name = f"eval_{split}_{clips}x{crops}" + ("_twice" if twice else "")
-        out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), name)
+        out_dir = out_dir or default_out_dir(ckpt_path, "eval", split, clips, crops, twice)
         left_out = set(damaged)
         readable = [i for i in range(len(dataset)) if i not in left_out]
         views = result.views[readable] if result.views is not None else None
@@ -93,6 +92,17 @@ def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips:
                       classes, views)
         summary["out_dir"] = out_dir
     return summary
+
+
+def view_count(clips: int, crops: int, twice: bool) -> int:
+    """Test views per video: `clips` temporal (x 2 twice-sampled) x `crops` spatial."""
+    return clips * crops * (2 if twice else 1)
+
+
+def default_out_dir(ckpt_path: str, kind: str, split: str, clips: int, crops: int, twice: bool) -> str:
+    """The report folder beside the checkpoint, named for its views so that protocols do not overwrite each other."""
+    name = f"{kind}_{split}_{clips}x{crops}" + ("_twice" if twice else "")
+    return os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), name)
 
 
 def _split_classes(path: str, rec, dataset, data: str) -> list[str]:

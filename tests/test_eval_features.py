@@ -14,7 +14,9 @@ from eval.__main__ import main as eval_main
 from eval.features import extract_features
 from eval.run import evaluate
 from prep import open_dataset
+from prep.synthetic_images import SHAPES, generate_image_folder
 from test_eval import CPU, _checkpoint, _damage_val_video
+from train.config import TrainConfig
 
 COMMON = ["--device", "cpu", "--batch-size", "4", "--py-workers", "1", "--no-progress", "--amp", "none"]
 
@@ -86,3 +88,49 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert eval_main(["features", "--ckpt", str(tmp_path / "missing.pt"), *COMMON]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("eval features: error:") and len(err.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------- --twice
+def test_twice_keeps_the_centre_view_and_adds_the_segment_starts(extracted):
+    """`--twice` (mmaction's twice_sample): 2 x clips views per video, first the centre view it takes without it,
+    then one at the segments' starts, which embeds differently. One clip: on these 8-frame videos (2-frame
+    segments) the starts of two clips are frames their centres already take."""
+    ckpt, tmp = extracted
+    for name, extra in (("once1", []), ("twice1", ["--twice"])):
+        assert eval_main(["features", "--ckpt", ckpt, "--per-view", "--out", str(tmp / name), *extra, *COMMON]) == 0
+    once, once_index = _features(tmp / "once1")
+    twice, index = _features(tmp / "twice1")
+    assert (index["clips"], index["views"], index["twice_sample"]) == (1, 2, True) and not once_index["twice_sample"]
+    assert once.shape[1] == 1 and twice.shape == (once.shape[0], 2, once.shape[2]) and index["ids"] == once_index["ids"]
+    np.testing.assert_allclose(twice[:, 0], once[:, 0], rtol=0, atol=1e-5)
+    assert not np.allclose(twice[:, 1], once[:, 0], rtol=0, atol=1e-3)
+    # averaged, into its own default folder beside the checkpoint (not the centre views' one)
+    assert eval_main(["features", "--ckpt", ckpt, "--twice", *COMMON]) == 0
+    mean, mean_index = _features(tmp / "features_val_1x1_twice")
+    assert mean_index["views"] == 2 and not mean_index["per_view"] and not (tmp / "features_val_1x1").exists()
+    np.testing.assert_allclose(mean, twice.mean(1), rtol=0, atol=1e-5)
+    assert not np.allclose(mean, once[:, 0], rtol=0, atol=1e-3)
+
+
+def _image_checkpoint(path, data: str) -> str:
+    """A checkpoint of an image pre-training run (`train --task image`) on the image folder `data`."""
+    model = models.create_model("tsn_tiny", num_classes=len(SHAPES), num_frames=1)
+    cfg = TrainConfig(model="tsn_tiny", data=data, task="image", threads=1).to_dict()
+    torch.save({"model_name": "tsn_tiny", "num_classes": len(SHAPES), "classes": list(SHAPES),
+                "contract": model.input_contract.replace(crop_size=32).to_dict(), "config": cfg,
+                "model": model.state_dict(), "ema": None}, path)
+    return str(path)
+
+
+def test_twice_is_refused_where_eval_refuses_it(extracted, tmp_path, capsys):
+    """The same one-line refusals as `python -m eval --twice`: tsn sampling only, no image checkpoints."""
+    ckpt, _ = extracted
+    generate_image_folder(tmp_path / "images", per_class=2, val_per_class=1, size=32, progress=False)
+    image_ckpt = _image_checkpoint(tmp_path / "image.pt", str(tmp_path / "images"))
+    for argv, reason in (([ckpt, "--sampling", "dense"], "tsn sampling, not dense"),
+                         ([image_ckpt], "one centre crop per image")):
+        for command in (["features"], []):
+            assert eval_main([*command, "--ckpt", *argv, "--twice", "--out", str(tmp_path / "out"), *COMMON]) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and reason in err, err
+    assert not (tmp_path / "out").exists()

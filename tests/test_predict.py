@@ -221,3 +221,39 @@ def test_class_names_come_from_the_checkpoint_or_a_file(tmp_path):
     assert model_classes("best.pt", toolkit, None) == ["x", "y"]
     with pytest.raises(PredictError, match="class list not found"):
         read_class_names(str(tmp_path / "nope.txt"))
+
+
+def test_predict_twice_scores_twice_the_views(videos, ckpt, tmp_path, capsys):
+    """--twice reaches the evaluation predict runs: 2 x clips x crops views per video, other scores than the
+    centre views alone, recorded in the output; refused where `python -m eval --twice` refuses it."""
+    common = [str(videos / "a.mp4"), str(videos / "b.webm"), "--ckpt", ckpt, "--top", "4", "--json", "--workers", "1",
+              "--py-workers", "1", "--device", "cpu", "--no-progress"]
+    results = {}
+    for name, extra in (("once", []), ("twice", ["--twice"])):
+        assert eval_main(["predict", *common, "--keep", str(tmp_path / name), *extra]) == 0
+        results[name] = json.loads(capsys.readouterr().out)
+    once, twice = results["once"], results["twice"]
+    assert (once["views"], once["twice_sample"], twice["views"], twice["twice_sample"]) == (1, False, 2, True)
+    metrics = json.load(open(tmp_path / "twice" / "eval" / "metrics.json"))
+    assert (metrics["views"], metrics["twice_sample"], metrics["videos"]) == (2, True, 2)
+
+    def probabilities(result):
+        return np.array([[next(t["probability"] for t in r["top"] if t["class"] == c) for c in CLASSES]
+                         for r in result["videos"]])
+
+    expected, _ = load_scores(str(tmp_path / "twice" / "eval"))
+    np.testing.assert_array_equal(probabilities(twice).astype(np.float32), expected)  # what eval scored
+    assert not np.allclose(probabilities(twice), probabilities(once), rtol=0, atol=1e-4)
+    assert eval_main(["predict", *common, "--twice", "--sampling", "dense"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "tsn sampling, not dense" in err, err
+
+
+def test_predict_refuses_an_image_checkpoint(videos, ckpt, tmp_path, capsys):
+    state = torch.load(ckpt, weights_only=True)
+    state["config"]["task"] = "image"
+    torch.save(state, tmp_path / "image.pt")
+    assert eval_main(["predict", str(videos / "a.mp4"), "--ckpt", str(tmp_path / "image.pt"), "--twice",
+                      "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "image pre-training checkpoint" in err, err
