@@ -74,7 +74,8 @@ class Recognized:
     classes: list | None = None  # class names, when the file records them
     config: dict | None = None  # the training configuration, when the file records it (toolkit files)
     needs: tuple = ()  # overrides the caller must give (e.g. "class_names" for a text classifier)
-    caller_may_change: bool = False  # explicit model arguments may differ from the file's (own checkpoints)
+    # explicit model arguments may differ from the file's: True any (own checkpoints), or a tuple of names
+    caller_may_change: bool | tuple = False
     notes: list = field(default_factory=list)  # said once at INFO when the model is built
 
 
@@ -291,7 +292,8 @@ def check_same_architecture(model: nn.Module, rec: Recognized, source: str) -> N
     built = getattr(model, "build_args", {})
     # in a toolkit checkpoint an argument the caller gives explicitly is a choice (its STS pre-training
     # fine-tuned with sts=False shares every weight); an authors' file must get the variant it was trained as
-    chosen = {k: v for k, v in built.items() if args.get(k, v) != v} if rec.caller_may_change else {}
+    may = rec.caller_may_change
+    chosen = {k: v for k, v in built.items() if args.get(k, v) != v and (may is True or k in (may or ()))}
     for key, value in built.items():
         if key in chosen or key not in args:
             args[key] = value

@@ -162,8 +162,16 @@ _STS_ARGS = {
     "slowfast_50_4x16": {"sts": True, "lateral_norm": False, "feature_order": "fast_slow"},
     "slowfast_50_8x8": {"sts": True, "lateral_norm": False, "feature_order": "fast_slow"},
 }
-_STS_IMAGENET = ("python -m eval reads an authors' file as a video checkpoint, and no recogniser reads "
-                 "Image_Pre_Training's timm files yet")
+# Image_Pre_Training/timm/models/v3d.py builds every backbone without STS, and V3D's head sees [Slow, Fast]
+# (what models.from_checkpoint reads from the timm files: models/resnet3d.py, sts_image_pretraining)
+_STS_IMAGE_ARGS = {
+    "ircsn_50": {"sts": False, "bn_eps": 1e-3, "temporal_strides": 1},
+    "r2plus1d_34": {"sts": False, "bn_eps": 1e-3, "temporal_strides": 1, "stem_pool": True, "factorize_all": True},
+    "slowfast_50_4x16": {"sts": False, "lateral_norm": False, "feature_order": "slow_fast"},
+    "slowfast_50_8x8": {"sts": False, "lateral_norm": False, "feature_order": "slow_fast"},
+    "slowonly_50": {"sts": False},
+    "x3d_s": {"sts": False, "head_bias": True},
+}
 
 
 def _sts(row: str, dataset: str, top1: float, epochs: int = 50) -> Release:
@@ -181,10 +189,9 @@ def _sts(row: str, dataset: str, top1: float, epochs: int = 50) -> Release:
         protocol, key = Protocol(1, "tsn", 1, 1, 1, 256, 224), f"sts-{slug}-imagenet"
         note = "ImageNet pre-training (one-frame clips): Image_Pre_Training/scripts/*/distributed_eval.sh"
     file = f"{row} {'' if dataset != 'kinetics400' else f'{epochs}-epoch '}file in the README's {folder} folder"
-    args = _STS_ARGS.get(model, {"sts": True}) if dataset != "imagenet" else {"sts": True}
+    args = _STS_ARGS.get(model, {"sts": True}) if dataset != "imagenet" else _STS_IMAGE_ARGS[model]
     return Release(key, "sts", row, file, url, dataset, top1, model, dict(args), protocol,
-                   config="configs/ircsn_50_ssv2.yaml" if (model, dataset) == ("ircsn_50", "ssv2") else "",
-                   unsupported=_STS_IMAGENET if dataset == "imagenet" else "", note=note)
+                   config="configs/ircsn_50_ssv2.yaml" if (model, dataset) == ("ircsn_50", "ssv2") else "", note=note)
 
 
 STS = [
@@ -302,13 +309,19 @@ def build_args(entry: Release) -> dict:
 
 @lru_cache(maxsize=None)
 def contract(key: str):
-    """The InputContract of an entry's model as the file is built (on the meta device: no memory, no init)."""
+    """The InputContract of an entry's model as the file is evaluated (built on the meta device: no memory, no
+    init); an image pre-training file's is the one its recogniser records (ImageNet statistics, 224 images)."""
     import torch
 
     from .registry import create_model
 
+    entry = find(key)
+    if entry.dataset == "imagenet":
+        from .resnet3d import sts_image_contract
+
+        return sts_image_contract(entry.model, build_args(entry))
     with torch.device("meta"):
-        return create_model(find(key).model, **build_args(find(key))).input_contract
+        return create_model(entry.model, **build_args(entry)).input_contract
 
 
 def _scale(short_side: int, crop: int) -> str:
@@ -336,7 +349,7 @@ def eval_args(entry: Release) -> list[str]:
 
 def command(entry: Release, data: str = "") -> str:
     """The one command that reproduces the entry's top-1."""
-    data = data or ("/data/imagenet" if entry.dataset == "imagenet" else f"data/{entry.dataset}")
+    data = data or f"data/{entry.dataset}"
     p = entry.protocol
     return (f"make eval CKPT={entry.file_name} DATA={data} CLIPS={p.clips} CROPS={p.crops} "
             f"ARGS=\"{' '.join(eval_args(entry))}\"")
