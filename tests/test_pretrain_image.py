@@ -182,7 +182,7 @@ def test_config_rules_for_image_task():
         load_config(["--data", "x", "--image-size", "128"])
     cfg = load_config(["--config", os.path.join(ROOT, "configs", "imagenet_sts.yaml"), "--data", "x"])
     assert (cfg.task, cfg.optimizer, cfg.repeated_aug, cfg.ema, cfg.model_args) == (  # the authors' LAMB script
-        "image", "lamb", 3, False, {"sts": True, "drop_path_rate": 0.05})
+        "image", "lamb", 3, False, {"sts": False, "drop_path_rate": 0.05})
     assert cfg.mixup > 0 and cfg.cutmix > 0 and cfg.warmup_epochs > 0 and cfg.keep_best == 10
 
 
