@@ -180,16 +180,20 @@ def _mmcv_file(path, state_dict: dict, meta: dict | None) -> str:
     return str(path)
 
 
-def _randomised_tiny(sts: bool):
-    torch.manual_seed(0)
-    model = create_model("x3d_tiny", num_classes=5, sts=sts).eval()
-    for module in model.modules():  # non-trivial statistics, so a misplaced BN changes the output
+def randomise_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BatchNorm affines and statistics, so a misplaced BN changes the output."""
+    for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm3d):
             torch.nn.init.uniform_(module.weight, 0.5, 1.5)
             torch.nn.init.normal_(module.bias, 0, 0.1)
             module.running_mean.normal_(0, 0.1)
             module.running_var.uniform_(0.5, 1.5)
     return model
+
+
+def _randomised_tiny(sts: bool):
+    torch.manual_seed(0)
+    return randomise_batchnorm(create_model("x3d_tiny", num_classes=5, sts=sts).eval())
 
 
 @pytest.mark.parametrize("meta, sts", [

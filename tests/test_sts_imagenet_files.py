@@ -18,6 +18,7 @@ from models import zoo
 from models.checkpoints import Checkpoint, CheckpointError, check_same_architecture, from_checkpoint, recognize
 from models.registry import IMAGENET_MEAN, IMAGENET_STD
 from models.weights import load_pretrained
+from test_models_s3d_x3d import randomise_batchnorm
 
 ARCHS = {  # timm --model (scripts/*/distributed_train.sh) -> toolkit model
     "v3d_csn50_ir_224": "ircsn_50", "v3d_r2plus1d34_224": "r2plus1d_34",
@@ -147,14 +148,7 @@ def test_authors_names_are_recognised_as_the_zoo_rows_model(arch):
 
 def _randomised(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = _build(name).eval()
-    for module in model.modules():  # non-trivial statistics, so a misplaced BN changes the output
-        if isinstance(module, torch.nn.BatchNorm3d):
-            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
-            torch.nn.init.normal_(module.bias, 0, 0.1)
-            module.running_mean.normal_(0, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    return model
+    return randomise_batchnorm(_build(name).eval())
 
 
 def _round_trip(tmp_path, arch: str, cleaned: bool = False):
