@@ -1,5 +1,5 @@
 """python -m eval predict VIDEO|FOLDER|LIST [...] --ckpt CKPT [--clips N --crops M] [--twice] [--top 5] [--json]
-[--classes FILE]
+[--classes FILE] [--chunk N]
 
 Classifies video files as they are, with no prep step for the user: any file PyAV opens (H.264, HEVC, VP9, AV1,
 MPEG-4, MJPEG, ... in mp4, webm, mkv, avi, ...), every video below a folder, or the paths of a list file (.txt,
@@ -12,8 +12,12 @@ unlabelled, in parallel worker processes, into a temporary store, storing frames
 does: its prep.json's short side, fps, JPEG quality and chroma, else prep's defaults) and that store is scored by
 `python -m eval`'s own `evaluate`. So a video gets the frames, resizing and views (and so the scores) it gets when
 prepped into a dataset and evaluated (--twice adds mmaction's twice-sample views, tsn sampling only, as it does
-there). Decoding overlaps the model only within each stage (the prep workers decode videos in parallel, the DALI
-loader prefetches batches); the model starts when every video is prepped.
+there). The videos go in chunks of --chunk (default with a GPU: one chunk up to 32 videos, else at most 16 chunks of
+at least 32; on the CPU one chunk, where prep and the model would share the same cores and chunking measured slower):
+each chunk is prepped into its own store (the work dir's chunk-NNN/store; store/ when there is one chunk) in a
+background process while the model scores the chunk before it, and the rows are merged back in input order, with
+one merged report in the work dir's eval/ (what `python -m eval` writes for a store of them all). Chunking changes
+no score: each video's frames and views do not depend on the other videos of its store.
 
 Class names come from the checkpoint (toolkit checkpoints record them); the source projects' released files
 record none, so they need --classes FILE (one name per line in the model's order, or a classes.json).
@@ -24,12 +28,16 @@ import argparse
 import contextlib
 import json
 import logging
+import math
+import multiprocessing as mp
 import os
+import signal
 import sys
 import tempfile
 import time
 
 from prep.decode import DecodeOptions
+from prep.guard import PrepInterrupted, stop_on_signals
 from prep.runner import JobOptions, NothingStored, read_jsonl, run_prep
 from prep.tasks import VIDEO_EXTENSIONS, Task, number_tasks, read_classes_file
 
@@ -40,6 +48,9 @@ LIST_EXTENSIONS = (".txt", ".lst", ".list")
 FOLDER_EXTENSIONS = VIDEO_EXTENSIONS + (".mpg", ".mpeg", ".ts", ".m2ts", ".wmv", ".3gp", ".ogv", ".mjpeg", ".gif")
 SPLIT = "test"
 DECODE_KEYS = ("short_side", "fps", "quality", "chroma", "min_frames")  # what decides the stored frames
+# the default chunking: inputs up to MIN_CHUNK videos stay one chunk; larger ones are split into at most
+# MAX_CHUNKS, as each chunk pays for loading the checkpoint and building a DALI pipeline again
+MIN_CHUNK, MAX_CHUNKS = 32, 16
 
 
 class PredictError(ValueError):
@@ -127,8 +138,9 @@ def prep_videos(videos: list[str], classes: list[str], out: str, decode: DecodeO
 
 
 def predict(inputs: list[str], ckpt: str, d, classes_file: str | None = None, workers: int = 0, top: int = 5,
-            keep: str = "", progress: bool = True, **view) -> dict:
-    """Top classes of every video of `inputs`; `view`: `eval.run.evaluate`'s protocol and view arguments."""
+            keep: str = "", progress: bool = True, chunk: int = 0, **view) -> dict:
+    """Top classes of every video of `inputs`, prepped and scored `chunk` videos at a time (0: chunk_size's
+    default); `view`: `eval.run.evaluate`'s protocol and view arguments."""
     from models.checkpoints import recognize_file
 
     from .run import _run_config, view_count
@@ -141,23 +153,143 @@ def predict(inputs: list[str], ckpt: str, d, classes_file: str | None = None, wo
     if cfg.get("task", "video") == "image":
         raise PredictError(f"{ckpt} is an image pre-training checkpoint: predict classifies videos")
     classes = model_classes(ckpt, rec, classes_file)
+    size = chunk or chunk_size(len(videos), overlap=d.device.type == "cuda")
+    chunks = [videos[i:i + size] for i in range(0, len(videos), size)]
+    prep_args = (classes, decode_options(cfg["data"]), workers or os.cpu_count() or 1, progress)
     start = time.time()
     with _workdir(keep) as work:
-        store = os.path.join(work, "store")
-        stored, rejects = prep_videos(videos, classes, store, decode_options(cfg["data"]), workers or os.cpu_count()
-                                      or 1, progress) if videos else (0, [])
-        prepped = time.time()
-        scores, summary = _score(ckpt, d, store, os.path.join(work, "eval"), progress, view) if stored else ({}, {})
-        done = time.time()
-    failed = {r["video"]: r["reason"] for r in unreadable + rejects + summary.get("damaged", [])}
+        scores, failed, summary, seconds = _prep_and_score(chunks, work, prep_args, (ckpt, d, progress, view))
+    failed.update((r["video"], r["reason"]) for r in unreadable)
     rows = [_row(v, scores[v], classes, top) if v in scores else {"video": v, "reason": failed.get(v, "not scored")}
             for v in videos] + unreadable
     clips, crops, twice = view.get("clips", 1), view.get("crops", 1), view.get("twice", False)
     return {"checkpoint": ckpt, "model": rec.model, "clips": clips, "crops": crops, "twice_sample": twice,
             "views": view_count(clips, crops, twice), "protocol": summary.get("protocol"),
-            "predicted": len(scores), "unreadable": len(rows) - len(scores),
-            "seconds": {"prep": round(prepped - start, 2), "model": round(done - prepped, 2),
-                        "total": round(done - start, 2)}, "videos": rows}
+            "predicted": len(scores), "unreadable": len(rows) - len(scores), "chunks": len(chunks),
+            "seconds": dict(seconds, total=round(time.time() - start, 2)), "videos": rows}
+
+
+def chunk_size(videos: int, overlap: bool = True) -> int:
+    """The default: one chunk up to MIN_CHUNK videos, else MAX_CHUNKS chunks of at least MIN_CHUNK videos; one
+    chunk without `overlap` (a CPU-only run: prep and the model share the cores, docs/benchmarks.md)."""
+    if not overlap:
+        return max(1, videos)
+    return max(MIN_CHUNK, math.ceil(videos / MAX_CHUNKS))
+
+
+def _prep_and_score(chunks: list[list[str]], work: str, prep_args: tuple, score_args: tuple):
+    """({video: scores}, {video: reason}, the merged summary, {"prep", "model"} seconds): chunk k+1 is prepped
+    in the background while chunk k is scored. "prep" sums the chunks' prep times, "model" their scoring times:
+    they overlap, so their sum can exceed the wall time."""
+    if not chunks:
+        return {}, {}, {}, {"prep": 0.0, "model": 0.0}
+    folders = [work] if len(chunks) == 1 else [os.path.join(work, f"chunk-{k:03d}") for k in range(len(chunks))]
+    scores, failed, summaries, seconds = {}, {}, [], {"prep": 0.0, "model": 0.0}
+    # Ctrl-C or SIGTERM: PrepInterrupted here, which stops the background prep before main says its one line
+    with stop_on_signals():
+        pending = _BackgroundPrep(chunks[0], os.path.join(folders[0], "store"), *prep_args)
+        try:
+            for k, folder in enumerate(folders):
+                stored, rejects, prep_s = pending.result()
+                pending = (_BackgroundPrep(chunks[k + 1], os.path.join(folders[k + 1], "store"), *prep_args)
+                           if k + 1 < len(chunks) else None)
+                began = time.time()
+                part, summary = (_score(score_args[0], score_args[1], os.path.join(folder, "store"),
+                                        os.path.join(folder, "eval"), *score_args[2:]) if stored else ({}, {}))
+                seconds["prep"] += prep_s
+                seconds["model"] += time.time() - began
+                scores.update(part)
+                failed.update((r["video"], r["reason"]) for r in rejects + summary.get("unreadable", []))
+                summaries.append(summary)
+        finally:
+            if pending is not None:
+                pending.cancel()
+    summary = _merge_reports(summaries, work) if len(chunks) > 1 else summaries[0]
+    return scores, failed, summary, {k: round(v, 2) for k, v in seconds.items()}
+
+
+class _BackgroundPrep:
+    """`prep_videos` of one chunk in a forked child process. A process, not a thread: the child's main thread runs
+    prep's own signal handling, so terminating it stops its decoding workers the way a Ctrl-C stops a prep run,
+    and its decoding does not share this process's interpreter lock with the model."""
+
+    def __init__(self, videos: list[str], out: str, classes, decode, workers: int, progress: bool):
+        ctx = mp.get_context("fork")
+        self._out = out
+        self._results, send = ctx.Pipe(duplex=False)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # the child flushes its copy of the buffers when it exits: nothing may be printed twice
+        self._process = ctx.Process(target=_prep_child, args=(send, videos, classes, out, decode, workers, progress),
+                                    name="predict-prep")
+        self._process.start()
+        send.close()
+        with contextlib.suppress(OSError):  # the child does it too: whichever comes first
+            os.setpgid(self._process.pid, self._process.pid)
+
+    def result(self) -> tuple[int, list[dict], float]:
+        """prep_videos' (stored, rejects) and its seconds; raises what it raised."""
+        try:
+            outcome = self._results.recv()
+        except EOFError:
+            self.cancel()
+            raise RuntimeError(f"prep into {self._out} died (exit code {self._process.exitcode})") from None
+        self._process.join(10)  # it exits once it has sent
+        self.cancel()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def cancel(self) -> None:
+        """Stops the child (SIGTERM: prep stops its workers and removes its spool), waits for it, and kills what is
+        left of its process group: workers a child killed or interrupted mid-start could not stop itself."""
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            # a group outlives its leader while a member lives, and its id is not reused meanwhile
+            os.killpg(self._process.pid, signal.SIGKILL)
+        self._process.join()
+        self._results.close()
+
+
+def _prep_child(conn, videos: list[str], *args) -> None:
+    # its own process group, with its workers: a Ctrl-C at the terminal is the parent's to handle (it stops this
+    # child), and the parent can stop every process of the group
+    os.setpgid(0, 0)
+    began = time.time()
+    try:
+        outcome = (*prep_videos(videos, *args), time.time() - began)
+    except BaseException as e:  # the parent raises it: a prep error says its one line there
+        outcome = e
+    try:
+        conn.send(outcome)
+    except Exception:  # an exception that does not pickle
+        conn.send(RuntimeError(f"{type(outcome).__name__}: {outcome}"))
+    conn.close()
+
+
+def _merge_reports(summaries: list[dict], work: str) -> dict:
+    """The chunks' reports as one, in the work dir's eval/: what `python -m eval` writes for one store of them all."""
+    import numpy as np
+    import torch
+
+    from .dump import load_scores
+    from .run import write_reports
+
+    scored = [s for s in summaries if s]
+    if not scored:
+        return {}
+    dumps = [load_scores(s["out_dir"]) for s in scored]
+    records = [{"id": i, "label": label} for _, index in dumps for i, label in zip(index["ids"], index["labels"])]
+    merged = dict(scored[0], data=work, videos=sum(s["videos"] for s in scored),
+                  damaged=[r for s in scored for r in s["damaged"]], chunks=[s["data"] for s in scored])
+    for key in ("out_dir", "submission", "unreadable"):  # evaluate's return, not its metrics.json
+        merged.pop(key, None)
+    scores = torch.from_numpy(np.concatenate([s for s, _ in dumps]))
+    write_reports(os.path.join(work, "eval"), merged, None, scores, records, dumps[0][1]["classes"])
+    return merged
 
 
 def _workdir(keep: str):
@@ -168,7 +300,8 @@ def _workdir(keep: str):
 
 
 def _score(ckpt: str, d, store: str, out_dir: str, progress: bool, view: dict) -> tuple[dict, dict]:
-    """({video: mean softmax over its views}, evaluate's summary) of the prepped store, by `python -m eval` itself."""
+    """({video: mean softmax over its views}, evaluate's summary with "unreadable": [{"video", "reason"}] of its
+    damaged videos) of the prepped store, by `python -m eval` itself."""
     from .dump import load_scores
     from .run import evaluate
 
@@ -176,7 +309,7 @@ def _score(ckpt: str, d, store: str, out_dir: str, progress: bool, view: dict) -
     scores, index = load_scores(summary["out_dir"])
     damaged = [{"video": r["id"], "reason": f"damaged in the temporary store: {r['reason']}"}
                for r in summary["damaged"]]
-    return dict(zip(index["ids"], scores)), dict(summary, damaged=damaged)
+    return dict(zip(index["ids"], scores)), dict(summary, unreadable=damaged)
 
 
 def _row(video: str, scores, classes: list[str], top: int) -> dict:
@@ -206,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="classes printed per video")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     p.add_argument("--workers", type=int, default=0, help="prep decoding processes (0: one per core)")
+    p.add_argument("--chunk", type=int, default=0, metavar="N", help="videos prepped and scored at a time; the "
+                   f"next chunk is prepped while one is scored (0: on a GPU one chunk up to {MIN_CHUNK} videos, "
+                   f"else at most {MAX_CHUNKS} chunks of at least {MIN_CHUNK}; on the CPU one chunk)")
     p.add_argument("--keep", default="", metavar="DIR", help="keep the prepped store and eval report in DIR "
                    "(default: a temporary folder, removed)")
     return p
@@ -213,14 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.clips < 1 or args.frame_stride < 0 or args.top < 1:
-        print("eval predict: error: --clips and --top must be at least 1, --frame-stride at least 0", file=sys.stderr)
+    if args.clips < 1 or args.frame_stride < 0 or args.top < 1 or args.chunk < 0:
+        print("eval predict: error: --clips and --top must be at least 1, --frame-stride and --chunk at least 0",
+              file=sys.stderr)
         return 2
     from train.setup import setup_distributed
 
     try:
         result = predict(args.inputs, args.ckpt, setup_distributed(args.device), classes_file=args.classes,
                          workers=args.workers, top=args.top, keep=args.keep, progress=not args.no_progress,
+                         chunk=args.chunk,
                          clips=args.clips, crops=args.crops, batch_size=args.batch_size, amp=args.amp,
                          py_workers=args.py_workers, use_ema=not args.no_ema, num_frames=args.frames,
                          sampling=args.sampling, frame_stride=args.frame_stride, augment=augment_overrides(args),
@@ -228,6 +366,9 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # PredictError and CheckpointError are ValueErrors
         print(f"eval predict: error: {e}", file=sys.stderr)
         return 2
+    except PrepInterrupted as e:  # its background prep stopped
+        print(f"eval predict: interrupted by {signal.Signals(e.signum).name}", file=sys.stderr)
+        return e.exit_code
     if args.json:
         print(json.dumps(result))
     else:

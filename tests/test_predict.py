@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing as mp
 import os
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +15,8 @@ import torch
 import models
 from eval.__main__ import main as eval_main
 from eval.dump import load_scores
-from eval.predict import PredictError, model_classes, read_class_names
+import eval.predict as predict_module
+from eval.predict import MAX_CHUNKS, MIN_CHUNK, PredictError, chunk_size, model_classes, predict, read_class_names
 from eval.run import evaluate
 from models.checkpoints import Recognized
 from prep import open_dataset
@@ -257,3 +260,92 @@ def test_predict_refuses_an_image_checkpoint(videos, ckpt, tmp_path, capsys):
                       "--device", "cpu", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "image pre-training checkpoint" in err, err
+
+
+def test_predict_in_chunks_gives_the_unchunked_output(videos, ckpt, tmp_path, capsys):
+    """--chunk 1 and 2 (each chunk prepped into its own store, the next one in the background while one is scored)
+    print what one chunk prints, exactly: the same probabilities in the same order, each unreadable file's line;
+    and the work dir's merged report is the one chunk's report."""
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"not a video" * 50)
+    inputs = [str(videos / "a.mp4"), str(bad), str(videos / "b.webm"), str(videos / "sub/c.mp4"),
+              str(tmp_path / "missing.mp4")]
+    results = {}
+    for chunk in (0, 1, 2):
+        assert eval_main(["predict", *inputs, "--ckpt", ckpt, "--clips", "2", "--json", "--workers", "1",
+                          "--py-workers", "1", "--device", "cpu", "--no-progress", "--chunk", str(chunk),
+                          "--keep", str(tmp_path / f"chunk{chunk}")]) == 0
+        results[chunk] = json.loads(capsys.readouterr().out)
+    one = results[0]
+    assert [r["video"] for r in one["videos"]] == inputs and (one["predicted"], one["unreadable"]) == (3, 2)
+    assert [("reason" in r) for r in one["videos"]] == [False, True, False, False, True]
+    assert [results[c]["chunks"] for c in (0, 1, 2)] == [1, 5, 3]
+    for chunk in (1, 2):
+        assert results[chunk]["videos"] == one["videos"]
+        assert (results[chunk]["predicted"], results[chunk]["unreadable"]) == (3, 2)
+    whole, parts = tmp_path / "chunk0", tmp_path / "chunk2"
+    assert sorted(os.listdir(parts)) == ["chunk-000", "chunk-001", "chunk-002", "eval"]
+    assert sorted(os.listdir(whole)) == ["eval", "store"]
+    for name in ("submission.csv", "submission_ssv2.csv", "predictions.json", "scores_index.json"):
+        assert open(parts / "eval" / name).read() == open(whole / "eval" / name).read(), name
+    np.testing.assert_array_equal(load_scores(str(parts / "eval"))[0], load_scores(str(whole / "eval"))[0])
+    merged, single = (json.load(open(d / "eval" / "metrics.json")) for d in (parts, whole))
+    assert merged["chunks"] == [str(parts / f"chunk-00{k}" / "store") for k in (0, 1)]  # chunk 2: nothing stored
+    skip = ("data", "chunks", "submission")
+    assert {k: v for k, v in merged.items() if k not in skip} == {k: v for k, v in single.items() if k not in skip}
+    assert single["videos"] == 3
+
+
+def test_the_default_chunks_keep_small_inputs_whole():
+    assert all(chunk_size(n) >= n for n in range(1, MIN_CHUNK + 1))
+    assert chunk_size(MIN_CHUNK + 1) == MIN_CHUNK
+    for n in (MIN_CHUNK * 3, 1000, 12345):
+        chunks = -(-n // chunk_size(n))
+        assert 1 < chunks <= MAX_CHUNKS and chunk_size(n) >= MIN_CHUNK
+        assert chunk_size(n, overlap=False) == n  # on the CPU prep and the model share the cores: one chunk
+
+
+def _group_members(groups: set[int]) -> set[int]:
+    """The live processes of these process groups."""
+    found = set()
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) in groups and fields[0] != "Z":
+            found.add(int(name))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_an_interrupt_while_scoring_stops_the_background_prep(videos, ckpt, tmp_path, monkeypatch):
+    """A Ctrl-C (or an error) while chunk 0 is scored stops chunk 1's prep, still decoding in its own process with
+    2 workers, by prep's own interrupt handling (its spool removed), and starts no further chunk."""
+    inputs = []
+    for i in range(6):  # 3 chunks of 2: 2 decoding workers each
+        os.link(videos / list(VIDEOS)[i % len(VIDEOS)], tmp_path / f"v{i}.mp4")
+        inputs.append(str(tmp_path / f"v{i}.mp4"))
+    monkeypatch.setenv("VIDKIT_PREP_DELAY", "1")  # prep's writer waits 1 s a video: chunk 1 is mid-run
+    spool = tmp_path / "work" / "chunk-001" / "store" / "parts"
+    groups, running = set(), set()
+
+    def interrupted(*args, **kwargs):
+        deadline = time.time() + 60
+        while not (spool.is_dir() and any(n.endswith(".spool") for n in os.listdir(spool))
+                   and len(_group_members({p.pid for p in mp.active_children()})) >= 3):
+            assert time.time() < deadline, "chunk 1's prep and its 2 workers never ran"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the workers decoding
+        groups.update(p.pid for p in mp.active_children())  # prep's process leads its own group
+        running.update(_group_members(groups))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict_module, "_score", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict(inputs, ckpt, CPU, workers=2, chunk=2, keep=str(tmp_path / "work"), progress=False)
+    assert len(running) == 3, running  # prep's process and its 2 workers were running: the test can fail
+    assert _group_members(groups) == set() and mp.active_children() == []
+    assert not [n for n in os.listdir(spool) if n.endswith(".spool")]  # prep stopped itself: not killed
+    assert not (tmp_path / "work" / "chunk-002").exists()
