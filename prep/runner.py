@@ -178,11 +178,17 @@ def _results(todo: list[Task], decode: DecodeOptions, workers: int, spool: str):
 def _pool_results(todo, decode, workers, spool):
     threads = max(1, (os.cpu_count() or 1) // workers)
     decode = DecodeOptions(**{**asdict(decode), "threads": threads})
-    with signals_blocked():
-        pool = mp.get_context("fork").Pool(workers, initializer=_worker_init)
-    with pool:  # leaving it (done, error or interrupt) terminates the workers
+    pool = None
+    try:  # leaving it (done, error or interrupt) terminates the workers
+        with signals_blocked():
+            pool = mp.get_context("fork").Pool(workers, initializer=_worker_init)
+        # a stop signal that came while the pool started is delivered here, as the mask is restored: already
+        # inside the try, so the workers are terminated and not left orphaned
         # unordered: a slow video must not hold back the writer; the manifest is sorted later
         yield from pool.imap_unordered(_decode_task, [(t, decode, spool) for t in todo], chunksize=1)
+    finally:
+        if pool is not None:
+            pool.terminate()
 
 
 def _worker_init() -> None:

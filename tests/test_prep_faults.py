@@ -510,3 +510,30 @@ def test_sample_aspect_ratio_is_applied(tmp_path):
     rows, cols = np.nonzero(red)
     width, height = cols.max() - cols.min() + 1, rows.max() - rows.min() + 1
     assert abs(width - height) <= 1, (width, height)  # round, as displayed; it was stored squeezed
+
+
+def test_a_stop_signal_while_the_pool_starts_leaves_no_worker(monkeypatch, tmp_path):
+    """A signal that comes while the workers are forked is held (signals_blocked) and delivered when the mask is
+    restored: the workers must be terminated then too, not orphaned."""
+    from contextlib import contextmanager
+
+    from prep import runner
+    from prep.guard import PrepInterrupted
+
+    started = []
+
+    @contextmanager
+    def delivered_on_unblock():
+        before = set(children(os.getpid()))
+        yield
+        started.extend(set(children(os.getpid())) - before)
+        raise PrepInterrupted(signal.SIGTERM)  # what the pending SIGTERM's handler raises as the mask is restored
+
+    monkeypatch.setattr(runner, "signals_blocked", delivered_on_unblock)
+    # the exception is kept, as the run's top level keeps it while it reports: its traceback holds the generator's
+    # frame, so garbage collection of the pool cannot be what stops the workers
+    with pytest.raises(PrepInterrupted) as caught:
+        list(runner._pool_results([], runner.DecodeOptions(), 2, str(tmp_path)))
+    assert len(started) == 2
+    assert wait_gone(started, timeout=5) == [], "prep's workers outlived the interrupted run"
+    del caught
