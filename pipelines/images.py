@@ -260,6 +260,10 @@ class ImageLoader:
         return len(self.folder)
 
     @property
+    def num_views(self) -> int:  # views per item, as VideoLoader's: evaluation takes one centre crop per image
+        return 1
+
+    @property
     def stats(self) -> dict:
         return {"rejected_files": len(self.folder.rejected)}
 

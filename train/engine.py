@@ -381,8 +381,7 @@ class Trainer:
         result = score_videos(model, self.val_loader, len(self.val_records), self.num_classes,
                               self.d.device, self.amp)
         labels = torch.tensor([r["label"] for r in self.val_records])
-        views = cfg.eval_clips * cfg.eval_crops * (2 if cfg.eval_twice_sample else 1)
-        report, damaged = readable_accuracy(result, labels, self.classes, views)
+        report, damaged = readable_accuracy(result, labels, self.classes, self.val_loader.num_views)
         if damaged and self.d.main:
             log.warning("validation: %d damaged videos left out of the accuracy (e.g. %s)", len(damaged),
                         self.val_records[damaged[0]]["id"])
