@@ -13,8 +13,9 @@ views (the segments' starts); --eval-scale resizes the short side to crop x scal
 checkpoint's settings).
 
 Subcommands: `python -m eval features` (the same views, pre-logit embeddings instead of scores: eval/features.py),
-`python -m eval ensemble` (fuses saved scores: eval/ensemble.py) and `python -m eval predict VIDEO...` (classifies
-video files as they are, through prep and this evaluation: eval/predict.py).
+`python -m eval ensemble` (fuses saved scores: eval/ensemble.py), `python -m eval predict VIDEO...` (classifies
+video files as they are, through prep and this evaluation: eval/predict.py) and `python -m eval views` (the frames
+and crops a test protocol gives one video: eval/views.py).
 """
 from __future__ import annotations
 
@@ -127,7 +128,13 @@ def _predict(argv) -> int:
     return predict_main(argv)
 
 
-SUBCOMMANDS = {"ensemble": _ensemble, "features": _features, "predict": _predict}
+def _views(argv) -> int:
+    from .views import main as views_main
+
+    return views_main(argv)
+
+
+SUBCOMMANDS = {"ensemble": _ensemble, "features": _features, "predict": _predict, "views": _views}
 
 if __name__ == "__main__":
     sys.exit(main())

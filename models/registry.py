@@ -20,7 +20,7 @@ KINETICS_MEAN = (0.43216, 0.394666, 0.37645)  # torchvision's video models
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
 LAYOUTS = ("NCTHW", "NTCHW")
-SAMPLINGS = ("tsn", "dense")
+SAMPLINGS = ("tsn", "dense", "frame_uniform")  # frame_uniform: mmaction's (pipelines/protocols.py)
 
 
 @dataclass(frozen=True)

@@ -40,10 +40,12 @@ PROJECTS = {
 
 @dataclass(frozen=True)
 class Protocol:
-    """The authors' test views: `frames` per clip sampled "tsn" (one per segment) or "dense" (`frame_stride`
-    apart), `clips` x `crops` views, frames resized to `short_side`, square crops of side `crop`
-    (crop == short_side: full-resolution crops, mmaction's ThreeCrop at the Resize scale, IBM's
-    --disable_scaleup), normalised with the `norm` statistics ("imagenet" or "clip")."""
+    """The authors' test views: `scheme`, the source's own sampling and crop code (pipelines/protocols.py: "ibm",
+    "sifar", "mmaction", "ila"; "vidkit" for what no video test covers), `frames` per clip sampled "tsn" (one per
+    segment), "dense" (`frame_stride` apart) or "frame_uniform" (mmaction's), `clips` x `crops` views, frames
+    resized to `short_side`, square crops of side `crop` (crop == short_side: full-resolution crops, mmaction's
+    ThreeCrop at the Resize scale, IBM's --disable_scaleup), normalised with the `norm` statistics ("imagenet" or
+    "clip"). `min_frames`: the authors' test leaves out shorter videos (IBM's filter_video)."""
 
     frames: int
     sampling: str
@@ -53,11 +55,23 @@ class Protocol:
     short_side: int = 256
     crop: int = 224
     norm: str = "imagenet"
+    scheme: str = "vidkit"
+    min_frames: int = 0
 
     def text(self) -> str:
-        how = f"dense/{self.frame_stride}" if self.sampling == "dense" else "tsn"
+        how = {"dense": f"dense/{self.frame_stride}", "tsn": "tsn"}.get(self.sampling, self.sampling)
         crop = "full" if self.crop == self.short_side else str(self.crop)
-        return f"{self.frames}f {how}, {self.clips}x{self.crops}, {self.short_side}/{crop}"
+        left_out = f", videos under {self.min_frames} frames left out" if self.min_frames else ""
+        return f"{self.scheme}: {self.frames}f {how}, {self.clips}x{self.crops}, {self.short_side}/{crop}{left_out}"
+
+    def request(self) -> dict:
+        """The protocol as `python -m eval views` fields (pipelines/protocols.py's vocabulary)."""
+        out = {"protocol": self.scheme, "sampling": {"tsn": "uniform"}.get(self.sampling, self.sampling),
+               "frames": self.frames, "frame_stride": self.frame_stride, "clips": self.clips, "crops": self.crops,
+               "crop": self.crop, "min_frames": self.min_frames}
+        if self.scheme != "ila":  # ILA's code sets the short side from the crop and the crop count
+            out["short_side"] = self.short_side
+        return out
 
 
 @dataclass(frozen=True)
@@ -93,11 +107,12 @@ class Release:
 _IBM_URL = "https://github.com/IBM/action-recognition-pytorch/releases/download/weights-v0.1/"
 # README: test.py --groups 32 --frames_per_group 2 --dense_sampling (K400) / 1 (SSv2, uniform)
 # --num_crops 3 --num_clips 10 (K400) / 2 (SSv2) --input_size 256 --disable_scaleup
-_IBM_K400 = Protocol(32, "dense", 2, clips=10, crops=3, short_side=256, crop=256)
-_IBM_SSV2 = Protocol(32, "tsn", clips=2, crops=3, short_side=256, crop=256)
+# utils/dataset_config.py filter_video: test.py evaluates Kinetics videos of 30 frames or more, SSv2 of 3 or more
+_IBM_K400 = Protocol(32, "dense", 2, clips=10, crops=3, short_side=256, crop=256, scheme="ibm", min_frames=30)
+_IBM_SSV2 = Protocol(32, "tsn", clips=2, crops=3, short_side=256, crop=256, scheme="ibm", min_frames=3)
 _NO_T_STRIDE = {"temporal_stride": False}  # README: --without_t_stride, as every released file
-_IBM_NOTE = ("test.py spreads the clips' starts with linspace from the first to the last possible one; here they "
-             "sit at the middles of equal parts")
+_IBM_NOTE = ("test.py's frames, resize (torchvision's, long side truncated) and GroupOverSample crops, as "
+             "pipelines/protocols.py 'ibm' computes them")
 
 
 def _ibm(arch: str, depth: int, dataset: str, top1: float) -> Release:
@@ -128,7 +143,8 @@ def _sifar(grid: str, frames: int, dataset: str, tail: str, top1: float) -> Rele
     short = {"kinetics400": "k400", "ssv2": "ssv2"}[dataset]
     return Release(f"sifar-b14-{short}-f{frames}", "sifar", f"SIFAR-B-14{'†' if frames == 16 else ''}", file,
                    _SIFAR_URL + file, dataset, top1, model, {"hpe_to_token": True},
-                   Protocol(frames, "tsn", clips=3, crops=3, short_side=224, crop=224),
+                   Protocol(frames, "tsn", clips=3, crops=3, short_side=224, crop=224, scheme="sifar",
+                            min_frames=30 if dataset == "kinetics400" else 3),
                    config=f"configs/{model}_ssv2.yaml", note=_SIFAR_NOTE)
 
 
@@ -179,11 +195,12 @@ def _sts(row: str, dataset: str, top1: float, epochs: int = 50) -> Release:
     folder, url = _STS_FOLDERS[dataset]
     slug = row.lower().replace("ir-", "ir")
     if dataset == "kinetics400":  # Spatiotemporal_Finetuning test_pipeline: 10 clips, Resize -1x256, ThreeCrop 256
-        protocol, key = Protocol(frames, "dense", stride, 10, 3, side, side), f"sts-{slug}-k400-{epochs}e"
+        protocol = Protocol(frames, "dense", stride, 10, 3, side, side, scheme="mmaction")
+        key = f"sts-{slug}-k400-{epochs}e"
         note = f"test_pipeline: Spatiotemporal_Finetuning/configs/recognition/{k400_config}_STS_k400_video.py"
     elif dataset == "ssv2":  # clip_len 1 x num_clips T in test mode: one frame per segment; ThreeCrop 256
         frames = 32 if model == "slowfast_50_4x16" else 8
-        protocol, key = Protocol(frames, "tsn", 1, 1, 3, 256, 256), f"sts-{slug}-ssv2"
+        protocol, key = Protocol(frames, "tsn", 1, 1, 3, 256, 256, scheme="mmaction"), f"sts-{slug}-ssv2"
         note = f"test_pipeline: Spatiotemporal_Finetuning/configs/recognition/{ssv2_config}_STS_sthv2_video.py"
     else:  # timm validation, crop_pct 0.875 as the eval scripts (the training scripts validated at 0.95)
         protocol, key = Protocol(1, "tsn", 1, 1, 1, 256, 224), f"sts-{slug}-imagenet"
@@ -218,10 +235,10 @@ def _aim(backbone: str, dataset: str, views: str, top1: float, drive: str) -> Re
     frames, clips, crops = map(int, views.split("x"))
     model = {"ViT-B/16": "aim_vit_base_patch16", "ViT-L/14": "aim_vit_large_patch14"}[backbone]
     if dataset == "diving48":  # frame_uniform sampling; the config's test pipeline has ThreeCrop, the README 1 crop
-        protocol = Protocol(frames, "tsn", 1, clips, crops, 224, 224, norm="clip")
+        protocol = Protocol(frames, "frame_uniform", 1, clips, crops, 224, 224, norm="clip", scheme="mmaction")
         note = "configs/recognition/vit/vitclip_base_diving48.py tests 3 crops; the README's views say 1"
     else:  # the K400 config: 32 frames every 4th; 8 and 16 frames keep that 128-frame span (K700: 8 every 16th)
-        protocol = Protocol(frames, "dense", 128 // frames, clips, crops, 224, 224, norm="clip")
+        protocol = Protocol(frames, "dense", 128 // frames, clips, crops, 224, 224, norm="clip", scheme="mmaction")
         note = "test: Resize -1x224, CenterCrop 224 (K400) / ThreeCrop 224 (K700), configs/recognition/vit/"
     short = {"kinetics400": "k400", "kinetics700": "k700", "diving48": "diving48"}[dataset]
     key = f"aim-{backbone[4:].replace('/', '').lower()}-{short}-f{frames}"
@@ -244,7 +261,8 @@ AIM = [
 # ----------------------------------------------------------------------------------------- ILA (ICCV 2023)
 
 _ILA_NOTE = ("views: the README's Test command (TEST.NUM_CLIP 4 TEST.NUM_CROP 3: Resize to the input size, "
-             "ThreeCrop); the repo draws each clip's frames at random within the segments, here at fixed offsets")
+             "ThreeCrop); the repo draws each view's frames at random within the segments (a training-mode SampleFrames), "
+             "here at fixed offsets inside that draw's support")
 _ILA_K400_TRAIN = ("to fine-tune the K400 (video-text) architecture, give train `model_args: {arch: k400, "
                    "class_names: dataset}`: the head embeds the training split's class names")
 
@@ -259,7 +277,7 @@ def _ila(model_name: str, dataset: str, size: str, top1: float, drive: str) -> R
     k400 = arch == "k400"
     return Release(key, "ila", f"{model_name} {size}", f"Google Drive file of the README's {dataset} {model_name} "
                    f"{size} row ({'master' if k400 else 'SSV2'} branch)", _DRIVE.format(drive), dataset, top1,
-                   model, args, Protocol(frames, "tsn", 1, 4, 3, side, side),
+                   model, args, Protocol(frames, "tsn", 1, 4, 3, side, side, scheme="ila"),
                    config="" if k400 else "configs/ila_vit_base_patch16_ssv2.yaml",
                    needs=("class_names",) if k400 else (), note=_ILA_NOTE + (f"; {_ILA_K400_TRAIN}" if k400 else ""))
 

@@ -13,7 +13,8 @@ Parameter vector (float32, `param_count(cfg)` long):
               ex0, ey0, ex1, ey1 (relative random-erasing box of the output crop, all 0 when not erased),
               then with RandAugment n operation indices and n signs (0: +, 1: -)
               (random grayscale is a saturation factor of 0: color_twist's luma is torchvision's 0.299/0.587/0.114)
-  evaluation: crop_pos_x, crop_pos_y, mirror, then zeros (PARAMS long)
+  evaluation: resize width, resize height, crop x0, y0 (integer pixels of the resized frame), mirror, then zeros
+              (PARAMS long): what the test protocol computed (pipelines/protocols.py), used as it is
 """
 from __future__ import annotations
 
@@ -261,23 +262,10 @@ def jitter_factors(rng: np.random.Generator, cfg: AugmentConfig) -> tuple:
     return (*factors, rng.uniform(-h, h) * 360.0)
 
 
-def eval_positions(crops: int, width: int, height: int) -> list[tuple[float, float, float]]:
-    """(crop_pos_x, crop_pos_y, mirror) of each evaluation crop: 1 centre; 3 the two ends and the centre of
-    the long side; 5 the corners and the centre; 10 those five and their mirror images."""
-    if crops not in EVAL_CROPS:
-        raise ValueError(f"crops must be one of {EVAL_CROPS}, got {crops}")
-    if crops == 1:
-        return [(0.5, 0.5, 0.0)]
-    if crops == 3:
-        ends = (0.0, 0.5, 1.0)
-        return [(e, 0.5, 0.0) for e in ends] if width >= height else [(0.5, e, 0.0) for e in ends]
-    five = [(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (1.0, 1.0, 0.0), (0.5, 0.5, 0.0)]
-    return five if crops == 5 else five + [(x, y, 1.0) for x, y, _ in five]
-
-
-def eval_params(crop: int, crops: int, width: int, height: int) -> np.ndarray:
+def view_params(resize: tuple, box: tuple, flip: bool) -> np.ndarray:
+    """The parameter vector of one evaluation view: a protocols.Box's resize (w, h), box corner and mirror."""
     out = np.zeros(PARAMS, np.float32)
-    out[:3] = eval_positions(crops, width, height)[crop]
+    out[:5] = (*resize, box[0], box[1], float(flip))
     return out
 
 
@@ -382,15 +370,16 @@ def random_erase(clip, params, cfg: AugmentConfig, dali_dtype, layout: str):
     return fn.cast(fn.cast(erased, dtype=types.FLOAT) + inside, dtype=dali_dtype)
 
 
-def eval_transform(clip, params, crop_size: int, cfg: AugmentConfig):
-    """HWC frame or FHWC clip, uint8 -> (the same with its short side at eval_short_side, crop size, position and
-    mirror arguments)."""
+def eval_transform(clip, params, crop: int):
+    """HWC frame or FHWC clip, uint8 -> the view's crop x crop window of the frame resized to the view's size, and
+    its mirror flag. Sizes and corners come computed from the source (integer pixels, the protocol's rounding):
+    nothing is rounded here."""
     from nvidia.dali import fn, types
 
-    clip = fn.resize(clip, resize_shorter=cfg.eval_short_side(crop_size), antialias=True)
-    side = cfg.eval_crop_side(crop_size)
-    return clip, {"crop": (side, side), "crop_pos_x": params[0], "crop_pos_y": params[1],
-                  "mirror": fn.cast(params[2], dtype=types.INT32)}
+    clip = fn.resize(clip, resize_x=params[0], resize_y=params[1], antialias=True)
+    corner = fn.cast(fn.stack(params[2], params[3]), dtype=types.INT32)
+    clip = fn.slice(clip, start=corner, shape=[crop, crop], axis_names="WH")
+    return clip, fn.cast(params[4], dtype=types.INT32)
 
 
 def output_layout(layout: str, per_frame: bool) -> str:

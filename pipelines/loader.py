@@ -22,6 +22,7 @@ import torch
 
 from prep import PreppedDataset, open_dataset
 
+from . import protocols
 from .augment import EVAL_CROPS, AugmentConfig
 from .pipeline import GraphOptions, build_pipeline
 from .resources import HW_DECODER_LOAD, image_decoder_args, largest_frame, resolve_threads
@@ -91,8 +92,21 @@ def _check_sampling(training: bool, repeats: int, same_frames: bool, twice: bool
         raise ValueError("same_frames shares the frames of repeated copies: it needs repeats > 1")
     if twice and training:
         raise ValueError("twice sampling is an evaluation protocol; training draws its frames at random")
-    if twice and spec.sampling != "tsn":
-        raise ValueError(f"twice sampling (segment centres and starts) is for tsn sampling, not {spec.sampling}")
+
+
+def _check_protocol(spec: ClipSpec, clips: int, crops: int, twice: bool, geometry: tuple, rows: list[dict],
+                    training: bool) -> None:
+    """The protocol has the loader's sampling, clip count, crops and twice, its views are the model's length, and
+    its crops fit every stored video's resized frame: one line before any work, not a worker's error later."""
+    protocol = protocols.get(spec.protocol)
+    rule = protocols.rule_of(spec, clips, twice)
+    protocol.check_length(rule, spec.num_frames)
+    if training:
+        return
+    short, side = geometry
+    sizes = {tuple(r.get("orig_size") or r["size"]) if protocol.source_size else tuple(r["size"]) for r in rows}
+    for size in sorted(sizes):
+        protocol.boxes(*size, crops, side, short)
 
 
 class VideoLoader:
@@ -101,10 +115,11 @@ class VideoLoader:
     def __init__(self, data, split, contract, batch_size, training, clips=1, crops=1, device_id=None, rank=0,
                  world_size=1, seed=0, num_threads=None, py_workers=None, augment=None, dtype=torch.float32,
                  path="auto", verify=True, prefetch=2, py_start_method=None, hw_decoder_load=HW_DECODER_LOAD,
-                 preallocate=None, frames_per_group=1, repeats=1, same_frames=False, twice=False):
+                 preallocate=None, frames_per_group=1, repeats=1, same_frames=False, twice=False, protocol="vidkit",
+                 geometry=None):
         num_threads, py_workers = resolve_threads(num_threads, py_workers)
         _check_counts(batch_size, clips, crops, training, num_threads, py_workers, world_size)
-        self.spec = ClipSpec.of(contract, int(frames_per_group))
+        self.spec = ClipSpec.of(contract, int(frames_per_group), protocol)
         _check_sampling(bool(training), int(repeats), bool(same_frames), bool(twice), self.spec)
         self.dataset = _open(data, split)
         self.path = _choose_path(self.dataset, path, device_id)
@@ -112,13 +127,23 @@ class VideoLoader:
         self.clips, self.crops, self.device_id = int(clips), int(crops), device_id
         self.twice, self.same_frames = bool(twice), bool(same_frames)
         self.augment = augment if augment is not None else AugmentConfig()
+        crop = int(contract.crop_size)
+        # (short side, crop side) of the test views: the caller's protocol geometry, else the augment config's
+        self.geometry = tuple(int(g) for g in geometry) if geometry else (self.augment.eval_short_side(crop),
+                                                                          self.augment.eval_crop_side(crop))
+        try:
+            _check_protocol(self.spec, self.clips, self.crops, self.twice, self.geometry, self.dataset.rows,
+                            self.training)
+        except protocols.ProtocolError as e:
+            raise ValueError(f"protocol {protocol}: {e}") from None
         self.plan = EpochPlan(len(self.dataset), int(batch_size), self.training, self.num_views,
                               int(rank), int(world_size), int(seed), int(repeats))
         largest = largest_frame(self.dataset.rows)  # per side, 0 or None: the dataset's largest stored frame
         preallocate = tuple(int(p or d) for p, d in zip(preallocate or (0, 0), largest))
         self.graph = GraphOptions(int(contract.crop_size), tuple(contract.mean), tuple(contract.std),
                                   contract.layout, self.training, self.augment, _dali_dtype(dtype),
-                                  "cpu" if device_id is None else "mixed", float(hw_decoder_load), tuple(preallocate))
+                                  "cpu" if device_id is None else "mixed", float(hw_decoder_load), tuple(preallocate),
+                                  eval_crop=self.geometry[1])
         image_decoder_args(self.graph.decoder_device, hw_decoder_load)  # a bad value fails here, not at build
         self.num_threads, self.py_workers, self.verify, self.prefetch = num_threads, py_workers, verify, prefetch
         # spawned workers stay clear of a CUDA context the parent holds or will hold; fork starts faster
@@ -143,8 +168,11 @@ class VideoLoader:
 
     @property
     def num_views(self) -> int:
-        """Evaluation views per video (training: 1)."""
-        return self.clips * (2 if self.twice else 1) * self.crops
+        """Evaluation views per video, temporal (as the protocol counts them) x crops (training: 1)."""
+        if self.training:
+            return 1
+        rule = protocols.rule_of(self.spec, self.clips, self.twice)
+        return protocols.get(self.spec.protocol).view_count(rule) * self.crops
 
     @property
     def repeats(self) -> int:
@@ -182,7 +210,7 @@ class VideoLoader:
     def _source(self, first_epoch: int) -> ClipSource:
         return ClipSource(self.dataset, self.plan, self.spec, self.augment, self.path, self.damage_log,
                           first_epoch, self.clips, self.crops, self.verify, int(self.contract.crop_size),
-                          self.twice, self.same_frames)
+                          self.twice, self.same_frames, self.geometry)
 
     def _ensure_pipeline(self, epoch: int) -> None:
         stale = self.training and self._pipe_epoch != epoch  # evaluation reads the same plan every epoch
@@ -254,6 +282,8 @@ def build_loader(data, split, contract, batch_size, training, clips=1, crops=1, 
     hardware JPEG decoder's share, default 0.9), preallocate ((width, height) for nvJPEG's buffers; default the
     largest stored frame), frames_per_group (tsn frames per segment, IBM's; default 1), repeats (training:
     copies of each video per batch, default 1), same_frames (the copies share their frames, default False),
-    twice (evaluation: mmaction's twice_sample, default False)."""
+    twice (evaluation: mmaction's twice_sample, default False), protocol (whose sampling and test crops:
+    a pipelines.protocols name, default "vidkit"), geometry ((short side, crop side) of the test views; default the
+    augment config's eval_scale and eval_crop)."""
     return VideoLoader(data, split, contract, batch_size, training, clips, crops, device_id, rank, world_size,
                        seed, num_threads, py_workers, augment, dtype, path, **options)

@@ -36,6 +36,7 @@ class GraphOptions:
     # CPU training windows all through fn.resize's antialiased filter, as before `augment.resize_window`'s warp:
     # the pixels of earlier releases, at over twice the resize time
     exact_resize: bool = False
+    eval_crop: int = 0  # evaluation: the side of the test protocol's square crops (0: crop_size)
 
 
 def crop_on_decode(opts: GraphOptions, path: str) -> bool:
@@ -79,12 +80,10 @@ def clip_graph(source: ClipSource, opts: GraphOptions, prefetch: int):
     data, meta, params = _decode(source, opts, prefetch, cropped)
     if opts.training:
         data, mirror = train_transform(data, params, opts.crop_size, opts.augment, cropped, opts.exact_resize)
-        crop = {}
     else:
-        data, crop = eval_transform(data, params, opts.crop_size, opts.augment)
-        mirror = crop.pop("mirror")
+        data, mirror = eval_transform(data, params, opts.eval_crop or opts.crop_size)
     layout = output_layout(opts.layout, per_frame=source.path == "frames")
-    data = normalize(data, opts.mean, opts.std, layout, opts.dali_dtype, mirror, **crop)
+    data = normalize(data, opts.mean, opts.std, layout, opts.dali_dtype, mirror)
     if opts.training and opts.augment.erase:  # after normalisation, as timm: the noise is in normalised units
         data = random_erase(data, params, opts.augment, opts.dali_dtype, layout)
     # a copy, so no output aliases an external-source buffer (see DALI-NOTES: 2.1 executor issue)

@@ -21,6 +21,9 @@ Frame sampling (`clip_indices`):
 - "dense": `num_frames` frames `frame_stride` apart (a window of (num_frames - 1) * stride + 1 frames) from a
   random start in training; in evaluation `clips` windows evenly spaced over the video (centred for one).
   Windows longer than the video are clamped: the last frame repeats.
+
+These are the toolkit's own scheme, protocol "vidkit". The source projects' schemes (IBM's, SIFAR's, mmaction's,
+ILA's, "frame_uniform" included) are in pipelines/protocols.py, which a ClipSpec names in `protocol`.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCHEMES = ("tsn", "dense")
+SCHEMES = ("tsn", "dense", "frame_uniform")  # frame_uniform: mmaction's (AIM, ILA), protocols.py
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class ClipSpec:
     sampling: str = "tsn"
     frame_stride: int = 1
     frames_per_group: int = 1  # tsn: frames per segment (IBM's); num_frames counts them all
+    protocol: str = "vidkit"  # whose sampling and test crops: a pipelines.protocols name
 
     def __post_init__(self):
         if self.sampling not in SCHEMES:
@@ -53,9 +57,9 @@ class ClipSpec:
         return self.num_frames // self.frames_per_group
 
     @classmethod
-    def of(cls, contract, frames_per_group: int | None = None) -> "ClipSpec":
+    def of(cls, contract, frames_per_group: int | None = None, protocol: str = "vidkit") -> "ClipSpec":
         fpg = getattr(contract, "frames_per_group", 1) if frames_per_group is None else frames_per_group
-        return cls(int(contract.num_frames), contract.sampling, int(contract.frame_stride), int(fpg))
+        return cls(int(contract.num_frames), contract.sampling, int(contract.frame_stride), int(fpg), protocol)
 
 
 def check_groups(num_frames: int, sampling: str, frames_per_group: int) -> None:
@@ -142,7 +146,8 @@ def clip_indices(video_frames: int, spec, training: bool, rng: np.random.Generat
         return tsn_indices(video_frames, spec.num_frames, rng, clip, clips, twice)
     if spec.sampling == "dense":
         return dense_indices(video_frames, spec.num_frames, spec.frame_stride, rng, clip, clips)
-    raise ValueError(f"unknown sampling {spec.sampling!r}; expected one of {SCHEMES}")
+    raise ValueError(f"{spec.sampling} sampling is mmaction's (AIM, ILA), not the toolkit's: use protocol mmaction "
+                     f"or ila")
 
 
 def _check_video(video_frames: int) -> None:

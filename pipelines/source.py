@@ -33,10 +33,11 @@ import pyarrow as pa
 from prep import DamagedEntry, PreppedDataset
 from prep.dataset import UNLABELLED
 
-from .augment import AugmentConfig, eval_params, flip_label_pairs, train_params
+from . import protocols
+from .augment import AugmentConfig, flip_label_pairs, train_params, view_params
 from .gops import CONTAINERS, cut_stream
 from .orphans import die_with_parent, ignore_interrupts
-from .sampling import ClipSpec, EpochPlan, clip_indices, sample_rng, view_of
+from .sampling import ClipSpec, EpochPlan, sample_rng, view_of
 
 log = logging.getLogger("pipelines")
 # what a damaged, missing or unreadable stored entry raises (OSError: a shard file gone or unreadable)
@@ -94,6 +95,7 @@ class ClipSource:
     crop_size: int = 0  # the model's: the "random" crop, scale jitter and random erasing need it
     twice: bool = False  # evaluation: mmaction's twice_sample, 2 x clips temporal views
     same_frames: bool = False  # training with repeats: the copies share copy 0's frames
+    geometry: tuple = (0, 0)  # evaluation: (short side, crop side) of the test protocol's views
     _flip_map: dict | None = field(default=None, repr=False)
     _orders: dict = field(default_factory=dict, repr=False)
     _last: tuple = field(default=(None, None), repr=False)  # ((epoch, position), resolved clip) of the last read
@@ -179,17 +181,16 @@ class ClipSource:
     def _read(self, index: int, view: int, epoch: int) -> tuple:
         row = self.data.rows[index]
         width, height = row["size"]
+        protocol, rule = protocols.get(self.spec.protocol), protocols.rule_of(self.spec, self.clips, self.twice)
         if self.plan.training:
             rng = sample_rng(self.plan.seed, epoch, index, view)
-            frames = clip_indices(row["num_frames"], self.spec, True, rng)
+            frames = protocol.train_clip(row["num_frames"], rule, rng)
             if self.same_frames and view > 0:  # copy 0's frames; this copy's stream still drew its own, so its
                 # augmentation is the one it has without same_frames
-                frames = clip_indices(row["num_frames"], self.spec, True, sample_rng(self.plan.seed, epoch, index))
+                frames = protocol.train_clip(row["num_frames"], rule, sample_rng(self.plan.seed, epoch, index))
             params = train_params(rng, width, height, self.augment, self.crop_size)
         else:
-            clip, crop = view_of(view, self.crops)
-            frames = clip_indices(row["num_frames"], self.spec, False, clip=clip, clips=self.clips, twice=self.twice)
-            params = eval_params(crop, self.crops, width, height)
+            frames, params = self._test_view(row, view, protocol, rule)
         label = _label(row)
         if self.plan.training and params[4]:  # a mirrored clip: left <-> right classes swap
             label = self._flip_labels().get(label, label)
@@ -201,6 +202,18 @@ class ClipSource:
         if row.get("gop") and row.get("codec") in CONTAINERS:  # re-encoded: hand the decoder only what it needs
             encoded, frames = cut_stream(encoded, frames, row["gop"], row["codec"])
         return np.frombuffer(encoded, dtype=np.uint8), frames, meta, params
+
+
+    def _test_view(self, row: dict, view: int, protocol, rule) -> tuple:
+        """(frame indices, parameter vector) of evaluation view `view`: temporal view clip x crop. The protocol's
+        resize is of the source video's frame size where the authors resize decoded video (mmaction, ILA), of the
+        stored frames otherwise; either way the stored frames are resized straight to it."""
+        clip, crop = view_of(view, self.crops)
+        clips = protocol.test_clips(row["num_frames"], rule)
+        reference = row.get("orig_size") if protocol.source_size and row.get("orig_size") else row["size"]
+        short, side = self.geometry
+        box = protocol.boxes(*reference, self.crops, side, short)[crop]
+        return clips[clip % len(clips)], view_params(box.resize, box.box, box.flip)
 
 
 def _label(row: dict) -> int:

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.augment import (PARAMS, AugmentConfig, center_box, eval_params, eval_positions, multi_scale_box,
-                               random_resized_box, train_params)
+from pipelines.augment import (PARAMS, AugmentConfig, center_box, multi_scale_box, random_resized_box, train_params,
+                               view_params)
+from pipelines import protocols
+from pipelines.protocols import ProtocolError, vidkit_crops
 
 
 def _pixels(box, width, height):
@@ -64,17 +66,22 @@ def test_jitter_factors_are_identity_when_off_and_bounded_when_on():
         assert 0.6 <= b <= 1.4 and 0.7 <= c <= 1.3 and 0.8 <= sat <= 1.2 and -36 <= hue <= 36
 
 
-def test_eval_positions():
-    assert eval_positions(1, 64, 48) == [(0.5, 0.5, 0.0)]
-    assert [p[:2] for p in eval_positions(3, 64, 48)] == [(0.0, 0.5), (0.5, 0.5), (1.0, 0.5)]  # along the width
-    assert [p[:2] for p in eval_positions(3, 48, 64)] == [(0.5, 0.0), (0.5, 0.5), (0.5, 1.0)]  # along the height
-    five = eval_positions(5, 64, 48)
-    assert len(set(five)) == 5 and all(m == 0 for *_, m in five)
-    ten = eval_positions(10, 64, 48)
-    assert ten[:5] == five and [p[:2] for p in ten[5:]] == [p[:2] for p in five] and all(p[2] == 1 for p in ten[5:])
-    assert eval_params(7, 10, 64, 48)[:3].tolist() == [0.0, 1.0, 1.0]
-    with pytest.raises(ValueError, match="crops"):
-        eval_positions(4, 64, 48)
+def test_vidkit_crop_boxes():
+    """DALI's positions 0, 1/2, 1 of the free space, rounded half up, in integer pixels."""
+    def corners(crops, w, h):
+        return [(b[0], b[1], m) for b, m in vidkit_crops(w, h, 32, crops)]
+
+    assert corners(1, 64, 48) == [(16, 8, False)]
+    assert corners(3, 64, 48) == [(0, 8, False), (16, 8, False), (32, 8, False)]  # along the width
+    assert corners(3, 48, 64) == [(8, 0, False), (8, 16, False), (8, 32, False)]  # along the height
+    assert corners(1, 65, 48)[0][0] == 17  # 16.5 rounds up, as DALI's crop position
+    five = corners(5, 64, 48)
+    assert len(set(five)) == 5 and not any(m for *_, m in five)
+    ten = corners(10, 64, 48)
+    assert ten[:5] == five and [p[:2] for p in ten[5:]] == [p[:2] for p in five] and all(p[2] for p in ten[5:])
+    assert view_params((70, 52), (3, 4, 35, 36), True)[:5].tolist() == [70, 52, 3, 4, 1]
+    with pytest.raises(ProtocolError, match="crops"):
+        protocols.get("vidkit").boxes(64, 48, 4, 32, 48)
 
 
 def test_config_rejects_bad_values():

@@ -55,11 +55,13 @@ def _reference_graph(source, opts, frames: int):
                                   hue=params[8])
         mirror, crop = fn.cast(params[4], dtype=types.INT32), {}
     else:
+        # the test protocol's view as the source computes it: resize (w, h), integer corner, mirror (params 0..4)
         clip = fn.stack(*[fn.decoders.image(j, output_type=types.RGB) for j in jpegs], axis_name="F")
-        clip = fn.resize(clip, resize_shorter=opts.augment.eval_short_side(opts.crop_size), antialias=True)
-        side = opts.augment.eval_crop_side(opts.crop_size)
-        mirror = fn.cast(params[2], dtype=types.INT32)
-        crop = {"crop": (side, side), "crop_pos_x": params[0], "crop_pos_y": params[1]}
+        clip = fn.resize(clip, resize_x=params[0], resize_y=params[1], antialias=True)
+        side = opts.eval_crop or opts.crop_size
+        clip = fn.slice(clip, start=fn.cast(fn.stack(params[2], params[3]), dtype=types.INT32), shape=[side, side],
+                        axis_names="WH")
+        mirror, crop = fn.cast(params[4], dtype=types.INT32), {}
     clip = fn.crop_mirror_normalize(clip, mean=[255.0 * m for m in opts.mean], std=[255.0 * s for s in opts.std],
                                     mirror=mirror, output_layout="CFHW" if opts.layout == "NCTHW" else "FCHW",
                                     dtype=opts.dali_dtype, **crop)
