@@ -17,8 +17,9 @@ GPUS ?= 1
 NODES ?= 1
 NODE_RANK ?= 0
 MASTER ?= 127.0.0.1:29500
-CLIPS ?= 1
-CROPS ?= 1
+# empty: the protocol's (a zoo row's views, else 1 x 1)
+CLIPS ?=
+CROPS ?=
 # An alias (MODEL=i3d_resnet) finds the recipe and run folder of the model it stands for; only the registry
 # knows the aliases. Looked up once, and only by the targets that use it.
 MODEL_NAME = $(eval MODEL_NAME := $(shell $(PYTHON) -c 'import sys; from models.registry import resolve_name; \
@@ -38,7 +39,7 @@ help:
 	@echo "make prep DATASET=ssv2|kinetics400|synthetic SRC=... OUT=..."
 	@echo "make train MODEL=i3d_resnet50 DATA=... [GPUS=8 NODES=1 NODE_RANK=0 MASTER=host:port ARGS=...]"
 	@echo "make pretrain-image MODEL=ircsn_50 DATA=IMAGENET_DIR [GPUS=8 ARGS=...]   image pre-training (STS recipe)"
-	@echo "make eval CKPT=... [DATA=...] CLIPS=3 CROPS=3"
+	@echo "make eval CKPT=... [DATA=...] CLIPS=3 CROPS=3 [ARGS=\"--protocol ibm|sifar|mmaction|ila|vidkit|ZOO_KEY\"]"
 	@echo "make predict VIDEO='a.mp4 dir/ list.txt' CKPT=... [CLIPS=3 CROPS=3]   top classes of video files, no prep step"
 	@echo "make bench-prep | bench-data | bench-stages | bench-models | bench-images | bench-memory"
 	@echo "make gpu-check [STEP=\"tests data images meter nvdec\"]   on a GPU: checks, docs/benchmarks-gpu.md"
@@ -84,11 +85,13 @@ pretrain-image: install
 
 eval: install
 	$(if $(filter 1,$(GPUS)),$(PYTHON),$(BIN)/torchrun --standalone --nproc-per-node $(GPUS)) -m eval --ckpt $(CKPT) \
-	  $(if $(filter command line,$(origin DATA)),--data $(DATA)) --clips $(CLIPS) --crops $(CROPS) $(ARGS)
+	  $(if $(filter command line,$(origin DATA)),--data $(DATA)) $(if $(CLIPS),--clips $(CLIPS)) \
+	  $(if $(CROPS),--crops $(CROPS)) $(ARGS)
 
 predict: install
 	@test -n "$(VIDEO)" || { echo "make predict needs VIDEO=FILE (video files, folders or list files; CKPT=... too)"; exit 2; }
-	$(PYTHON) -m eval predict $(VIDEO) --ckpt $(CKPT) --clips $(CLIPS) --crops $(CROPS) $(ARGS)
+	$(PYTHON) -m eval predict $(VIDEO) --ckpt $(CKPT) $(if $(CLIPS),--clips $(CLIPS)) $(if $(CROPS),--crops $(CROPS)) \
+	  $(ARGS)
 
 bench-prep: install
 	@command -v ffmpeg >/dev/null || { echo "installing Debian's ffmpeg for the baseline"; \

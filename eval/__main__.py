@@ -41,16 +41,22 @@ def add_view_args(p: argparse.ArgumentParser, data: bool = True) -> None:
         p.add_argument("--data", default="", help="prepped dataset (default: the one the run trained on)")
         p.add_argument("--split", default="val")
         p.add_argument("--out", default="", help="report folder")
+    p.add_argument("--protocol", default="", help="whose test views: ibm, sifar, mmaction, ila, vidkit (the "
+                   "toolkit's), or a zoo key, which also sets the released row's frames, views, resize and crop "
+                   "(default: the zoo row an authors' file is named after, else the run's; `python -m eval views` "
+                   "prints what a protocol gives a video)")
     p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the checkpoint's or model's)")
-    p.add_argument("--sampling", choices=("tsn", "dense"), default="",
-                   help="frame sampling (default: the checkpoint's)")
+    p.add_argument("--sampling", choices=("tsn", "dense", "frame_uniform"), default="",
+                   help="frame sampling (default: the checkpoint's; frame_uniform is mmaction's)")
     p.add_argument("--frame-stride", type=int, default=0, help="dense sampling's stride (default: the checkpoint's)")
     p.add_argument("--eval-scale", type=float, default=None,
                    help="short side = crop size x this (default: the run's augment.eval_scale, else 256/224)")
     p.add_argument("--eval-crop", choices=("contract", "full"), default=None,
                    help="crop side: the model's crop size, or the whole short side (default: the run's, else contract)")
-    p.add_argument("--clips", type=int, default=1, help="temporal clips per video")
-    p.add_argument("--crops", type=int, choices=(1, 3, 5, 10), default=1, help="spatial crops per clip")
+    p.add_argument("--clips", type=int, default=None, help="temporal clips per video (default: the protocol's "
+                   "zoo row, else 1)")
+    p.add_argument("--crops", type=int, choices=(1, 3, 5, 10), default=None,
+                   help="spatial crops per clip (default: the protocol's zoo row, else 1)")
     p.add_argument("--twice", action="store_true", help="tsn sampling: mmaction's twice_sample (TSM's test), CLIPS "
                    "more temporal views at the segments' starts, averaged with the others (2 x CLIPS x CROPS views)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -67,9 +73,12 @@ def augment_overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in given.items() if v is not None}
 
 
-def views_label(args: argparse.Namespace) -> str:
-    """The test views as the printed summary lines say them."""
-    return f"{args.clips}x{args.crops}" + (" x2 twice-sampled" if args.twice else "")
+def views_label(summary: dict) -> str:
+    """The test views as the printed summary lines say them, from a run's summary."""
+    protocol = summary.get("protocol") or {}
+    name = protocol.get("zoo_key") or protocol.get("protocol", "")
+    return f"{summary['clips']}x{summary['crops']}" + (" x2 twice-sampled" if summary.get("twice_sample") else "") + \
+        (f", {name}" if name else "")
 
 
 def main(argv=None) -> int:
@@ -78,7 +87,7 @@ def main(argv=None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
-    if args.clips < 1 or args.frame_stride < 0:
+    if (args.clips is not None and args.clips < 1) or args.frame_stride < 0:
         print("eval: error: --clips must be at least 1 and --frame-stride at least 0", file=sys.stderr)
         return 2
     from train.setup import setup_distributed
@@ -91,13 +100,13 @@ def main(argv=None) -> int:
                            batch_size=args.batch_size, out_dir=args.out, amp=args.amp, py_workers=args.py_workers,
                            use_ema=not args.no_ema, progress=not args.no_progress, num_frames=args.frames,
                            sampling=args.sampling, frame_stride=args.frame_stride, augment=augment_overrides(args),
-                           save_views=args.save_views, twice=args.twice)
+                           save_views=args.save_views, twice=args.twice, protocol=args.protocol)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"eval: error: {e}", file=sys.stderr)
         return 2
     if d.main:
         damaged = f", {len(summary['damaged'])} damaged videos left out" if summary["damaged"] else ""
-        views = views_label(args)
+        views = views_label(summary)
         if summary["top1"] is None:  # an unlabelled split
             print(f"{summary['model']}: no labels in split {args.split!r}, no accuracy: predictions of "
                   f"{summary['videos']} videos ({views} views{damaged}) -> "

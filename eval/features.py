@@ -18,10 +18,12 @@ import sys
 
 import torch
 
+import pipelines
+
 from .__main__ import add_view_args, augment_overrides, views_label
 from .dump import FEATURES, save_features
-from .run import (_damaged_rows, _loader, _protocol_row, _test_protocol, default_out_dir, load_model, open_with_data,
-                  view_count)
+from .plan import ViewOptions, plan_frames, settle
+from .run import _damaged_rows, _loader, default_out_dir, evaluated_set, load_model, open_with_data
 from .score import autocast, average_views, check_coverage
 
 log = logging.getLogger("eval")
@@ -41,35 +43,40 @@ def embedder(model, device: torch.device, amp: str):
     return embed
 
 
-def extract_features(ckpt_path: str, d, data: str = "", split: str = "val", clips: int = 1, crops: int = 1,
+def extract_features(ckpt_path: str, d, data: str = "", split: str = "val", clips: int | None = None,
+                     crops: int | None = None,
                      batch_size: int = 8, out_dir: str = "", amp: str = "bf16", py_workers: int = 0,
                      use_ema: bool = True, progress: bool = True, num_frames: int | None = None, sampling: str = "",
                      frame_stride: int = 0, augment: dict | None = None, per_view: bool = False,
-                     twice: bool = False) -> dict:
+                     twice: bool = False, protocol: str = "") -> dict:
     """Embed every video of a split over `python -m eval`'s views (`twice`: its twice_sample, 2 x clips temporal
     views); returns the index written beside features.npy (plus `out_dir`)."""
     rec, cfg, data, dataset = open_with_data(ckpt_path, use_ema, data, split, progress and d.main)
     # the classifier is not used, so the file's own head is kept whatever the dataset's classes; only a text
     # classifier needs class names to be built at all
     classes = dataset.classes if "class_names" in rec.needs else None
-    model, rec = load_model(ckpt_path, d.device, use_ema, classes, num_frames, rec)
-    contract, view = _test_protocol(cfg, model.input_contract, sampling, frame_stride, augment)
-    loader = _loader(cfg, dataset, contract, split, clips, crops, batch_size, d, py_workers, view, twice)
+    options = ViewOptions(protocol, clips, crops, twice, num_frames, sampling, frame_stride, dict(augment or {}))
+    model, rec = load_model(ckpt_path, d.device, use_ema, classes, plan_frames(rec, ckpt_path, options), rec)
+    plan = settle(rec, ckpt_path, cfg, options, cfg.get("image_size") or model.input_contract.crop_size)
+    contract = plan.contract(model.input_contract)
+    dataset, short = evaluated_set(dataset, plan.min_frames)
+    loader = _loader(cfg, dataset, contract, split, plan, batch_size, d, py_workers,
+                     pipelines.AugmentConfig(**{**(cfg.get("augment") or {}), **(augment or {})}))
     loader.set_epoch(0)
-    views = view_count(clips, crops, twice)
+    views = loader.num_views
     result = average_views(embedder(model, d.device, amp), loader, len(dataset), model.num_features, d.device,
                            progress and d.main, keep_views=views if per_view else 0)
     damaged = check_coverage(result, views)
     index = {"model": rec.model, "origin": rec.origin, "checkpoint": ckpt_path, "data": data, "split": split,
-             "clips": clips, "crops": crops, "twice_sample": twice, "views": views, "per_view": per_view,
-             "dim": model.num_features,
-             "damaged": _damaged_rows(damaged, dataset.rows, loader),
-             "protocol": _protocol_row(contract, view, cfg.get("image_size") or contract.crop_size)}
+             "clips": plan.clips, "crops": plan.crops, "twice_sample": plan.twice, "views": views,
+             "per_view": per_view, "dim": model.num_features,
+             "damaged": _damaged_rows(damaged, dataset.rows, loader), "left_out": short,
+             "protocol": plan.row(contract)}
     if damaged and d.main:
         log.warning("%d of %d videos could not be read and are left out (listed in features_index.json)",
                     len(damaged), len(dataset))
     if d.main:
-        out_dir = out_dir or default_out_dir(ckpt_path, "features", split, clips, crops, twice)
+        out_dir = out_dir or default_out_dir(ckpt_path, "features", split, plan)
         os.makedirs(out_dir, exist_ok=True)
         left_out = set(damaged)
         readable = [i for i in range(len(dataset)) if i not in left_out]
@@ -89,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.clips < 1 or args.frame_stride < 0:
+    if (args.clips is not None and args.clips < 1) or args.frame_stride < 0:
         print("eval features: error: --clips must be at least 1 and --frame-stride at least 0", file=sys.stderr)
         return 2
     from train.setup import setup_distributed
@@ -101,13 +108,13 @@ def main(argv=None) -> int:
             batch_size=args.batch_size, out_dir=args.out, amp=args.amp, py_workers=args.py_workers,
             use_ema=not args.no_ema, progress=not args.no_progress, num_frames=args.frames, sampling=args.sampling,
             frame_stride=args.frame_stride, augment=augment_overrides(args), per_view=args.per_view,
-            twice=args.twice)
+            twice=args.twice, protocol=args.protocol)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"eval features: error: {e}", file=sys.stderr)
         return 2
     if d.main:
         damaged = f", {len(index['damaged'])} damaged videos left out" if index["damaged"] else ""
-        print(f"{index['model']}: {index['dim']}-d embeddings ({views_label(args)} views{damaged}) -> "
+        print(f"{index['model']}: {index['dim']}-d embeddings ({views_label(index)} views{damaged}) -> "
               f"{os.path.join(index['out_dir'], FEATURES)}")
         print(json.dumps(index))
     return 0

@@ -143,7 +143,7 @@ def predict(inputs: list[str], ckpt: str, d, classes_file: str | None = None, wo
     default); `view`: `eval.run.evaluate`'s protocol and view arguments."""
     from models.checkpoints import recognize_file
 
-    from .run import _run_config, view_count
+    from .run import _run_config
 
     videos, unreadable = collect_videos(inputs)
     if not videos and not unreadable:
@@ -162,9 +162,8 @@ def predict(inputs: list[str], ckpt: str, d, classes_file: str | None = None, wo
     failed.update((r["video"], r["reason"]) for r in unreadable)
     rows = [_row(v, scores[v], classes, top) if v in scores else {"video": v, "reason": failed.get(v, "not scored")}
             for v in videos] + unreadable
-    clips, crops, twice = view.get("clips", 1), view.get("crops", 1), view.get("twice", False)
-    return {"checkpoint": ckpt, "model": rec.model, "clips": clips, "crops": crops, "twice_sample": twice,
-            "views": view_count(clips, crops, twice), "protocol": summary.get("protocol"),
+    return {"checkpoint": ckpt, "model": rec.model,
+            **{k: summary.get(k) for k in ("clips", "crops", "twice_sample", "views", "protocol")},
             "predicted": len(scores), "unreadable": len(rows) - len(scores), "chunks": len(chunks),
             "seconds": dict(seconds, total=round(time.time() - start, 2)), "videos": rows}
 
@@ -349,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.clips < 1 or args.frame_stride < 0 or args.top < 1 or args.chunk < 0:
+    if (args.clips is not None and args.clips < 1) or args.frame_stride < 0 or args.top < 1 or args.chunk < 0:
         print("eval predict: error: --clips and --top must be at least 1, --frame-stride and --chunk at least 0",
               file=sys.stderr)
         return 2
@@ -362,7 +361,7 @@ def main(argv=None) -> int:
                          clips=args.clips, crops=args.crops, batch_size=args.batch_size, amp=args.amp,
                          py_workers=args.py_workers, use_ema=not args.no_ema, num_frames=args.frames,
                          sampling=args.sampling, frame_stride=args.frame_stride, augment=augment_overrides(args),
-                         twice=args.twice)
+                         twice=args.twice, protocol=args.protocol)
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # PredictError and CheckpointError are ValueErrors
         print(f"eval predict: error: {e}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ from train.setup import Dist
 
 from .dump import save_scores
 from .metrics import write_per_class_csv, write_predictions, write_submissions
+from .plan import TestPlan, ViewOptions, plan_frames, settle
 from .plots import plot_confusion
 from .score import check_coverage, readable_accuracy, score_videos
 
@@ -52,21 +53,26 @@ def open_with_data(ckpt_path: str, use_ema: bool, data: str, split: str, progres
     return rec, cfg, data, _open_split(cfg, data, split, rec.classes, progress)
 
 
-def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips: int = 1, crops: int = 1,
-             batch_size: int = 8, out_dir: str = "", amp: str = "bf16", py_workers: int = 2,
+def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips: int | None = None,
+             crops: int | None = None, batch_size: int = 8, out_dir: str = "", amp: str = "bf16", py_workers: int = 2,
              use_ema: bool = True, progress: bool = True, num_frames: int | None = None,
              save_views: bool = False, sampling: str = "", frame_stride: int = 0, augment: dict | None = None,
-             twice: bool = False) -> dict:
+             twice: bool = False, protocol: str = "") -> dict:
     """Score every video over its views: `clips` temporal (x 2 with `twice`: mmaction's twice_sample, the
-    segments' starts after their centres) x `crops` spatial, averaged."""
+    segments' starts after their centres) x `crops` spatial, averaged, as the test protocol computes them
+    (`protocol`: a pipelines.protocols name or a zoo key; default: eval.plan's order of precedence)."""
+    options = ViewOptions(protocol, clips, crops, twice, num_frames, sampling, frame_stride, dict(augment or {}))
     rec, cfg, data, dataset = open_with_data(ckpt_path, use_ema, data, split, progress and d.main)
     classes = _split_classes(ckpt_path, rec, dataset, data)
-    model, rec = load_model(ckpt_path, d.device, use_ema, classes, num_frames, rec)
+    model, rec = load_model(ckpt_path, d.device, use_ema, classes, plan_frames(rec, ckpt_path, options), rec)
     column = _class_columns(ckpt_path, rec.classes, classes, model.num_classes)
-    contract, view = _test_protocol(cfg, model.input_contract, sampling, frame_stride, augment)
-    loader = _loader(cfg, dataset, contract, split, clips, crops, batch_size, d, py_workers, view, twice)
+    plan = settle(rec, ckpt_path, cfg, options, cfg.get("image_size") or model.input_contract.crop_size)
+    contract = plan.contract(model.input_contract)
+    dataset, short = evaluated_set(dataset, plan.min_frames)
+    loader = _loader(cfg, dataset, contract, split, plan, batch_size, d, py_workers,
+                     pipelines.AugmentConfig(**{**(cfg.get("augment") or {}), **(augment or {})}))
     loader.set_epoch(0)
-    views = view_count(clips, crops, twice)
+    views = loader.num_views
     result = score_videos(model, loader, len(dataset), model.num_classes, d.device, amp,
                           progress=progress and d.main, keep_views=views if save_views else 0)
     if column is not None:
@@ -74,17 +80,16 @@ def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips:
         result.views = result.views[..., column] if result.views is not None else None
     report, damaged = _accuracy(result, dataset, classes, views)
     summary = {"model": rec.model, "origin": rec.origin, "checkpoint": ckpt_path, "data": data, "split": split,
-               "clips": clips, "crops": crops, "twice_sample": twice, "views": views,
+               "clips": plan.clips, "crops": plan.crops, "twice_sample": plan.twice, "views": views,
                "videos": len(dataset) - len(damaged),
                **{k: report[k] if report else None for k in ("top1", "top5", "mean_class_acc")},
-               "damaged": _damaged_rows(damaged, dataset.rows, loader),
-               "protocol": {**_protocol_row(contract, view, cfg.get("image_size") or contract.crop_size),
-                            "frames_per_group": cfg.get("frames_per_group", 1)}}
+               "damaged": _damaged_rows(damaged, dataset.rows, loader), "left_out": short,
+               "protocol": {**plan.row(contract), "frames_per_group": cfg.get("frames_per_group", 1)}}
     if damaged and d.main:
         log.warning("%d of %d videos could not be read and are left out (listed in metrics.json)",
                     len(damaged), len(dataset))
     if d.main:
-        out_dir = out_dir or default_out_dir(ckpt_path, "eval", split, clips, crops, twice)
+        out_dir = out_dir or default_out_dir(ckpt_path, "eval", split, plan)
         left_out = set(damaged)
         readable = [i for i in range(len(dataset)) if i not in left_out]
         views = result.views[readable] if result.views is not None else None
@@ -94,14 +99,32 @@ def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips:
     return summary
 
 
+def evaluated_set(dataset, min_frames: int) -> tuple:
+    """(the videos the protocol scores, {"count", "why", "ids"} of those it leaves out): the authors' test of
+    IBM's and SIFAR's rows leaves out videos under `min_frames` frames (their filter_video)."""
+    if not min_frames or not hasattr(dataset, "where"):
+        return dataset, {"count": 0}
+    kept = dataset.where(lambda row: row["num_frames"] >= min_frames)
+    ids = [r["id"] for r in dataset.rows if r["num_frames"] < min_frames]
+    if ids:
+        log.warning("%d of %d videos have fewer than %d frames and are left out, as the authors' test does",
+                    len(ids), len(dataset), min_frames)
+    if not len(kept):
+        raise ValueError(f"every video of the split has fewer than {min_frames} frames, the protocol's minimum")
+    return kept, {"count": len(ids), "why": f"fewer than {min_frames} frames (the authors' test leaves them out)",
+                  "ids": ids[:100]}
+
+
 def view_count(clips: int, crops: int, twice: bool) -> int:
-    """Test views per video: `clips` temporal (x 2 twice-sampled) x `crops` spatial."""
+    """Test views per video of the toolkit's own protocol: `clips` temporal (x 2 twice-sampled) x `crops`."""
     return clips * crops * (2 if twice else 1)
 
 
-def default_out_dir(ckpt_path: str, kind: str, split: str, clips: int, crops: int, twice: bool) -> str:
-    """The report folder beside the checkpoint, named for its views so that protocols do not overwrite each other."""
-    name = f"{kind}_{split}_{clips}x{crops}" + ("_twice" if twice else "")
+def default_out_dir(ckpt_path: str, kind: str, split: str, plan: TestPlan) -> str:
+    """The report folder beside the checkpoint, named for the checkpoint and its views, so that neither two
+    checkpoints of one run folder nor two protocols overwrite each other's reports."""
+    stem = os.path.splitext(os.path.basename(ckpt_path))[0]
+    name = f"{kind}_{split}_{stem}_{plan.label()}"
     return os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), name)
 
 
@@ -153,36 +176,23 @@ def _open_split(cfg: dict, data: str, split: str, classes, progress: bool):
     return open_dataset(data, split)
 
 
-def _test_protocol(cfg: dict, contract, sampling: str, frame_stride: int, augment: dict | None):
-    """(input contract, AugmentConfig) of the test views: the run's (or the model's), then the caller's overrides."""
-    contract = contract.replace(sampling=sampling or contract.sampling,
-                                frame_stride=frame_stride or contract.frame_stride)
-    return contract, pipelines.AugmentConfig(**{**(cfg.get("augment") or {}), **(augment or {})})
-
-
-def _protocol_row(contract, view, crop_size: int) -> dict:
-    return {"frames": contract.num_frames, "sampling": contract.sampling, "frame_stride": contract.frame_stride,
-            "short_side": view.eval_short_side(crop_size), "crop": view.eval_crop_side(crop_size)}
-
-
-def _loader(cfg: dict, dataset, contract, split, clips, crops, batch_size, d: Dist, py_workers, augment=None,
-            twice: bool = False):
+def _loader(cfg: dict, dataset, contract, split, plan: TestPlan, batch_size, d: Dist, py_workers, augment=None):
     """A prepped video split's loader (frames_per_group: the run's), or for an image pre-training run its image
     folder's."""
     if cfg.get("task", "video") == "image":
-        if (clips, crops) != (1, 1) or twice:
+        if (plan.clips, plan.crops) != (1, 1) or plan.twice:
             raise ValueError(f"an image pre-training checkpoint is evaluated on one centre crop per image, "
-                             f"not {clips}{' x 2 (twice)' if twice else ''} clips x {crops} crops")
+                             f"not {plan.clips}{' x 2 (twice)' if plan.twice else ''} clips x {plan.crops} crops")
         return ImageLoader(dataset, contract, batch_size, False, device_id=d.device_id, rank=d.rank,
                            world_size=d.world, seed=cfg["seed"], num_threads=cfg["threads"],
                            image_size=cfg.get("image_size", 0), augment=augment)
     return pipelines.build_loader(
-        dataset, split, contract, batch_size=batch_size, training=False, clips=clips, crops=crops,
+        dataset, split, contract, batch_size=batch_size, training=False, clips=plan.clips, crops=plan.crops,
         device_id=d.device_id, rank=d.rank, world_size=d.world, seed=cfg["seed"], num_threads=cfg["threads"],
         py_workers=py_workers, path=cfg.get("data_path", "auto"), augment=augment,
         hw_decoder_load=cfg.get("hw_decoder_load", 0.9),
         preallocate=(cfg.get("preallocate_width_hint", 0), cfg.get("preallocate_height_hint", 0)),
-        frames_per_group=cfg.get("frames_per_group", 1), twice=twice)
+        frames_per_group=cfg.get("frames_per_group", 1), **plan.loader_options())
 
 
 def _damaged_rows(damaged: list[int], rows: list[dict], loader) -> list[dict]:
@@ -206,5 +216,4 @@ def write_reports(out_dir, summary, report, scores, records, classes, views=None
         return
     write_per_class_csv(report, os.path.join(out_dir, "per_class.csv"))
     plot_confusion(report["confusion"], classes, os.path.join(out_dir, "confusion.png"),
-                   title=f"{summary['model']}: top-1 {summary['top1']:.1f}% ({summary.get('clips', '?')}x"
-                         f"{summary.get('crops', '?')} views)")
+                   title=f"{summary['model']}: top-1 {summary['top1']:.1f}% ({summary.get('views', '?')} views)")

@@ -261,8 +261,8 @@ AIM = [
 # ----------------------------------------------------------------------------------------- ILA (ICCV 2023)
 
 _ILA_NOTE = ("views: the README's Test command (TEST.NUM_CLIP 4 TEST.NUM_CROP 3: Resize to the input size, "
-             "ThreeCrop); the repo draws each view's frames at random within the segments (a training-mode SampleFrames), "
-             "here at fixed offsets inside that draw's support")
+             "ThreeCrop); the repo draws each view's frames at random within the segments (a training-mode "
+             "SampleFrames), here at fixed offsets inside that draw's support")
 _ILA_K400_TRAIN = ("to fine-tune the K400 (video-text) architecture, give train `model_args: {arch: k400, "
                    "class_names: dataset}`: the head embeds the training split's class names")
 
@@ -342,35 +342,16 @@ def contract(key: str):
         return create_model(entry.model, **build_args(entry)).input_contract
 
 
-def _scale(short_side: int, crop: int) -> str:
-    """The shortest decimal eval_scale that gives this short side (evaluation rounds crop x scale)."""
-    for digits in range(4, 12):
-        text = f"{short_side / crop:.{digits}g}"
-        if int(round(crop * float(text))) == short_side:
-            return text
-    raise ValueError(f"no eval_scale gives short side {short_side} at crop {crop}")
-
-
 def eval_args(entry: Release) -> list[str]:
-    """`python -m eval` options that set the entry's protocol on its model's contract."""
-    p, c = entry.protocol, contract(entry.key)
-    args = ["--frames", str(p.frames), "--sampling", p.sampling]
-    if p.sampling == "dense":
-        args += ["--frame-stride", str(p.frame_stride)]
-    args += ["--eval-scale", _scale(p.short_side, c.crop_size)]
-    if p.crop != c.crop_size:
-        if p.crop != p.short_side:
-            raise ValueError(f"{entry.key}: a {p.crop} crop is neither the model's {c.crop_size} nor the short side")
-        args += ["--eval-crop", "full"]
-    return args
+    """`python -m eval` options that evaluate with the entry's protocol: its zoo key, which sets the clip's frames,
+    sampling, views, resize, crops and evaluated set as the authors' test computes them (eval/plan.py)."""
+    return ["--protocol", entry.key]
 
 
 def command(entry: Release, data: str = "") -> str:
     """The one command that reproduces the entry's top-1."""
     data = data or f"data/{entry.dataset}"
-    p = entry.protocol
-    return (f"make eval CKPT={entry.file_name} DATA={data} CLIPS={p.clips} CROPS={p.crops} "
-            f"ARGS=\"{' '.join(eval_args(entry))}\"")
+    return f"make eval CKPT={entry.file_name} DATA={data} ARGS=\"{' '.join(eval_args(entry))}\""
 
 
 def args_text(args: dict) -> str:

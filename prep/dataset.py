@@ -1,6 +1,7 @@
 """The training-time reader: trivial on purpose (the heavy work happened once, in prep)."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -57,6 +58,12 @@ class PreppedDataset:
 
     def record(self, i: int) -> dict:
         return dict(self.rows[i])
+
+    def where(self, keep) -> "PreppedDataset":
+        """The same store restricted to the rows for which `keep(row)` is true (an evaluated set)."""
+        subset = copy.copy(self)
+        subset.rows = [r for r in self.rows if keep(r)]
+        return subset
 
     def check_shards(self) -> dict[str, str]:
         """{shard: why it cannot be used} for every shard of these rows that is missing, truncated, unreadable or

@@ -106,8 +106,9 @@ def test_twice_keeps_the_centre_view_and_adds_the_segment_starts(extracted):
     assert not np.allclose(twice[:, 1], once[:, 0], rtol=0, atol=1e-3)
     # averaged, into its own default folder beside the checkpoint (not the centre views' one)
     assert eval_main(["features", "--ckpt", ckpt, "--twice", *COMMON]) == 0
-    mean, mean_index = _features(tmp / "features_val_1x1_twice")
-    assert mean_index["views"] == 2 and not mean_index["per_view"] and not (tmp / "features_val_1x1").exists()
+    mean, mean_index = _features(tmp / "features_val_best_vidkit_1x1_twice")
+    assert mean_index["views"] == 2 and not mean_index["per_view"]
+    assert not (tmp / "features_val_best_vidkit_1x1").exists()
     np.testing.assert_allclose(mean, twice.mean(1), rtol=0, atol=1e-5)
     assert not np.allclose(mean, once[:, 0], rtol=0, atol=1e-3)
 

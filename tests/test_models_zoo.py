@@ -13,7 +13,8 @@ import torch
 
 import models
 from eval.__main__ import augment_overrides, build_parser
-from eval.run import _test_protocol
+from eval.plan import ViewOptions, plan_frames, settle
+from pipelines import protocols
 from models import zoo
 from models.__main__ import main as models_main
 from models.profile import count_params
@@ -42,7 +43,9 @@ def test_entry_is_well_formed(key):
     p = e.protocol
     assert e.project in zoo.PROJECTS and e.dataset in zoo.DATASETS and e.num_classes == zoo.DATASETS[e.dataset]
     assert 0 < e.top1 < 100 and e.url.startswith("https://")
-    assert p.sampling in ("tsn", "dense") and p.frames >= 1 and p.frame_stride >= 1 and p.clips >= 1
+    assert p.sampling in ("tsn", "dense", "frame_uniform") and p.frames >= 1 and p.frame_stride >= 1 and p.clips >= 1
+    # every row names its authors' protocol; the image pre-training rows are evaluated as images (timm's crop)
+    assert p.scheme in protocols.PROTOCOLS and (p.scheme != "vidkit") == (e.dataset != "imagenet")
     assert p.crops in EVAL_CROPS and p.crop <= p.short_side and p.norm in NORMS
     assert not e.config or (ROOT / e.config).is_file()
 
@@ -70,10 +73,19 @@ def _runnable() -> list[str]:
     return [e.key for e in zoo.ZOO if not e.unsupported]
 
 
+class _AuthorsFile:
+    """What models.checkpoints recognises in an authors' file: its origin, no run config."""
+
+    def __init__(self, project: str):
+        self.origin = {"ibm": "IBM action-recognition", "sifar": "SIFAR", "sts": "mmaction", "aim": "AIM",
+                       "ila": "ILA"}[project]
+        self.config = None
+
+
 @pytest.mark.parametrize("key", _runnable())
 def test_eval_command_reproduces_the_protocol(key):
-    """The command's ARGS, parsed by `python -m eval` and applied as evaluation applies them to the model's
-    contract, give exactly the authors' frames, sampling, short side and crop; CLIPS / CROPS are theirs."""
+    """The command's ARGS, parsed by `python -m eval` and settled as evaluation settles them (eval.plan), give
+    exactly the row's protocol: frames, sampling, stride, views, resize and crop, and the evaluated set."""
     e = zoo.find(key)
     if not zoo.available(e):
         pytest.skip(f"{e.model} is not registered")
@@ -81,20 +93,28 @@ def test_eval_command_reproduces_the_protocol(key):
     assert words[:2] == ["make", "eval"]
     make = dict(w.split("=", 1) for w in words[2:])
     assert make["CKPT"] == e.file_name and make["DATA"] == f"data/{e.dataset}"
-    assert (int(make["CLIPS"]), int(make["CROPS"])) == (e.protocol.clips, e.protocol.crops)
     args = build_parser().parse_args(["--ckpt", e.file_name, *shlex.split(make["ARGS"])])
-    c = zoo.contract(e.key).replace(num_frames=args.frames)
-    c, view = _test_protocol({"augment": {}}, c, args.sampling, args.frame_stride, augment_overrides(args))
+    options = ViewOptions(args.protocol, args.clips, args.crops, args.twice, args.frames, args.sampling,
+                          args.frame_stride, augment_overrides(args))
+    rec = _AuthorsFile(e.project)
+    c = zoo.contract(e.key)
+    plan = settle(rec, e.file_name, {}, options, c.crop_size)
     p = e.protocol
-    assert (c.num_frames, c.sampling) == (p.frames, p.sampling)
-    assert p.sampling == "tsn" or c.frame_stride == p.frame_stride
-    assert (view.eval_short_side(c.crop_size), view.eval_crop_side(c.crop_size)) == (p.short_side, p.crop)
+    assert plan_frames(rec, e.file_name, options) == p.frames and plan.zoo_key == key
+    assert (plan.scheme, plan.clips, plan.crops, plan.min_frames) == (p.scheme, p.clips, p.crops, p.min_frames)
+    c = plan.contract(c)
+    assert c.sampling == p.sampling and (p.sampling != "dense" or c.frame_stride == p.frame_stride)
+    assert plan.geometry == protocols.get(p.scheme).geometry(p.crops, p.crop, None if p.scheme == "ila" else
+                                                             p.short_side)
 
 
-def test_scale_text_is_the_shortest_that_rounds_back():
-    assert zoo._scale(256, 224) == "1.143" and zoo._scale(224, 224) == "1" and zoo._scale(192, 160) == "1.2"
-    assert all(round(crop * float(zoo._scale(side, crop))) == side for crop in (112, 160, 224, 336)
-               for side in range(crop, 2 * crop))
+def test_a_file_named_as_a_row_takes_its_protocol_by_default():
+    e = zoo.find("ibm-i3d-r50-k400")
+    rec = _AuthorsFile("ibm")
+    plan = settle(rec, f"/somewhere/{e.file_name}", {}, ViewOptions(), 224)
+    assert (plan.zoo_key, plan.clips, plan.crops, plan.geometry, plan.min_frames) == (e.key, 10, 3, (256, 256), 30)
+    other = settle(rec, "/somewhere/renamed.pth", {}, ViewOptions(), 224)
+    assert (other.scheme, other.zoo_key, other.clips) == ("ibm", "", 1)
 
 
 @pytest.mark.parametrize("path", sorted({e.config for e in zoo.ZOO if e.config}))
@@ -216,7 +236,8 @@ def test_eval_cli_protocol_options_reach_the_model(data, tmp_path, monkeypatch, 
     assert tuple(shape[1:]) == (3, 3, 48, 48)  # NTCHW: 3 frames, crops of the 48 px short side
     assert (contract.sampling, contract.frame_stride) == ("dense", 2)
     protocol = json.load(open(tmp_path / "out" / "metrics.json"))["protocol"]
-    assert protocol == {"frames": 3, "sampling": "dense", "frame_stride": 2, "short_side": 48, "crop": 48,
+    assert protocol == {"protocol": "vidkit", "zoo_key": None, "source": "the run's config", "frames": 3,
+                        "sampling": "dense", "frame_stride": 2, "short_side": 48, "crop": 48, "min_frames": 0,
                         "frames_per_group": 1}
     capsys.readouterr()
     assert eval_main(argv[:-4] + ["--eval-scale", "0.5"]) == 2

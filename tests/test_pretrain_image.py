@@ -243,7 +243,7 @@ def test_pretrain_lowers_the_loss_then_fine_tunes_on_video(learnable_images, dat
     assert any(not torch.equal(state["ema"][k], state["model"][k]) for k in state["model"])
     # evaluation of an image checkpoint scores every validation image once
     _run("-m", "eval", "--ckpt", str(run / "best.pt"), "--batch-size", "5", "--amp", "none", "--no-progress")
-    metrics = json.loads((run / "eval_val_1x1" / "metrics.json").read_text())
+    metrics = json.loads((run / "eval_val_best_vidkit_1x1" / "metrics.json").read_text())
     assert metrics["videos"] == 3 * len(SHAPES)
     # the checkpoint is the video model's `--pretrained`, with STS switched off for fine-tuning
     _run("-m", "train", "--model", "r2plus1d_tiny", "--data", str(data), "--output", str(tmp_path), "--name",

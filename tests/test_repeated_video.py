@@ -201,6 +201,6 @@ def test_repeated_training_resumes_exactly_and_evaluates_twice(data, tmp_path):
         assert torch.equal(value, b["model"][key]), key
     _run("eval", "--ckpt", str(tmp_path / "a" / "run" / "last.pt"), "--twice", "--batch-size", "4",
          "--py-workers", "1", "--no-progress")
-    metrics = json.loads((tmp_path / "a" / "run" / "eval_val_1x1_twice" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "a" / "run" / "eval_val_last_vidkit_1x1_twice" / "metrics.json").read_text())
     assert (metrics["views"], metrics["twice_sample"], metrics["videos"]) == (2, True, 10)
     assert metrics["protocol"]["frames_per_group"] == 2

@@ -45,7 +45,7 @@ def test_train_checkpoint_eval(data, tmp_path):
                            "3", "--batch-size", "4", "--py-workers", "1", "--no-progress"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    report = run / "eval_val_2x3"
+    report = run / "eval_val_best_vidkit_2x3"
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["videos"] == 10 and 0 <= metrics["top1"] <= metrics["top5"] <= 100
     preds = json.loads((report / "predictions.json").read_text())
@@ -100,7 +100,7 @@ def test_ddp_two_processes_on_cpu(data, tmp_path):
            "--no-progress"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((run / "eval_val_2x1" / "metrics.json").read_text())["videos"] == 10
+    assert json.loads((run / "eval_val_last_vidkit_2x1" / "metrics.json").read_text())["videos"] == 10
 
 
 def _ddp_train(data, out, *extra):
