@@ -11,10 +11,11 @@ import pytest
 import torch
 
 import models
-from train.config import load_config
+from train.config import ConfigError, load_config
 from timm.loss import BinaryCrossEntropy
 
-from train.setup import Dist, apply_tuning, build_loss, build_mixup, build_optimizer, build_scheduler
+from train.setup import (Dist, apply_tuning, build_loss, build_mixup, build_optimizer, build_scheduler, check_sampling,
+                         video_loader_options)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
@@ -110,3 +111,24 @@ def test_recipes_of_epoch_stepped_schedules_step_per_epoch(path):
 def test_sts_recipe_trains_with_binary_cross_entropy():
     cfg, _, _ = _build("configs/imagenet_sts.yaml")
     assert isinstance(build_loss(cfg, build_mixup(cfg, 10)), BinaryCrossEntropy)
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_recipe_names_its_papers_protocol_and_the_protocol_takes_it(path):
+    """Every video recipe samples and validates with its source's protocol (pipelines/protocols.py), which has the
+    recipe's sampling, clip count and twice option and gives clips of the model's length."""
+    cfg, model, _ = _build(path)
+    contract = model.input_contract.replace(sampling=cfg.sampling or model.input_contract.sampling,
+                                            frame_stride=cfg.frame_stride or model.input_contract.frame_stride)
+    assert (cfg.protocol != "vidkit") == (cfg.task == "video"), path
+    check_sampling(cfg, contract)
+    assert video_loader_options(cfg, True)["protocol"] == video_loader_options(cfg, False)["protocol"] == cfg.protocol
+
+
+def test_a_protocol_without_the_recipes_option_is_refused():
+    cfg = load_config(["--config", os.path.join(ROOT, "configs/i3d_resnet50_ssv2.yaml"), "--data", "unused",
+                       "--eval-twice-sample"])
+    with torch.device("meta"):
+        model = models.create_model(cfg.model, num_classes=10, num_frames=cfg.num_frames)
+    with pytest.raises(ConfigError, match="protocol.*twice"):
+        check_sampling(cfg, model.input_contract.replace(sampling="tsn"))

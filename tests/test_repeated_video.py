@@ -147,8 +147,9 @@ def test_loader_refuses_options_where_they_do_nothing(frames_data):
 def test_config_keys_and_their_refusals():
     cfg = load_config(["--data", "d", "--repeated-aug", "2", "--repeated-aug-same-frames", "--num-frames", "8",
                        "--frames-per-group", "2", "--eval-twice-sample", "--mixup", "0.8", "--batch-size", "3"])
-    assert video_loader_options(cfg, True) == {"frames_per_group": 2, "repeats": 2, "same_frames": True}
-    assert video_loader_options(cfg, False) == {"frames_per_group": 2, "twice": True}
+    assert video_loader_options(cfg, True) == {"frames_per_group": 2, "repeats": 2, "same_frames": True,
+                                               "protocol": "vidkit"}
+    assert video_loader_options(cfg, False) == {"frames_per_group": 2, "twice": True, "protocol": "vidkit"}
     for argv, needle in ((["--repeated-aug-same-frames"], "'repeated_aug_same_frames'"),
                          (["--repeated-aug", "0"], "'repeated_aug' must be >= 1"),
                          (["--num-frames", "6", "--sampling", "tsn", "--frames-per-group", "4"], "must divide"),

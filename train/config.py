@@ -28,7 +28,9 @@ class TrainConfig:
     val_split: str = "val"
     num_classes: int = 0  # 0: from the dataset's class list
     num_frames: int = 0  # 0: the model's default
-    sampling: str = ""  # "" : the model's | tsn | dense (the model's input contract, overridden)
+    sampling: str = ""  # "" : the model's | tsn | dense | frame_uniform (the model's input contract, overridden)
+    # whose frame sampling and test views: vidkit (the toolkit's) | ibm | sifar | mmaction | ila (pipelines/protocols)
+    protocol: str = "vidkit"
     frame_stride: int = 0  # dense sampling's stride (0: the model's)
     frames_per_group: int = 1  # tsn: IBM's frames_per_group, F frames in each of num_frames / F segments (F distinct
     #   random offsets, the same in every segment; evaluation spreads them evenly); num_frames counts all of them
@@ -127,7 +129,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-CHOICES = {"task": ("video", "image"), "sampling": ("", "tsn", "dense"), "optimizer": ("sgd", "adamw", "lamb"),
+CHOICES = {"task": ("video", "image"), "sampling": ("", "tsn", "dense", "frame_uniform"),
+           "protocol": ("vidkit", "ibm", "sifar", "mmaction", "ila"), "optimizer": ("sgd", "adamw", "lamb"),
            "loss": ("ce", "bce"), "sched": ("cosine", "step", "multistep", "none"), "amp": ("bf16", "fp16", "none"),
            "device": ("auto", "cpu", "cuda"), "data_path": ("auto", "frames", "video")}
 _TYPES = typing.get_type_hints(TrainConfig)

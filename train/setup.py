@@ -18,6 +18,8 @@ from timm.utils import ModelEmaV3
 import models
 from models import tuning
 from models.profile import has_convs, to_channels_last
+from pipelines import protocols
+from pipelines.sampling import ClipSpec, check_groups
 from .config import ConfigError, TrainConfig
 
 
@@ -86,9 +88,7 @@ def build_model(cfg: TrainConfig, num_classes: int, d: Dist, classes=()) -> torc
 
 
 def check_sampling(cfg: TrainConfig, contract) -> None:
-    """frames_per_group and eval_twice_sample against the sampling the model's contract settles on."""
-    from pipelines.sampling import check_groups
-
+    """frames_per_group, eval_twice_sample and the protocol against the sampling the model's contract settles on."""
     if cfg.task != "video":
         return
     try:
@@ -98,14 +98,20 @@ def check_sampling(cfg: TrainConfig, contract) -> None:
     if cfg.eval_twice_sample and contract.sampling != "tsn":
         raise ConfigError(f"config key 'eval_twice_sample' (segment centres and starts) is for tsn sampling; "
                           f"{cfg.model} samples {contract.sampling} (set sampling: tsn to change it)")
+    spec = ClipSpec.of(contract, cfg.frames_per_group, cfg.protocol)
+    try:  # the protocol has this sampling, and its training draws and validation views are the model's length
+        protocols.get(cfg.protocol).check_length(protocols.rule_of(spec, cfg.eval_clips, cfg.eval_twice_sample),
+                                                 contract.num_frames)
+    except protocols.ProtocolError as e:
+        raise ConfigError(f"config key 'protocol': {e}") from None
 
 
 def video_loader_options(cfg: TrainConfig, training: bool) -> dict:
     """The frame-sampling options of a video loader (pipelines.build_loader) for training or validation."""
     if training:
         return {"frames_per_group": cfg.frames_per_group, "repeats": cfg.repeated_aug,
-                "same_frames": cfg.repeated_aug_same_frames}
-    return {"frames_per_group": cfg.frames_per_group, "twice": cfg.eval_twice_sample}
+                "same_frames": cfg.repeated_aug_same_frames, "protocol": cfg.protocol}
+    return {"frames_per_group": cfg.frames_per_group, "twice": cfg.eval_twice_sample, "protocol": cfg.protocol}
 
 
 def apply_tuning(cfg: TrainConfig, model: torch.nn.Module) -> None:
