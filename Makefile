@@ -42,7 +42,7 @@ help:
 	@echo "make eval CKPT=... [DATA=...] CLIPS=3 CROPS=3 [ARGS=\"--protocol ibm|sifar|mmaction|ila|vidkit|ZOO_KEY\"]"
 	@echo "make predict VIDEO='a.mp4 dir/ list.txt' CKPT=... [CLIPS=3 CROPS=3]   top classes of video files, no prep step"
 	@echo "make bench-prep | bench-data | bench-stages | bench-models | bench-images | bench-memory"
-	@echo "make gpu-check [STEP=\"tests data images meter nvdec\"]   on a GPU: checks, docs/benchmarks-gpu.md"
+	@echo "make gpu-check [STEP=\"tests meter data meter_vit images nvdec\"] [ARGS=\"--time-limit 420\"]   on a GPU"
 
 install: $(STAMP)
 
@@ -117,7 +117,7 @@ bench-images: install
 bench-memory: install
 	$(PYTHON) -m bench.memory $(ARGS)
 
-# no `install` prerequisite: a lent GPU machine runs it on its own python3 with carried wheels (bench/gpu_check.py)
+# no `install` prerequisite: a GPU machine may run it on its own python3 with the packages bench/gpu_check.py lists
 GPU_CHECK_PY = $(if $(wildcard $(PYTHON)),$(PYTHON),python3)
 gpu-check:
 	$(GPU_CHECK_PY) -m bench.gpu_check $(foreach s,$(STEP),--step $(s)) $(ARGS)

@@ -1,31 +1,24 @@
-"""`make gpu-check`: the GPU path's first-contact checks, recorded in docs/benchmarks-gpu.md.
+"""`make gpu-check`: the GPU path's checks and measurements, recorded in docs/benchmarks-gpu.md.
 
-For a session lent a GPU: at most 20 minutes on one H100, each step at most 10, so each step can be its own
-device call (`make gpu-check STEP=meter`, or `python3 -m bench.gpu_check --step meter`):
-  tests   every gpu-marked test (pytest -m gpu): all must pass, none skipped
-  data    bench.data with its GPU rows: the full training pipeline (nvJPEG) against a bare nvJPEG decode of the
-          same frames (goal: ratio >= 0.8)
-  images  bench.images' mixed (nvJPEG) row against its CPU row and torchvision
-  meter   the data-starvation meter (train.meter.StepMeter) over 200 steps each of TSN-R50, I3D-R50 and SIFAR-B-14
-          at 8x224, batch 32, bf16, on a synthetic frame store of realistic size (short side 256): clips/s and
-          data-wait % (goal < 1 %; the bar is 2 %)
-  nvdec   the --store video path (NVDEC) on the H.264 source bytes and on the --reencode store, clips/s against
-          the frame path, and the bytes each store takes
-Results go to CACHE/results/<step>.json (CACHE = data/gpu-check, ignored by git, kept on a warm device machine
-between calls); every run rewrites docs/benchmarks-gpu.md from all the results there (machine, driver, versions,
-commands, tables, goals) and, when $OUT is set (device calls), copies both there. Exit status: 0 when every goal
-of the steps run is met, 1 naming each one missed, 2 at once with one line when there is no CUDA device.
-
-Runs without the project's .venv, on the GPU machine's python3 (torch, timm, pyarrow, numpy preinstalled) with
-DALI, lmdb, av and pytest from wheels carried over (at most 64 MiB per device call). The device calls, back to
-back on one warm machine (each a fresh shell: /tmp/site and data/gpu-check stay, exports do not):
-  here:    EXTRA="lmdb av pytest simplejpeg" bash ../shared/tools/device-wheels.sh          # writes .whl/g1 .. .whl/gN
-  device:  one call per group:  carry [".whl/gK"]  mkdir -p /tmp/whl && cp .whl/gK/* /tmp/whl/
-  device:  bash /tmp/whl/install.sh && export PYTHONPATH=/tmp/site:$PYTHONPATH && python3 -m bench.gpu_check \
-             --step tests --step data
-  device:  export PYTHONPATH=/tmp/site:$PYTHONPATH && python3 -m bench.gpu_check --step images --step meter
-  device:  export PYTHONPATH=/tmp/site:$PYTHONPATH && python3 -m bench.gpu_check --step nvdec
-  here:    each call's files come back from $OUT (benchmarks-gpu.md, <step>.json): copy the report over docs/.
+On any machine with an NVIDIA GPU: `make gpu-check` (in the project's .venv), or `python3 -m bench.gpu_check` on a
+Python that has the packages of requirements.txt it uses (torch, timm, pyarrow, numpy, nvidia-dali-cuda*, lmdb,
+av, simplejpeg, pytest). Steps, in the order they run by default (headline measurements first):
+  tests      every gpu-marked test (pytest -m gpu): all must pass, none skipped
+  meter      the data-starvation meter (train.meter.StepMeter) over 200 steps each of TSN-R50 and I3D-R50 at 8x224,
+             batch 32, bf16, on a synthetic frame store of realistic size (short side 256): clips/s and data-wait %
+             (goal < 1 %; the bar is 2 %)
+  data       bench.data with its GPU rows: the full training pipeline (nvJPEG) against a bare nvJPEG decode of the
+             same frames (goal: ratio >= 0.8)
+  meter_vit  the meter on SIFAR-B-14 (a transformer's step time)
+  images     bench.images' mixed (nvJPEG) row against its CPU row and torchvision
+  nvdec      the --store video path (NVDEC) on the H.264 source bytes and on the --reencode store, clips/s against
+             the frame path, and the bytes each store takes
+`--step` (repeatable) runs chosen steps; `--time-limit S` starts no step after S seconds (a first contact with a
+new machine: `--time-limit 420` leaves the rest for a later run, which the report says). Results go to
+CACHE/results/<step>.json (CACHE = data/gpu-check, ignored by git); every run rewrites docs/benchmarks-gpu.md from
+all the results there (machine, driver, versions, commands, tables, goals), and `--copy-to DIR` copies the report
+and the results there too. Exit status: 0 when every goal of the steps run is met, 1 naming each one missed, 2 at
+once with one line when there is no CUDA device.
 """
 from __future__ import annotations
 
@@ -42,11 +35,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-STEPS = ("tests", "data", "images", "meter", "nvdec")
+STEPS = ("tests", "meter", "data", "meter_vit", "images", "nvdec")
 REPORT = "docs/benchmarks-gpu.md"
 BARE_RATIO_GOAL = 0.8
 DATA_WAIT_GOAL, DATA_WAIT_BAR = 1.0, 2.0
-METER_MODELS = ("tsn_resnet50", "i3d_resnet50", "sifar_base_patch4_window14_224_3x3")
+METER_MODELS = ("tsn_resnet50", "i3d_resnet50")
+METER_VIT_MODELS = ("sifar_base_patch4_window14_224_3x3",)
 
 
 @dataclass
@@ -59,6 +53,7 @@ class Settings:
     batch: int = 32
     frames: int = 8
     meter_models: tuple = METER_MODELS
+    meter_vit_models: tuple = METER_VIT_MODELS
     meter_steps: int = 200
     meter_warmup: int = 20
     store_videos: int = 64  # the meter's synthetic store: videos of store_frames frames at store_size (h, w)
@@ -257,10 +252,10 @@ def meter_one(name: str, store: str, s: Settings) -> dict:
                 torch.cuda.empty_cache()
 
 
-def step_meter(s: Settings) -> dict:
+def step_meter(s: Settings, models: tuple | None = None, step: str = "meter") -> dict:
     src = synthetic_source(s, "meter", "h264", s.store_size, s.store_frames, s.store_videos)
     store = prepped(s, src, os.path.join(s.cache, "meter", "frames"), short_side=min(s.store_size))
-    rows = [meter_one(name, store, s) for name in s.meter_models]
+    rows = [meter_one(name, store, s) for name in (models or s.meter_models)]
     lines = [f"{'model':<38} {'batch':>5} {'clips/s':>8} {'data wait %':>12} {'threads':>8} {'workers':>8}"]
     lines += [f"{r['model']:<38} {r['batch']:>5} {r['clips_per_s']:>8.1f} {r['data_wait_pct']:>12.2f} "
               f"{r['threads']:>8} {r['py_workers']:>8}" for r in rows]
@@ -268,10 +263,14 @@ def step_meter(s: Settings) -> dict:
                   r["data_wait_pct"] < DATA_WAIT_GOAL) for r in rows]
     goals += [goal(f"batch {s.batch} fits ({r['model']})", r["batch"], f"{s.batch}", r["batch"] == s.batch)
               for r in rows]
-    return {"command": f"python3 -m bench.gpu_check --step meter  ({s.store_videos} videos of {s.store_frames} "
+    return {"command": f"python3 -m bench.gpu_check --step {step}  ({s.store_videos} videos of {s.store_frames} "
                        f"frames at {s.store_size[1]}x{s.store_size[0]}, {s.frames}x224, batch {s.batch}, bf16, "
                        f"{s.meter_warmup} warm-up + {s.meter_steps} metered steps)",
             "table": "\n".join(lines), "rows": rows, "goals": goals}
+
+
+def step_meter_vit(s: Settings) -> dict:
+    return step_meter(s, s.meter_vit_models, "meter_vit")
 
 
 # --------------------------------------------------------------------------------------------- nvdec
@@ -344,16 +343,19 @@ def machine() -> dict:
 def render(results: dict[str, dict]) -> str:
     """docs/benchmarks-gpu.md from the step results found (each carries its machine and time)."""
     lines = ["# GPU benchmarks (`make gpu-check`)", "",
-             "Written by `bench/gpu_check.py` (`make gpu-check`, or `python3 -m bench.gpu_check --step ...` on the GPU",
-             "machine): see that file's docstring for the device-call sequence. Every number below was printed by the",
-             "command above it, on the machine named with it.", ""]
-    lines += _call_sequence()
+             "Written by `bench/gpu_check.py` (`make gpu-check`, or `python3 -m bench.gpu_check [--step ...]` on a GPU",
+             "machine; that file's docstring lists the steps and the packages they need). Every number below was",
+             "printed by the command above it, on the machine named with it.", ""]
+    lines += _how_to_run()
     if not results:
         return "\n".join(lines + ["No step has run on a GPU yet.", ""])
+    missing = [step for step in STEPS if step not in results]
     goals = [(step, g) for step in STEPS if step in results for g in results[step]["goals"]]
     lines += ["## Goals", "", "| step | goal | value | target | met |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {step} | {g['name']} | {g['value']} | {g['target']} | {'yes' if g['met'] else '**no**'} |"
               for step, g in goals]
+    if missing:
+        lines += ["", f"Not run yet: {', '.join(missing)}."]
     for step in (s for s in STEPS if s in results):
         r = results[step]
         where = ", ".join(f"{k} {v}" for k, v in r["machine"].items())
@@ -362,23 +364,14 @@ def render(results: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _call_sequence() -> list[str]:
-    return ["## Running it on a lent GPU", "",
-            "Each device call starts a fresh shell on the same warm machine (it goes back after about 30 s idle: make",
-            "the calls back to back); /tmp/site and the ignored data/gpu-check stay between calls, exports do not.",
-            "", "```",
-            'EXTRA="lmdb av pytest simplejpeg" bash ../shared/tools/device-wheels.sh   # here: wheels in groups, .whl/',
-            '# device, one call per group:  carry [".whl/gK"]',
-            "mkdir -p /tmp/whl && cp .whl/gK/* /tmp/whl/",
-            "# device, then one call per line (each at most 10 minutes; 20 in all on one H100):",
-            "bash /tmp/whl/install.sh && export PYTHONPATH=/tmp/site:$PYTHONPATH && python3 -m bench.gpu_check "
-            "--step tests --step data",
-            "export PYTHONPATH=/tmp/site:$PYTHONPATH && python3 -m bench.gpu_check --step images --step meter",
-            "export PYTHONPATH=/tmp/site:$PYTHONPATH && python3 -m bench.gpu_check --step nvdec",
-            "# each call copies this report and results/<step>.json to $OUT: copy benchmarks-gpu.md over docs/",
+def _how_to_run() -> list[str]:
+    return ["## Running it", "", "```",
+            "make gpu-check                                # every step, headline measurements first",
+            "make gpu-check ARGS=\"--time-limit 420\"       # a first contact: the steps that fit in 7 minutes",
+            "make gpu-check STEP=\"images nvdec\"           # chosen steps; the report keeps earlier results",
+            "python3 -m bench.gpu_check --copy-to DIR      # without the .venv; also copies the report to DIR",
             "```", "",
-            "With the .venv and a GPU: `make gpu-check` (every step) or `make gpu-check STEP=meter`; without CUDA it",
-            "stops at once with one line (exit status 2). Exit status 1 names each goal missed.", ""]
+            "Without CUDA it stops at once with one line (exit status 2). Exit status 1 names each goal missed.", ""]
 
 
 def load_results(cache: str) -> dict[str, dict]:
@@ -397,14 +390,15 @@ def save(cache: str, step: str, result: dict) -> None:
         json.dump(result, f, indent=1, default=str)
 
 
-def publish(cache: str, report: str = REPORT) -> str:
-    """Rewrites the report from every saved result; copies it and the results to $OUT when set."""
+def publish(cache: str, report: str = REPORT, copy_to: str = "") -> str:
+    """Rewrites the report from every saved result; copies it and the results to `copy_to` when given."""
     text = render(load_results(cache))
     os.makedirs(os.path.dirname(report) or ".", exist_ok=True)
     with open(report, "w") as f:
         f.write(text)
-    out = os.environ.get("OUT")
-    if out and os.path.isdir(out):
+    out = copy_to
+    if out:
+        os.makedirs(out, exist_ok=True)
         shutil.copy(report, os.path.join(out, os.path.basename(report)))
         for path in glob.glob(os.path.join(cache, "results", "*.json")):
             shutil.copy(path, os.path.join(out, os.path.basename(path)))
@@ -414,7 +408,8 @@ def publish(cache: str, report: str = REPORT) -> str:
 # --------------------------------------------------------------------------------------------- main
 
 
-RUNNERS = {"tests": step_tests, "data": step_data, "images": step_images, "meter": step_meter, "nvdec": step_nvdec}
+RUNNERS = {"tests": step_tests, "meter": step_meter, "data": step_data, "meter_vit": step_meter_vit,
+           "images": step_images, "nvdec": step_nvdec}
 
 
 def run_step(step: str, s: Settings) -> dict:
@@ -433,32 +428,43 @@ def parse_args(argv):
     p.add_argument("--step", action="append", choices=STEPS, help="repeatable; default: every step in order")
     p.add_argument("--cache", default=Settings.cache, help="generated data and results/*.json")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from saved results, run nothing")
-    return p.parse_args(argv)
+    p.add_argument("--time-limit", type=float, default=0, help="start no step after this many seconds (0: no limit)")
+    p.add_argument("--copy-to", default="", help="also copy the report and results/*.json to this folder")
+    args = p.parse_args(argv)
+    if not (args.time_limit >= 0 and args.time_limit != float("inf")):
+        p.error(f"--time-limit must be a finite number of seconds >= 0, got {args.time_limit}")
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.report_only:
-        publish(args.cache)
+        publish(args.cache, copy_to=args.copy_to)
         return 0
     import torch
 
     if not torch.cuda.is_available():
         print("gpu-check: no CUDA device here (torch.cuda.is_available() is False): nothing run; "
-              "run it on a machine lent a GPU")
+              "run it on a machine with an NVIDIA GPU")
         return 2
-    s = Settings(cache=args.cache)
-    missed = []
+    s, start = Settings(cache=args.cache), time.time()
+    missed, skipped = [], []
     for step in args.step or STEPS:
+        if args.time_limit and time.time() - start > args.time_limit:
+            skipped.append(step)
+            continue
         print(f"gpu-check: {step} ...", flush=True)
         result = run_step(step, s)
         save(s.cache, step, result)
-        publish(s.cache)
+        publish(s.cache, copy_to=args.copy_to)
         print(result["table"], flush=True)
         missed += [f"{step}: {g['name']}: {g['value']} (goal {g['target']})" for g in result["goals"] if not g["met"]]
     for line in missed:
         print(f"gpu-check: goal missed: {line}")
-    print(f"gpu-check: report written to {REPORT}" + (f" and {os.environ['OUT']}" if os.environ.get("OUT") else ""))
+    if skipped:
+        print(f"gpu-check: not started within --time-limit {args.time_limit:g} s: {', '.join(skipped)} "
+              f"(run them with --step)")
+    print(f"gpu-check: report written to {REPORT}" + (f" and {args.copy_to}" if args.copy_to else ""))
     return 1 if missed else 0
 
 

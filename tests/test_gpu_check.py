@@ -43,17 +43,18 @@ def test_report_lists_goals_machine_and_commands(tmp_path, monkeypatch):
                                           goal("data wait i3d_resnet50 (bar 2.0 %)", 1.6, "< 1.0 %", False)]),
                "data": _result("data", [goal("bench-data kinetics: ratio", 0.91, ">= 0.8", True)], "a table")}
     text = render(results)
-    assert text.index("## data") < text.index("## meter")  # in step order
+    assert text.index("## meter") < text.index("## data")  # in step order: the headline meter first
     assert "| meter | data wait i3d_resnet50 (bar 2.0 %) | 1.6 | < 1.0 % | **no** |" in text
     assert "gpu NVIDIA H100, dali 2.4.0" in text and "cmd data" in text and "a table" in text
-    assert "No step has run" in render({}) and "device-wheels.sh" in render({})
+    assert "No step has run" in render({}) and "make gpu-check" in render({})
+    assert "Not run yet: tests, meter_vit, images, nvdec." in text
+    assert not any(word in render({}) + gpu_check.__doc__ for word in ("$OUT", "/tmp/whl", "carry", "device call"))
     cache, out = tmp_path / "cache", tmp_path / "out"
     out.mkdir()
     for step, r in results.items():
         gpu_check.save(str(cache), step, r)
-    monkeypatch.setenv("OUT", str(out))
     report = tmp_path / "docs" / "benchmarks-gpu.md"
-    assert gpu_check.publish(str(cache), str(report)) == report.read_text() == text
+    assert gpu_check.publish(str(cache), str(report), copy_to=str(out)) == report.read_text() == text
     assert sorted(os.listdir(out)) == ["benchmarks-gpu.md", "data.json", "meter.json"]
 
 
@@ -63,7 +64,7 @@ def test_exit_status_names_each_missed_goal(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(gpu_check, "machine", lambda: {"gpu": "fake"})
     monkeypatch.setattr(gpu_check, "REPORT", str(tmp_path / "report.md"))
-    monkeypatch.setattr(gpu_check, "publish", lambda cache: "")
+    monkeypatch.setattr(gpu_check, "publish", lambda cache, copy_to="": "")
     monkeypatch.setitem(gpu_check.RUNNERS, "data", lambda s: {"command": "c", "table": "t",
                                                               "goals": [goal("ratio", 0.5, ">= 0.8", False)]})
     monkeypatch.setitem(gpu_check.RUNNERS, "images", lambda s: 1 / 0)  # a broken step is recorded, not fatal
@@ -104,3 +105,26 @@ def test_nvdec_step_compares_the_three_stores_on_the_cpu(tmp_path):
     frames, video, reencoded = result["rows"]
     assert "frames" in frames["store"] and "source vp9" in video["store"] and "--reencode vp9" in reencoded["store"]
     assert all(r["clips_per_s"] > 0 and r["mb"] > 0 for r in result["rows"]) and all(g["met"] for g in result["goals"])
+
+
+def test_time_limit_starts_no_step_after_it(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu_check, "machine", lambda: {"gpu": "fake"})
+    monkeypatch.setattr(gpu_check, "REPORT", str(tmp_path / "report.md"))
+    monkeypatch.setattr(gpu_check, "publish", lambda cache, copy_to="": "")
+    ran = []
+
+    def slow(step):
+        def run(s):
+            ran.append(step)
+            time.sleep(0.3)
+            return {"command": "c", "table": "t", "goals": []}
+        return run
+
+    for step in gpu_check.STEPS:
+        monkeypatch.setitem(gpu_check.RUNNERS, step, slow(step))
+    assert gpu_check.main(["--time-limit", "0.5", "--cache", str(tmp_path / "cache")]) == 0
+    assert ran == ["tests", "meter"]  # headline steps first; the third would start after 0.6 s
+    assert "not started within --time-limit 0.5 s: data, meter_vit, images, nvdec" in capsys.readouterr().out
