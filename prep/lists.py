@@ -88,6 +88,21 @@ def check_class_names(names: list, source: str, what: str = "entry") -> None:
         first[name] = i
 
 
+def class_order_change(recorded, current) -> str | None:
+    """None when `current` is the class list `recorded` (a checkpoint's, in label order), else its first
+    difference in words; a checkpoint that records no classes (None) has nothing to compare."""
+    if recorded is None or list(recorded) == list(current):
+        return None
+    recorded, current = list(recorded), list(current)
+    for i, (a, b) in enumerate(zip(recorded, current)):
+        if a != b:
+            return f"label {i} is {a!r} in the checkpoint, {b!r} in the data"
+    shorter, what = (current, "the data") if len(current) < len(recorded) else (recorded, "the checkpoint")
+    extra = (recorded if shorter is current else current)[len(shorter)]
+    return (f"{len(recorded)} classes in the checkpoint, {len(current)} in the data: label {len(shorter)} "
+            f"({extra!r}) is missing from {what}")
+
+
 def _json_class_list(path: str) -> list[str]:
     try:
         with open(path, "rb") as f:

@@ -20,6 +20,8 @@ from models import tuning
 from models.profile import has_convs, to_channels_last
 from pipelines import protocols
 from pipelines.sampling import ClipSpec, check_groups
+from prep.lists import class_order_change
+
 from .config import ConfigError, TrainConfig
 
 
@@ -73,6 +75,7 @@ def build_model(cfg: TrainConfig, num_classes: int, d: Dist, classes=()) -> torc
                                      pretrained=cfg.pretrained or None, **args)
     except TypeError as e:  # an argument the model's builder does not take
         raise ConfigError(f"config key 'model_args' {cfg.model_args}: {cfg.model} refuses it ({e})") from None
+    _check_pretrained_classes(cfg, model, num_classes, classes, text_head="class_names" in args)
     if cfg.sampling or cfg.frame_stride:  # e.g. a dense-sampling model fine-tuned with TSN sampling on SSv2
         contract = model.input_contract
         model.input_contract = contract.replace(sampling=cfg.sampling or contract.sampling,
@@ -85,6 +88,19 @@ def build_model(cfg: TrainConfig, num_classes: int, d: Dist, classes=()) -> torc
     if cfg.channels_last and d.device.type == "cuda" and has_convs(model):
         to_channels_last(model)
     return model
+
+
+def _check_pretrained_classes(cfg: TrainConfig, model, num_classes: int, classes, text_head: bool) -> None:
+    """A classifier fine-tuned as it was loaded (same size) must see the classes in the order it learned them;
+    a new classifier (another size) or a text classifier (it embeds the names themselves) has no order to keep."""
+    learned = getattr(model, "pretrained_classes", None)
+    if text_head or learned is None or len(learned) != num_classes:
+        return
+    moved = class_order_change(list(learned)[:len(classes)], classes)
+    if moved:
+        raise ConfigError(f"config key 'pretrained': {cfg.pretrained} has a classifier of the same size whose "
+                          f"classes differ from the data's ({moved}); prep the data with --classes FILE in the "
+                          "checkpoint's order")
 
 
 def check_sampling(cfg: TrainConfig, contract) -> None:
