@@ -80,7 +80,7 @@ def parse_video_lists(lists: list[str], root: str, classes_file: str | None = No
     classes, scope = _list_classes([e.label for _, _, e in rows if e.label is not None], classes_file, num_classes,
                                    given)
     index = {name: i for i, name in enumerate(classes)}
-    for _, path, e in rows:
+    for _, path, e in rows if given else ():  # labels inferred from the lists are their names
         _check_numeric_label(path, e, classes, index)
     tasks = [_list_task(split, e.path, e.label, root, classes, index, scope) for split, _, e in rows]
     if not allow_outside_root:

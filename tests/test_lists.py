@@ -224,3 +224,8 @@ def test_predict_scores_a_video_named_txt_and_a_labelled_list(videos, ckpt, tmp_
     assert result["predicted"] == 2 and result["unreadable"] == 0
     assert f"{video_named_txt}: binary content, read as a video" in captured.err
     assert f"{labelled}: text, read as a list of 1 videos, labels ignored" in captured.err
+
+
+def test_labels_inferred_from_the_lists_are_names_even_when_numeric(tmp_path):
+    """Without --classes the labels are the class names themselves: "1" names class "1", never index 1."""
+    assert _labels(tmp_path, ["a.mp4 1", "b.mp4 jumping"]) == [("a.mp4", "1"), ("b.mp4", "jumping")]
