@@ -18,8 +18,8 @@ the name of another class is refused as ambiguous. Separators, in this order:
 - otherwise fields are separated by spaces, and a field that contains spaces is written in double quotes:
   `"my videos/a.mp4" "playing guitar"`;
 - an unquoted line with more than two fields (`a.mp4 playing guitar`) is split where its end names a known class
-  or class index (of `--classes` or `--num-classes`, or the model's in `eval predict`), if exactly one split does; otherwise it is refused as
-  ambiguous with its line number, never split at a guess.
+  or class index (of `--classes` or `--num-classes`, or the model's in `eval predict`), if exactly one split
+  does; otherwise it is refused as ambiguous with its line number, never split at a guess.
 """
 from __future__ import annotations
 
