@@ -189,7 +189,7 @@ class Trainer:
         moved = class_order_change(state.get("classes"), self.classes)
         if moved:
             unsafe.insert(0, f"classes: {moved} (the data was prepped again with other classes or in another "
-                             "order; prep it with --classes FILE in the run's order)")
+                             "order; prep it again in the run's order: python -m prep videos ... --classes FILE)")
         if state["epoch"] > self.cfg.epochs:
             unsafe.append(f"epochs: the run has trained {state['epoch']}, more than {self.cfg.epochs}")
         if unsafe:

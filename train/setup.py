@@ -99,8 +99,8 @@ def _check_pretrained_classes(cfg: TrainConfig, model, num_classes: int, classes
     moved = class_order_change(list(learned)[:len(classes)], classes)
     if moved:
         raise ConfigError(f"config key 'pretrained': {cfg.pretrained} has a classifier of the same size whose "
-                          f"classes differ from the data's ({moved}); prep the data with --classes FILE in the "
-                          "checkpoint's order")
+                          f"classes differ from the data's ({moved}); prep the data again in its order: "
+                          "python -m prep videos ... --classes FILE")
 
 
 def check_sampling(cfg: TrainConfig, contract) -> None:
