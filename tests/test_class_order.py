@@ -13,6 +13,10 @@ from prep import open_dataset
 from prep.__main__ import main as prep_main
 from prep.lists import class_order_change
 from train.__main__ import main as train_main
+from train.config import TrainConfig, apply
+from train.setup import Dist, build_model
+
+CPU = Dist(0, 1, 0, torch.device("cpu"))
 
 BASE = ["--model", "tsn_tiny", "--batch-size", "4", "--py-workers", "1", "--threads", "1", "--amp", "none",
         "--optimizer", "adamw", "--lr", "0.002", "--eval-every", "0", "--max-steps", "1", "--no-progress"]
@@ -71,11 +75,21 @@ def test_fine_tuning_a_same_size_head_on_another_class_order_is_refused(stores, 
     assert train_main([*BASE, "--data", str(b), "--output", str(tmp_path), "--name", "tuned", "--epochs", "1",
                        "--pretrained", pretrained]) == 2
     err = _one_error(capsys.readouterr().err)
-    assert "config key 'pretrained'" in err and "label 0 is" in err, err
+    assert "config key 'pretrained'" in err and "label 0 is" in err and "--remap-head" in err, err
     assert not os.path.exists(tmp_path / "tuned" / "last.pt")
     # the same order fine-tunes
     assert train_main([*BASE, "--data", str(a), "--output", str(tmp_path), "--name", "same", "--epochs", "1",
                        "--pretrained", pretrained]) == 0
+    # asked for, the classifier's rows follow the class names: the data's label i gets the row its name had
+    learned = torch.load(pretrained, map_location="cpu", weights_only=True)
+    reversed_classes = open_dataset(str(b), "train").classes
+    cfg = apply(TrainConfig(), {"model": "tsn_tiny", "data": str(b), "pretrained": pretrained, "remap_head": True},
+                "test")
+    model = build_model(cfg, len(reversed_classes), CPU, reversed_classes)
+    order = [learned["classes"].index(c) for c in reversed_classes]
+    assert order != list(range(len(order)))
+    for key in ("fc.weight", "fc.bias"):
+        assert torch.equal(model.state_dict()[key], learned["model"][key][order])
 
 
 def test_the_first_difference_in_words():

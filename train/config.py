@@ -48,6 +48,8 @@ class TrainConfig:
     pretrained: str = _key("", "model", "weights to start from: a checkpoint of this toolkit or of the source "
                            "projects, or image weights (timm, torchvision, CLIP); a classifier of another size is "
                            "re-initialised")
+    remap_head: bool = _key(False, "model", "with pretrained: a classifier of the data's classes in another order is "
+                            "reordered by class name to the data's (without it, such a classifier is refused)")
     model_args: dict = _key({}, "model", "the model builder's arguments, checked against its signature; "
                             "class_names: dataset = the training split's class names (a text classifier)")
     grad_checkpointing: bool = _key(False, "model", "recompute block activations in backward: less memory, about "
