@@ -2,8 +2,10 @@
 [--classes FILE] [--chunk N]
 
 Classifies video files as they are, with no prep step for the user: any file PyAV opens (H.264, HEVC, VP9, AV1,
-MPEG-4, MJPEG, ... in mp4, webm, mkv, avi, ...), every video below a folder, or the paths of a list file (.txt,
-.lst or .list: one path per line, relative to the list's folder). Prints each video's top classes with their
+MPEG-4, MJPEG, ... in mp4, webm, mkv, avi, ...), every video below a folder, or the paths of a list file (one path
+per line, relative to the list's folder, with or without labels: prep's video-list format, prep/lists.py). A file
+is a list when its content is text, a video otherwise, whatever its name (a video called x.txt is a video), and
+predict says on stderr how it read each such file. Prints each video's top classes with their
 probabilities, and one line with the reason for each file that cannot be read; --json prints one JSON object.
 Exit status 1 only when no video could be predicted.
 
@@ -39,11 +41,11 @@ import time
 from prep.decode import DecodeOptions
 from prep.guard import PrepInterrupted, stop_on_signals
 from prep.runner import JobOptions, NothingStored, read_jsonl, run_prep
-from prep.tasks import VIDEO_EXTENSIONS, Task, number_tasks, read_classes_file
+from prep.lists import ListError, looks_like_text, read_class_list, read_video_list
+from prep.tasks import VIDEO_EXTENSIONS, Task, number_tasks
 
 from .__main__ import add_view_args, augment_overrides
 
-LIST_EXTENSIONS = (".txt", ".lst", ".list")
 # what a folder is searched for (a file named on the command line is tried whatever its name)
 FOLDER_EXTENSIONS = VIDEO_EXTENSIONS + (".mpg", ".mpeg", ".ts", ".m2ts", ".wmv", ".3gp", ".ogv", ".mjpeg", ".gif")
 SPLIT = "test"
@@ -57,10 +59,13 @@ class PredictError(ValueError):
     """A one-line refusal (no class names, an image checkpoint, no video given)."""
 
 
-def collect_videos(inputs: list[str]) -> tuple[list[str], list[dict]]:
-    """(video paths in the order given, each once; [{"video", "reason"}] for inputs that name no video at all).
-    A path that does not exist is kept: prep rejects it with its reason like any other unreadable file."""
-    videos, empty = [], []
+def collect_videos(inputs: list[str], classes: list[str] | None = None) -> tuple[list[str], list[dict], list[dict]]:
+    """(video paths in the order given, each once; [{"video", "reason"}] for inputs that name no video at all;
+    [{"input", "read_as", ...}] saying how each file that could be either was read). A file is a list when its
+    content is text (prep.lists.looks_like_text), a video otherwise, whatever its name; a list's labels (read
+    with `classes`, the model's) are not used. A path that does not exist is kept: prep rejects it with its reason
+    like any other unreadable file."""
+    videos, empty, readings = [], [], []
     for item in inputs:
         if os.path.isdir(item):
             found = sorted(os.path.join(d, n) for d, _, names in os.walk(item) for n in names
@@ -68,40 +73,48 @@ def collect_videos(inputs: list[str]) -> tuple[list[str], list[dict]]:
             videos += found
             if not found:
                 empty.append({"video": item, "reason": f"folder without video files ({' '.join(FOLDER_EXTENSIONS)})"})
-        elif item.lower().endswith(LIST_EXTENSIONS) and os.path.isfile(item):
-            videos += _read_path_list(item)
+        elif os.path.isfile(item) and looks_like_text(item):
+            listed, labelled = _read_path_list(item, classes)
+            videos += listed
+            readings.append({"input": item, "read_as": "list", "videos": len(listed), "labels_ignored": labelled})
+            if not listed:
+                empty.append({"video": item, "reason": "list file without videos"})
         else:
             videos.append(item)
+            if os.path.isfile(item) and not item.lower().endswith(FOLDER_EXTENSIONS):
+                readings.append({"input": item, "read_as": "video"})
     seen, unique = set(), []
     for v in videos:
         key = os.path.normpath(os.path.abspath(v))
         if key not in seen:
             seen.add(key)
             unique.append(v)
-    return unique, empty
+    return unique, empty, readings
 
 
-def _read_path_list(path: str) -> list[str]:
+def _read_path_list(path: str, classes: list[str] | None) -> tuple[list[str], bool]:
+    """(the list's video paths, relative ones to the list's folder; whether its lines carry labels)."""
     base = os.path.dirname(path)
-    with open(path) as f:
-        lines = [line.strip() for line in f]
-    return [line if os.path.isabs(line) else os.path.join(base, line)
-            for line in lines if line and not line.startswith("#")]
+    entries = read_video_list(path, classes)
+    return [e.path if os.path.isabs(e.path) else os.path.join(base, e.path) for e in entries], \
+        any(e.label is not None for e in entries)
+
+
+def reading_text(reading: dict) -> str:
+    """How an input file was read, as predict says it on stderr."""
+    if reading["read_as"] == "video":
+        return f"{reading['input']}: binary content, read as a video"
+    labels = ", labels ignored" if reading["labels_ignored"] else ""
+    return f"{reading['input']}: text, read as a list of {reading['videos']} videos{labels}"
 
 
 def read_class_names(path: str) -> list[str]:
-    """One name per line, or a JSON list (prep's classes.json) or {name: index} object (SSv2's labels.json)."""
-    if not os.path.isfile(path):
-        raise PredictError(f"class list not found: {path}")
-    if not path.lower().endswith(".json"):
-        return read_classes_file(path)
-    with open(path) as f:
-        names = json.load(f)
-    if isinstance(names, dict):
-        names = [name for name, _ in sorted(names.items(), key=lambda kv: int(kv[1]))]
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise PredictError(f"{path}: expected a JSON list of class names or an object {{name: index}}")
-    return names
+    """One name per line, or a JSON list (prep's classes.json) or {name: index} object (SSv2's labels.json): the
+    format and checks of prep.lists.read_class_list."""
+    try:
+        return read_class_list(path)
+    except ListError as e:
+        raise PredictError(str(e)) from None
 
 
 def model_classes(ckpt: str, rec, classes_file: str | None) -> list[str]:
@@ -145,14 +158,14 @@ def predict(inputs: list[str], ckpt: str, d, classes_file: str | None = None, wo
 
     from .run import _run_config
 
-    videos, unreadable = collect_videos(inputs)
-    if not videos and not unreadable:
+    if not inputs:
         raise PredictError("no video given")
     rec = recognize_file(ckpt, view.get("use_ema", True))
     cfg = _run_config(rec)
     if cfg.get("task", "video") == "image":
         raise PredictError(f"{ckpt} is an image pre-training checkpoint: predict classifies videos")
     classes = model_classes(ckpt, rec, classes_file)
+    videos, unreadable, readings = collect_videos(inputs, classes)
     size = chunk or chunk_size(len(videos), overlap=d.device.type == "cuda")
     chunks = [videos[i:i + size] for i in range(0, len(videos), size)]
     prep_args = (classes, decode_options(cfg["data"]), workers or os.cpu_count() or 1, progress)
@@ -163,7 +176,7 @@ def predict(inputs: list[str], ckpt: str, d, classes_file: str | None = None, wo
     rows = [_row(v, scores[v], classes, top) if v in scores else {"video": v, "reason": failed.get(v, "not scored")}
             for v in videos] + unreadable
     return {"checkpoint": ckpt, "model": rec.model,
-            **{k: summary.get(k) for k in ("clips", "crops", "twice_sample", "views", "protocol")},
+            **{k: summary.get(k) for k in ("clips", "crops", "twice_sample", "views", "protocol")}, "inputs": readings,
             "predicted": len(scores), "unreadable": len(rows) - len(scores), "chunks": len(chunks),
             "seconds": dict(seconds, total=round(time.time() - start, 2)), "videos": rows}
 
@@ -331,7 +344,7 @@ def print_text(result: dict) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval predict", description=__doc__.splitlines()[0])
     p.add_argument("inputs", nargs="+", metavar="VIDEO", help="video files, folders (searched recursively) or list "
-                   "files (.txt/.lst/.list, one path per line)")
+                   "files (text: one path per line, labels allowed; told apart from videos by content)")
     add_view_args(p, data=False)
     p.add_argument("--classes", help="class names, one per line in the model's order, or a classes.json (needed for "
                    "the source projects' files, which record none)")
@@ -368,6 +381,8 @@ def main(argv=None) -> int:
     except PrepInterrupted as e:  # its background prep stopped
         print(f"eval predict: interrupted by {signal.Signals(e.signum).name}", file=sys.stderr)
         return e.exit_code
+    for reading in result["inputs"]:
+        print(f"eval predict: {reading_text(reading)}", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:

@@ -10,6 +10,8 @@ import sys
 
 import torch
 
+from prep.lists import read_class_list
+
 from . import create_model, list_models
 from . import zoo
 from .profile import count_params, describe
@@ -56,15 +58,6 @@ def cmd_info(args) -> None:
     print(f"  GFLOPs/view  {info['gflops']:.2f} (multiply-accumulates, {args.num_classes} classes)")
 
 
-def _class_names(path: str) -> list[str]:
-    """A prepped dataset's classes.json (or its folder), or a text file with one class name per line."""
-    path = os.path.join(path, "classes.json") if os.path.isdir(path) else path
-    with open(path) as f:
-        text = f.read()
-    names = json.loads(text) if path.endswith(".json") else [line.strip() for line in text.splitlines()]
-    return [str(n) for n in names if str(n)]
-
-
 def _recognise(args) -> tuple:
     """(Recognized, model or None, overrides): the file through models.from_checkpoint's two halves; the model
     is built and loaded unless the origin needs what was not given (e.g. class names)."""
@@ -72,7 +65,7 @@ def _recognise(args) -> tuple:
 
     overrides = {} if args.frames is None else {"num_frames": args.frames}
     if args.classes:
-        overrides["class_names"] = _class_names(args.classes)
+        overrides["class_names"] = read_class_list(args.classes)  # a dataset folder, .json or text
     rec = recognize_file(args.ckpt, **overrides)
     if any(k not in overrides for k in rec.needs):
         return rec, None, overrides

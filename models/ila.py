@@ -33,6 +33,8 @@ from timm.models.vision_transformer import Block, init_weights_vit_timm
 from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation
 
+from prep.lists import check_class_names
+
 from .checkpoints import Checkpoint, CheckpointError, Recognized, register_origin
 from .clip_text import CLIP_BLOCK_RENAMES, CLIPTextEncoder, clip_text_args, convert_clip_text, rename, tokenize
 from .registry import IMAGENET_MEAN, IMAGENET_STD, register_model
@@ -361,6 +363,8 @@ class ILA(VideoViT):
 
 
 def _check_class_names(num_classes: int, class_names: list[str] | None) -> None:
+    if class_names:
+        check_class_names(list(class_names), "class_names")  # blank, padded or repeated names: prep.lists' rules
     if class_names and len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for num_classes={num_classes}")
 

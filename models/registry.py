@@ -6,6 +6,8 @@ configures itself from the model and never the other way round.
 from __future__ import annotations
 
 import fnmatch
+import inspect
+import typing
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
@@ -87,6 +89,32 @@ def resolve_name(name: str) -> str:
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise ValueError(f"unknown model {name!r} (`python -m models list` shows all){hint}")
     return name
+
+
+def builder_arg_types(name: str) -> dict:
+    """{argument: annotation} of what a model's builder takes by keyword: its own annotated parameters and, where it
+    passes **kwargs on to the class its return annotation names, that class's. For checking `model_args` before
+    anything is built; an annotation that does not resolve is left out (the builder checks its own)."""
+    fn = _entrypoints[resolve_name(name)]
+    targets = [fn]
+    returned = _hints(fn).get("return")
+    takes_more = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+    if takes_more and isinstance(returned, type):
+        targets.append(returned.__init__)
+    found = {}
+    for target in targets:
+        hints = _hints(target)
+        for pname, param in inspect.signature(target).parameters.items():
+            if pname in hints and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+                found.setdefault(pname, hints[pname])
+    return found
+
+
+def _hints(fn) -> dict:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # a name only a type checker sees: nothing to check by
+        return {}
 
 
 def create_model(

@@ -71,6 +71,7 @@ def load_pretrained(model: nn.Module, path: str) -> None:
     if recognized is not None:
         check_same_architecture(model, recognized, path)
         load_recognized(model, recognized, path, reset_head=True)
+        model.pretrained_classes = recognized.classes  # for the caller to check its data's order (None: unknown)
         log.info("loaded %s weights from %s", recognized.origin, path)
         return
     sd = ckpt.state_dict

@@ -62,11 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m prep", description="Decode videos once into shards.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("videos", help="a video list: lines 'relative/path label' (or 'relative/path' alone: an "
-                       "unlabelled test list)")
+                       "unlabelled test list); a label with spaces after a tab or in double quotes (prep/lists.py)")
     p.add_argument("--list", action="append", required=True, metavar="[SPLIT=]LIST",
                    help="repeatable; the split defaults to train/val/test from the file name")
     p.add_argument("--root", required=True, help="folder the list's paths are relative to")
-    p.add_argument("--classes", help="class names, one per line (line = label); default: from the lists")
+    p.add_argument("--classes", help="class names, one per line (line = label; no blank, padded or repeated "
+                   "line); default: from the lists")
     p.add_argument("--num-classes", type=int, help="numeric labels run 0..N-1 (default: inferred from the lists)")
     p.add_argument("--allow-outside-root", action="store_true",
                    help="store list entries that lie outside --root (absolute paths, ../); rejected by default")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import re
 
-from .tasks import Task, _classes_from_labels, _first_existing, _read_json, kinetics_tasks, read_classes_file
+from .lists import read_class_list
+from .tasks import Task, _classes_from_labels, _first_existing, _read_json, kinetics_tasks
 
 SPLIT_IDS = (1, 2, 3)
 
@@ -31,7 +32,7 @@ def restrict_to_classes(tasks: list[Task], classes: list[str], subset_file: str)
     and so are unlabelled test videos: which of them belong to the subset is unknown."""
     if not os.path.isfile(subset_file):
         raise ValueError(f"subset class list not found: {subset_file}")
-    wanted = read_classes_file(subset_file)
+    wanted = read_class_list(subset_file)
     known = {_class_key(name): name for name in classes}
     unknown = [name for name in wanted if _class_key(name) not in known]
     if unknown:

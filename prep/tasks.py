@@ -14,6 +14,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from .lists import ListError, read_class_list, read_video_list
+
 SPLITS = ("train", "val", "test")
 MAX_CLASSES = 1_000_000  # a class list past this is a typo, and its names alone would fill memory
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv")
@@ -58,21 +60,14 @@ def split_of_list(path: str) -> str:
     return "train"
 
 
-def read_classes_file(path: str) -> list[str]:
-    with open(path) as f:
-        names = [line.strip() for line in f if line.strip()]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{path}: duplicate class names")
-    return names
-
-
 def parse_video_lists(lists: list[str], root: str, classes_file: str | None = None, num_classes: int | None = None,
                       allow_outside_root: bool = False) -> tuple[list[Task], list[str]]:
     """`lists` entries are `PATH` or `SPLIT=PATH`; each line of a list is `relative/path label`, or in an
-    unlabelled list (a test set) `relative/path` alone.
+    unlabelled list (a test set) `relative/path` alone (the format: prep.lists, read by `read_video_list`).
 
     Labels are class names or numbers into the class list: that of `classes_file`, else 0..num_classes-1, else
     inferred from the lists; a label outside it is a reject. So is a path outside `root` unless allowed."""
+    given = _given_classes(classes_file, num_classes)
     rows = []
     for entry in lists:
         split, _, path = entry.rpartition("=") if "=" in entry else ("", "", entry)
@@ -81,10 +76,13 @@ def parse_video_lists(lists: list[str], root: str, classes_file: str | None = No
             raise ValueError(f"unknown split {split!r} in --list {entry!r}; expected one of {SPLITS}")
         if not os.path.isfile(path):
             raise ValueError(f"video list not found: {path}")
-        rows += [(split, *r) for r in _read_list(path)]
-    classes, scope = _list_classes([r[2] for r in rows if r[2] is not None], classes_file, num_classes)
+        rows += [(split, path, e) for e in read_video_list(path, given)]
+    classes, scope = _list_classes([e.label for _, _, e in rows if e.label is not None], classes_file, num_classes,
+                                   given)
     index = {name: i for i, name in enumerate(classes)}
-    tasks = [_list_task(split, rel, label, root, classes, index, scope) for split, rel, label in rows]
+    for _, path, e in rows if given else ():  # labels inferred from the lists are their names
+        _check_numeric_label(path, e, classes, index)
+    tasks = [_list_task(split, e.path, e.label, root, classes, index, scope) for split, _, e in rows]
     if not allow_outside_root:
         for t in tasks:
             if not t.reject and _outside(root, t.id):
@@ -100,38 +98,41 @@ def _outside(root: str, rel: str) -> bool:
     return os.path.commonpath([base, os.path.normpath(os.path.join(base, rel))]) != base
 
 
-def _list_classes(labels: list[str], classes_file: str | None, num_classes: int | None) -> tuple[list[str], str]:
-    """The class list and how to name it in a reject."""
+def _given_classes(classes_file: str | None, num_classes: int | None) -> list[str] | None:
+    """The class list given on the command line (--classes or --num-classes), read before the video lists."""
     if classes_file and num_classes is not None:
         raise ValueError("give --classes or --num-classes, not both")
     if classes_file:
-        classes = read_classes_file(classes_file)
-        return classes, f"the {len(classes)} classes of {classes_file}"
+        return read_class_list(classes_file)
     if num_classes is not None:
         if not 1 <= num_classes <= MAX_CLASSES:
             raise ValueError(f"--num-classes must be from 1 to {MAX_CLASSES}, got {num_classes}")
+        return [str(i) for i in range(num_classes)]
+    return None
+
+
+def _list_classes(labels: list[str], classes_file: str | None, num_classes: int | None,
+                  given: list[str] | None) -> tuple[list[str], str]:
+    """The class list and how to name it in a reject."""
+    if classes_file:
+        return given, f"the {len(given)} classes of {classes_file}"
+    if num_classes is not None:
         if not all(re.fullmatch(r"\d+", x) for x in labels):
             raise ValueError("--num-classes needs numeric labels; the lists hold class names (use --classes)")
-        return [str(i) for i in range(num_classes)], f"--num-classes {num_classes}"
+        return given, f"--num-classes {num_classes}"
     classes = _classes_from_labels(labels)
     return classes, (f"the {len(classes)} classes inferred from the lists "
                      "(pass --num-classes or --classes if the label is right)")
 
 
-def _read_list(path: str) -> list[tuple[str, str | None]]:
-    """(relative path, label) per line; label None throughout a list of bare paths. A list is labelled on
-    every line or on none: a line without a label in a labelled list is an error, not an unlabelled video."""
-    lines = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if line and not line.startswith("#"):
-                lines.append((n, line.rsplit(maxsplit=1)))
-    bare = [n for n, parts in lines if len(parts) == 1]
-    if bare and len(bare) != len(lines):
-        raise ValueError(f"{path}:{bare[0]}: no label, but other lines of the list have one "
-                         "(label every line, or none for an unlabelled test list)")
-    return [(parts[0], None if bare else parts[1]) for _, parts in lines]
+def _check_numeric_label(path: str, entry, classes: list[str], index: dict) -> None:
+    """A number that names one class and indexes another cannot be read either way: refused with its line."""
+    label = entry.label
+    if label is None or not re.fullmatch(r"\d+", label) or label not in index:
+        return
+    if int(label) < len(classes) and index[label] != int(label):
+        raise ListError(f"{path}:{entry.line}: label {label} is ambiguous: the name of class {index[label]} "
+                        f"and the index of class {classes[int(label)]!r}; write the class name instead")
 
 
 def _classes_from_labels(labels: list[str]) -> list[str]:

@@ -70,5 +70,5 @@ def test_recipe_augment_keys(tmp_path):
                         (["--augment.erase_mode", "rand"], "erasing"),
                         (["--augment.flip_label_map", "[1, 2]"], "flip_label_map"),
                         (["--augment.flip_label_map", "{a: 1}"], "flip_label_map")):
-        with pytest.raises(ConfigError, match=f"'augment'.*{needle}"):
+        with pytest.raises(ConfigError, match=f"'augment.*{needle}"):
             load_config(["--config", str(recipe), "--data", "d", *bad])

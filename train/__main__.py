@@ -2,7 +2,8 @@
    python -m train average RUNDIR --top K [--out FILE]   (weights of the K best kept checkpoints, averaged)
 
 torchrun-compatible: `torchrun --nproc-per-node 8 -m train ...` (see `make train`).
-Every TrainConfig field is an option; unknown or ill-typed keys are a one-line error.
+Every TrainConfig field is an option (below, by group; also a key of --config's YAML file); an unknown key or a
+value not of its key's type (a YAML string for a number or a bool) is a one-line error before anything runs.
 """
 from __future__ import annotations
 
@@ -17,11 +18,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        from .config import TrainConfig
+        from .config import help_text
 
-        for k, v in TrainConfig().to_dict().items():
-            print(f"  --{k.replace('_', '-')} (default {v!r})")
+        print(__doc__ + help_text())
         return 0
     if argv and argv[0] == "average":
         return average(argv[1:])

@@ -5,122 +5,152 @@ Only `train` and `eval` see this object; models and pipelines get explicit argum
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
+import textwrap
 import typing
 from dataclasses import dataclass, field
 
 import yaml
 
+from .config_types import ConfigError, check_finite, check_type, read_text
 
-class ConfigError(ValueError):
-    """A one-line message naming the offending key."""
+
+GROUPS = ("data", "model", "optimizer", "schedule", "augmentation", "evaluation", "runtime")
+
+
+def _key(default, group: str, doc: str):
+    """A config field with its one-line description: the one source of `python -m train --help` and of the docs."""
+    assert group in GROUPS, group
+    meta = {"group": group, "doc": doc}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=type(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainConfig:
-    # what to train on
-    task: str = "video"  # video: a prepped dataset | image: an ImageNet-style folder (image pre-training)
-    model: str = "i3d_resnet50"
-    data: str = ""
-    dataset: str = ""  # informational (ssv2, kinetics400, synthetic)
-    train_split: str = "train"
-    val_split: str = "val"
-    num_classes: int = 0  # 0: from the dataset's class list
-    num_frames: int = 0  # 0: the model's default
-    sampling: str = ""  # "" : the model's | tsn | dense | frame_uniform (the model's input contract, overridden)
-    # whose frame sampling and test views: vidkit (the toolkit's) | ibm | sifar | mmaction | ila (pipelines/protocols)
-    protocol: str = "vidkit"
-    frame_stride: int = 0  # dense sampling's stride (0: the model's)
-    frames_per_group: int = 1  # tsn: IBM's frames_per_group, F frames in each of num_frames / F segments (F distinct
-    #   random offsets, the same in every segment; evaluation spreads them evenly); num_frames counts all of them
-    pretrained: str = ""
-    model_args: dict = field(default_factory=dict)  # the builder's; class_names: dataset = the split's class names
-    # model-side training switches (models.tuning)
-    grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more compute
-    frozen_stages: int = -1  # mmaction's: -1 nothing, 0 the stem, n the stem and the first n stages (CNNs)
-    norm_eval: bool = False  # every BatchNorm uses and keeps its running statistics; affines train (mmaction)
-    partial_bn: bool = False  # TSN's partial BN: every BatchNorm but the first frozen (statistics and affine)
-    frozen_bn: bool = False  # every BatchNorm a fixed affine map (statistics and affine frozen)
-    # data pipeline
-    batch_size: int = 8  # per process
-    py_workers: int = 0  # DALI source processes per rank (0: a share of the cores, pipelines.resources)
-    threads: int = 0  # DALI CPU threads per rank (0: the rank's share of the cores)
-    hw_decoder_load: float = 0.9  # share of the JPEG frames sent to the GPU's hardware decoder (DALI's default 0.65)
-    preallocate_width_hint: int = 0  # nvJPEG preallocation (0: from the dataset's largest stored frame)
-    preallocate_height_hint: int = 0
-    data_path: str = "auto"  # frames | video | auto
-    image_size: int = 0  # task image: training and evaluation crop (0: the model's crop size)
-    repeated_aug: int = 1  # repeated augmentation, R copies of a sample, each augmented on its own. task image:
-    #   timm's aug_repeats (an epoch keeps its length: N / R images, R times; a batch counts images). task video:
-    #   PySlowFast's AUG.NUM_SAMPLE (a step takes batch_size videos x R copies, each copy its own frames and
-    #   augmentation, labels repeated; an epoch reads every video once and keeps its steps; lr_base_batch counts videos)
-    repeated_aug_same_frames: bool = False  # task video, repeated_aug > 1: the copies share one frame sample and
-    #   differ only in augmentation (mmaction's RepeatAugDataset(sample_once=True), PySlowFast's single decode)
-    augment: dict = field(default_factory=dict)  # pipelines.AugmentConfig fields
-    # optimisation
-    epochs: int = 30
-    max_steps: int = 0  # stop after this many optimizer steps (benchmarks); 0: no limit
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    lr_base_batch: int = 0  # >0: lr is for this total batch and scales linearly with the real one
-    weight_decay: float = 5e-4
-    weight_decay_mult: list = field(default_factory=list)  # [[pattern, mult], ...] or {pattern: mult}: weight_decay x
-    #   mult (0 allowed) for the parameters whose name matches the fnmatch pattern (first match wins; mmcv's
-    #   custom_keys decay_mult); parameters that get no decay (below) keep none
-    decay_norm_bias: bool = False  # norms, biases and other 1-D parameters decay too (torch.optim's default: IBM's
-    #   train.py, mmaction without paramwise_cfg); off: timm's default, they get no decay. The model's
-    #   no_weight_decay() names (position embeddings, class tokens) get none either way
-    momentum: float = 0.9
-    nesterov: bool = True  # sgd: Nesterov momentum (IBM's recipes: off)
-    betas: list = field(default_factory=list)  # adamw, lamb: [beta1, beta2], e.g. ILA's [0.9, 0.98]; []: the
-    #   optimizer's own (0.9, 0.999)
-    lr_mult: list = field(default_factory=list)  # [[pattern, mult], ...] or {pattern: mult}: lr x mult for the
-    #   parameters whose name matches the fnmatch pattern (first match wins), e.g. {"fc.*": 10} (TSM's fc_lr5)
-    layer_decay: float = 0.0  # ViT/Swin: block i's lr x layer_decay**(depth - i) (BEiT/mmaction); 0: off
-    sched: str = "cosine"  # cosine | step (every decay_epochs) | multistep (at lr_steps) | none
-    sched_per_epoch: bool = False  # the schedule, warmup included, moves at epoch starts only (timm's t_in_epochs,
-    #   as IBM's train.py, SIFAR's main.py and timm's train.py step it; epoch counts then whole); off: every step
-    warmup_epochs: float = 0.0
-    warmup_lr: float = 1e-6  # the warmup's first rate
-    warmup_ratio: float = 0.0  # >0: the warmup starts at warmup_ratio x lr (the lr after lr_base_batch scaling)
-    #   instead of at warmup_lr (mmcv's warmup_ratio, 0.1 in mmaction's recipes)
-    min_lr: float = 0.0
-    decay_epochs: float = 10.0  # step schedule
-    decay_rate: float = 0.1  # step/multistep: the lr factor at each decay
-    lr_steps: list = field(default_factory=list)  # multistep: the epochs at which the lr decays, e.g. [20, 40]
-    loss: str = "ce"  # ce: softmax cross-entropy | bce: binary cross-entropy per class (timm's --bce-loss,
-    #   timm.loss.BinaryCrossEntropy) on the mixed targets with mixup/cutmix, else on one-hot targets smoothed by
-    #   label_smoothing
-    label_smoothing: float = 0.0
-    aux_loss_weight: float = 1.0  # models with an auxiliary loss (ILA's alignment loss)
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mixup_prob: float = 1.0
-    grad_accum: int = 1
-    clip_grad: float = 0.0
-    ema: bool = False
-    ema_decay: float = 0.9998
-    sync_bn: bool = False
-    amp: str = "bf16"  # bf16 | fp16 | none
-    channels_last: bool = True
-    compile: bool = False
-    # evaluation during training
-    eval_every: int = 1
-    eval_clips: int = 1
-    eval_crops: int = 1
-    eval_twice_sample: bool = False  # tsn: mmaction's twice_sample, eval_clips more views at the segments' starts
-    # bookkeeping
-    output: str = "runs"
-    name: str = ""
-    resume: str = "auto"  # auto | none | path to a checkpoint
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    progress: bool = True
-    log_every: int = 20
-    ckpt_every_steps: int = 0  # >0: also checkpoint every N optimizer steps inside an epoch (resumes exactly)
-    keep_best: int = 0  # >0: keep the K best checkpoints by val_top1 (best_eEPOCH_top1_SCORE.pt), for averaging
-    save_every: int = 0  # >0: keep a checkpoint every N epochs (epoch_EPOCH.pt)
+    task: str = _key("video", "data", "video: a prepped dataset | image: an ImageNet-style folder (image pre-training)")
+    model: str = _key("i3d_resnet50", "model", "model name or alias (`python -m models list`)")
+    data: str = _key("", "data", "the folder written by `python -m prep` (task image: an ImageNet-style folder)")
+    dataset: str = _key("", "data", "informational dataset name (ssv2, kinetics400, synthetic): names the run folder")
+    train_split: str = _key("train", "data", "the split trained on")
+    val_split: str = _key("val", "data", "the split validated on")
+    num_classes: int = _key(0, "model", "classifier size; 0: the dataset's number of classes")
+    num_frames: int = _key(0, "data", "frames per clip; 0: the model's default")
+    sampling: str = _key("", "data", "frame sampling: '' the model's | tsn | dense | frame_uniform (overrides the "
+                         "model's input contract)")
+    protocol: str = _key("vidkit", "data", "whose frame sampling and test views: vidkit (the toolkit's) | ibm | "
+                         "sifar | mmaction | ila (pipelines/protocols)")
+    frame_stride: int = _key(0, "data", "dense sampling's stride; 0: the model's")
+    frames_per_group: int = _key(1, "data", "tsn: IBM's frames_per_group, F frames in each of num_frames / F "
+                                 "segments (F distinct random offsets, the same in every segment; evaluation spreads "
+                                 "them evenly); num_frames counts all of them")
+    pretrained: str = _key("", "model", "weights to start from: a checkpoint of this toolkit or of the source "
+                           "projects, or image weights (timm, torchvision, CLIP); a classifier of another size is "
+                           "re-initialised")
+    remap_head: bool = _key(False, "model", "with pretrained: a classifier of the data's classes in another order is "
+                            "reordered by class name to the data's (without it, such a classifier is refused)")
+    model_args: dict = _key({}, "model", "the model builder's arguments, checked against its signature; "
+                            "class_names: dataset = the training split's class names (a text classifier)")
+    grad_checkpointing: bool = _key(False, "model", "recompute block activations in backward: less memory, about "
+                                    "1/3 more compute")
+    frozen_stages: int = _key(-1, "model", "mmaction's: -1 nothing frozen, 0 the stem, n the stem and the first n "
+                              "stages (CNNs)")
+    norm_eval: bool = _key(False, "model", "every BatchNorm uses and keeps its running statistics; affines train "
+                           "(mmaction)")
+    partial_bn: bool = _key(False, "model", "TSN's partial BN: every BatchNorm but the first frozen (statistics and "
+                            "affine)")
+    frozen_bn: bool = _key(False, "model", "every BatchNorm a fixed affine map (statistics and affine frozen)")
+    batch_size: int = _key(8, "data", "clips (task image: images) per step and process")
+    py_workers: int = _key(0, "runtime", "DALI source processes per rank; 0: a share of the cores "
+                           "(pipelines.resources)")
+    threads: int = _key(0, "runtime", "DALI CPU threads per rank; 0: the rank's share of the cores")
+    hw_decoder_load: float = _key(0.9, "runtime", "share of the JPEG frames sent to the GPU's hardware decoder "
+                                  "(DALI's default 0.65)")
+    preallocate_width_hint: int = _key(0, "runtime", "nvJPEG preallocation width; 0: from the dataset's largest "
+                                       "stored frame")
+    preallocate_height_hint: int = _key(0, "runtime", "nvJPEG preallocation height; 0: from the dataset's largest "
+                                        "stored frame")
+    data_path: str = _key("auto", "data", "how stored clips are decoded: frames (JPEG) | video (encoded videos, "
+                          "GPU decode) | auto (what the store holds)")
+    image_size: int = _key(0, "data", "task image: training and evaluation crop; 0: the model's crop size")
+    repeated_aug: int = _key(1, "augmentation", "repeated augmentation, R copies of a sample each augmented on its "
+                             "own. task image: timm's aug_repeats (an epoch keeps its length: N / R images, R times; a "
+                             "batch counts images). task video: PySlowFast's AUG.NUM_SAMPLE (a step takes batch_size "
+                             "videos x R copies, each copy its own frames and augmentation, labels repeated; an "
+                             "epoch reads every video once and keeps its steps; lr_base_batch counts videos)")
+    repeated_aug_same_frames: bool = _key(False, "augmentation", "task video, repeated_aug > 1: the copies share one "
+                                          "frame sample and differ only in augmentation (mmaction's "
+                                          "RepeatAugDataset(sample_once=True), PySlowFast's single decode)")
+    augment: dict = _key({}, "augmentation", "pipelines.AugmentConfig fields (train_crop, flip, jitter, erase, "
+                         "rand_augment, eval_scale, ...), each checked against its declared type")
+    epochs: int = _key(30, "schedule", "epochs to train")
+    max_steps: int = _key(0, "schedule", "stop after this many optimizer steps (benchmarks); 0: no limit")
+    optimizer: str = _key("sgd", "optimizer", "sgd | adamw | lamb")
+    lr: float = _key(0.01, "optimizer", "peak learning rate (for lr_base_batch when that is set)")
+    lr_base_batch: int = _key(0, "optimizer", ">0: lr is for this total batch and scales linearly with the real one")
+    weight_decay: float = _key(5e-4, "optimizer", "weight decay")
+    weight_decay_mult: list = _key([], "optimizer", "[[pattern, mult], ...] or {pattern: mult}: weight_decay x mult "
+                                   "(0 allowed) for the parameters whose name matches the fnmatch pattern (first "
+                                   "match wins; mmcv's custom_keys decay_mult); parameters that get no decay keep none")
+    decay_norm_bias: bool = _key(False, "optimizer", "norms, biases and other 1-D parameters decay too (torch.optim's "
+                                 "default: IBM's train.py, mmaction without paramwise_cfg); off: timm's default, they "
+                                 "get no decay. The model's no_weight_decay() names get none either way")
+    momentum: float = _key(0.9, "optimizer", "sgd momentum")
+    nesterov: bool = _key(True, "optimizer", "sgd: Nesterov momentum (IBM's recipes: off)")
+    betas: list = _key([], "optimizer", "adamw, lamb: [beta1, beta2], e.g. ILA's [0.9, 0.98]; []: the optimizer's "
+                       "own (0.9, 0.999)")
+    lr_mult: list = _key([], "optimizer", "[[pattern, mult], ...] or {pattern: mult}: lr x mult for the parameters "
+                         "whose name matches the fnmatch pattern (first match wins), e.g. {\"fc.*\": 10} (TSM's "
+                         "fc_lr5)")
+    layer_decay: float = _key(0.0, "optimizer", "ViT/Swin: block i's lr x layer_decay**(depth - i) (BEiT/mmaction); "
+                              "0: off")
+    sched: str = _key("cosine", "schedule", "cosine | step (every decay_epochs) | multistep (at lr_steps) | none")
+    sched_per_epoch: bool = _key(False, "schedule", "the schedule, warmup included, moves at epoch starts only "
+                                 "(timm's t_in_epochs, as IBM's train.py, SIFAR's main.py and timm's train.py step "
+                                 "it; epoch counts then whole); off: every step")
+    warmup_epochs: float = _key(0.0, "schedule", "linear warmup length in epochs")
+    warmup_lr: float = _key(1e-6, "schedule", "the warmup's first rate")
+    warmup_ratio: float = _key(0.0, "schedule", ">0: the warmup starts at warmup_ratio x lr (the lr after "
+                               "lr_base_batch scaling) instead of at warmup_lr (mmcv's warmup_ratio, 0.1 in "
+                               "mmaction's recipes)")
+    min_lr: float = _key(0.0, "schedule", "the rate the cosine schedule ends at")
+    decay_epochs: float = _key(10.0, "schedule", "step schedule: epochs between decays")
+    decay_rate: float = _key(0.1, "schedule", "step/multistep: the lr factor at each decay")
+    lr_steps: list = _key([], "schedule", "multistep: the epochs at which the lr decays, e.g. [20, 40]")
+    loss: str = _key("ce", "optimizer", "ce: softmax cross-entropy | bce: binary cross-entropy per class (timm's "
+                     "--bce-loss) on the mixed targets with mixup/cutmix, else on one-hot targets smoothed by "
+                     "label_smoothing")
+    label_smoothing: float = _key(0.0, "optimizer", "label smoothing of the loss's targets")
+    aux_loss_weight: float = _key(1.0, "optimizer", "weight of a model's auxiliary loss (ILA's alignment loss)")
+    mixup: float = _key(0.0, "augmentation", "mixup alpha; 0: off")
+    cutmix: float = _key(0.0, "augmentation", "cutmix alpha; 0: off")
+    mixup_prob: float = _key(1.0, "augmentation", "probability of mixing a batch (mixup or cutmix)")
+    grad_accum: int = _key(1, "optimizer", "steps whose gradients are summed before one optimizer step")
+    clip_grad: float = _key(0.0, "optimizer", "gradient norm clipping; 0: off")
+    ema: bool = _key(False, "optimizer", "keep an exponential moving average of the weights (evaluated and saved)")
+    ema_decay: float = _key(0.9998, "optimizer", "the EMA's decay per step")
+    sync_bn: bool = _key(False, "runtime", "synchronise BatchNorm statistics across processes")
+    amp: str = _key("bf16", "runtime", "mixed precision: bf16 | fp16 | none")
+    channels_last: bool = _key(True, "runtime", "channels-last memory format for convolutional models on a GPU")
+    compile: bool = _key(False, "runtime", "torch.compile the model")
+    eval_every: int = _key(1, "evaluation", "validate every N epochs; 0: no validation")
+    eval_clips: int = _key(1, "evaluation", "temporal clips per video in validation")
+    eval_crops: int = _key(1, "evaluation", "spatial crops per clip in validation (1, 3, 5 or 10)")
+    eval_twice_sample: bool = _key(False, "evaluation", "tsn: mmaction's twice_sample, eval_clips more views at the "
+                                   "segments' starts")
+    output: str = _key("runs", "runtime", "folder the run folders go in")
+    name: str = _key("", "runtime", "run folder name; '': MODEL_DATASET")
+    resume: str = _key("auto", "runtime", "auto (the run folder's last good checkpoint) | none | path to a checkpoint")
+    seed: int = _key(0, "runtime", "random seed")
+    device: str = _key("auto", "runtime", "auto | cpu | cuda")
+    progress: bool = _key(True, "runtime", "show progress bars")
+    log_every: int = _key(20, "runtime", "log the training metrics every N steps")
+    ckpt_every_steps: int = _key(0, "runtime", ">0: also checkpoint every N optimizer steps inside an epoch "
+                                 "(resumes exactly)")
+    keep_best: int = _key(0, "evaluation", ">0: keep the K best checkpoints by val_top1 "
+                          "(best_eEPOCH_top1_SCORE.pt), for averaging")
+    save_every: int = _key(0, "runtime", ">0: keep a checkpoint every N epochs (epoch_EPOCH.pt)")
 
     def run_dir(self) -> str:
         return os.path.join(self.output, self.name or f"{self.model}_{self.dataset or 'data'}")
@@ -136,47 +166,9 @@ CHOICES = {"task": ("video", "image"), "sampling": ("", "tsn", "dense", "frame_u
 _TYPES = typing.get_type_hints(TrainConfig)
 
 
-def _coerce(key: str, value, kind):
-    if isinstance(value, str) and kind is not str:
-        value = _from_text(key, value, kind)
-    ok = isinstance(value, kind) or (kind is float and isinstance(value, int) and not isinstance(value, bool))
-    if not ok or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"config key {key!r}: expected {kind.__name__}, got {value!r}")
-    _check_finite(key, value)
-    return float(value) if kind is float else value
-
-
-def _check_finite(key: str, value) -> None:
-    """nan and inf parse as floats (YAML's .nan, the command line's "nan") but are never a setting."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"config key {key!r}: expected a finite number, got {value!r}")
-    if isinstance(value, dict):
-        for sub, v in value.items():
-            _check_finite(f"{key}.{sub}", v)
-    if isinstance(value, (list, tuple)):
-        for v in value:
-            _check_finite(key, v)
-
-
-def _from_text(key: str, text: str, kind):
-    try:
-        if kind is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return text.lower() in ("true", "1", "yes")
-        if kind in (dict, list):
-            value = yaml.safe_load(text)
-            if kind is list and isinstance(value, dict):  # lr_mult's {pattern: mult} form
-                return value
-            if not isinstance(value, kind):
-                raise ValueError
-            return value
-        return kind(text)
-    except ValueError:
-        raise ConfigError(f"config key {key!r}: expected {kind.__name__}, got {text!r}") from None
-
-
-def apply(cfg: TrainConfig, values: dict, source: str) -> TrainConfig:
+def apply(cfg: TrainConfig, values: dict, source: str, text: bool = False) -> TrainConfig:
+    """`values` into `cfg`, each checked against its key's declared type, strictly (config_types). `text`: the
+    values were typed on a command line, and a string is read as its key's type (`--lr 1e-3`, `--ema false`)."""
     for key, value in values.items():
         head, _, sub = key.partition(".")
         if head not in _TYPES:
@@ -184,14 +176,15 @@ def apply(cfg: TrainConfig, values: dict, source: str) -> TrainConfig:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ConfigError(f"{source}: unknown config key {key!r}{hint}")
         kind = _TYPES[head]
-        if sub:  # --augment.flip true
+        if text and isinstance(value, str):
+            value = read_text(key, value, None if sub or head in SHAPES else kind)
+        if sub:  # --augment.flip true; its type is checked with the others of its dict (check)
             if kind is not dict:
                 raise ConfigError(f"{source}: config key {head!r} has no sub-keys ({key!r})")
-            value = yaml.safe_load(value) if isinstance(value, str) else value
-            _check_finite(key, value)
+            check_finite(key, value)
             getattr(cfg, head)[sub] = value
             continue
-        value = SHAPES[head](key, value) if head in SHAPES else _coerce(key, value, kind)
+        value = SHAPES[head](key, value) if head in SHAPES else check_type(key, value, kind)
         if head in CHOICES and value not in CHOICES[head]:
             raise ConfigError(f"{source}: config key {key!r} must be one of {CHOICES[head]}, got {value!r}")
         setattr(cfg, head, dict(value) if kind is dict else list(value) if kind is list else value)
@@ -237,7 +230,7 @@ def load_config(argv: list[str]) -> TrainConfig:
         if not isinstance(values, dict):
             raise ConfigError(f"{config_path}: expected a mapping of config keys")
         apply(cfg, values, config_path)
-    apply(cfg, overrides, "command line")
+    apply(cfg, overrides, "command line", text=True)
     check(cfg)
     return cfg
 
@@ -245,14 +238,12 @@ def load_config(argv: list[str]) -> TrainConfig:
 def _pattern_mults(key: str, value, zero_ok: bool = False) -> list:
     """lr_mult, weight_decay_mult as [[pattern, mult], ...]; {pattern: mult} (YAML keeps its order) is the same
     list. A decay may be switched off (mult 0), a learning rate not (that is freezing: frozen_stages)."""
-    if isinstance(value, str):
-        value = _from_text(key, value, list)
     pairs = list(value.items()) if isinstance(value, dict) else value
     if not isinstance(pairs, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
         raise ConfigError(f"config key {key!r}: expected {{pattern: mult}} or [[pattern, mult], ...], got {value!r}")
     out = []
     for pattern, mult in pairs:
-        mult = _coerce(f"{key}.{pattern}", mult, float)
+        mult = check_type(f"{key}.{pattern}", mult, float)
         if not isinstance(pattern, str) or not pattern or mult < 0 or (mult == 0 and not zero_ok):
             raise ConfigError(f"config key {key!r}: each entry is a name pattern and a multiplier "
                               f"{'>= 0' if zero_ok else '> 0'}, got {pattern!r}: {mult!r}")
@@ -262,11 +253,9 @@ def _pattern_mults(key: str, value, zero_ok: bool = False) -> list:
 
 def _epoch_list(key: str, value) -> list:
     """lr_steps: increasing epochs > 0."""
-    if isinstance(value, str):
-        value = _from_text(key, value, list)
     if not isinstance(value, list):
         raise ConfigError(f"config key {key!r}: expected a list of epochs, got {value!r}")
-    steps = [_coerce(key, v, float) for v in value]
+    steps = [check_type(key, v, float) for v in value]
     if any(v <= 0 for v in steps) or any(b <= a for a, b in zip(steps, steps[1:])):
         raise ConfigError(f"config key {key!r} must be increasing epochs > 0, got {value!r}")
     return steps
@@ -274,11 +263,9 @@ def _epoch_list(key: str, value) -> list:
 
 def _betas(key: str, value) -> list:
     """betas: [] or two coefficients in [0, 1)."""
-    if isinstance(value, str):
-        value = _from_text(key, value, list)
     if not isinstance(value, list) or len(value) not in (0, 2):
         raise ConfigError(f"config key {key!r}: expected [beta1, beta2] (or [] for the optimizer's), got {value!r}")
-    betas = [_coerce(key, v, float) for v in value]
+    betas = [check_type(key, v, float) for v in value]
     if not all(0 <= b < 1 for b in betas):
         raise ConfigError(f"config key {key!r} must be two numbers in [0, 1), got {value!r}")
     return betas
@@ -354,6 +341,7 @@ def check(cfg: TrainConfig) -> None:
     _check_recipe_keys(cfg)
     _check_pipeline_keys(cfg)
     cfg.model = _canonical_model(cfg.model)
+    _check_model_args(cfg)
 
 
 def _check_recipe_keys(cfg: TrainConfig) -> None:
@@ -429,6 +417,10 @@ def _check_pipeline_keys(cfg: TrainConfig) -> None:
     _check_sampling_keys(cfg)
     if cfg.eval_crops not in EVAL_CROPS:
         raise ConfigError(f"config key 'eval_crops' must be one of {EVAL_CROPS}, got {cfg.eval_crops}")
+    fields = typing.get_type_hints(AugmentConfig)
+    for sub, value in cfg.augment.items():
+        if sub in fields:  # an unknown one: AugmentConfig refuses it below
+            check_type(f"augment.{sub}", value, fields[sub])
     try:
         AugmentConfig(**cfg.augment)
     except (TypeError, ValueError) as e:
@@ -443,6 +435,32 @@ def _canonical_model(name: str) -> str:
         return resolve_name(name)
     except ValueError as e:
         raise ConfigError(f"config key 'model': {e}") from None
+
+
+def _check_model_args(cfg: TrainConfig) -> None:
+    """Each model_args value against the type its builder's signature annotates (unannotated ones: the builder's
+    own checks when it is built)."""
+    from models.checkpoints import DATASET_CLASS_NAMES
+    from models.registry import builder_arg_types
+
+    declared = builder_arg_types(cfg.model)
+    for sub, value in cfg.model_args.items():
+        if sub in declared and not (sub == "class_names" and value == DATASET_CLASS_NAMES):
+            check_type(f"model_args.{sub}", value, declared[sub])
+
+
+def help_text() -> str:
+    """Every config key with its type, default and description, grouped: `python -m train --help`."""
+    out = []
+    for group in GROUPS:
+        out.append(f"\n{group}:")
+        for f in dataclasses.fields(TrainConfig):
+            if f.metadata["group"] != group:
+                continue
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            out.append(f"  --{f.name.replace('_', '-')} {_TYPES[f.name].__name__.upper()} (default {default!r})")
+            out += textwrap.wrap(f.metadata["doc"], 110, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(out)
 
 
 # Keys a resumed run may change: how long, how it is evaluated, and how it runs, not what it computes.

@@ -25,6 +25,7 @@ from eval.plots import plot_curves
 from eval.score import autocast, readable_accuracy, score_videos
 from pipelines.images import ImageLoader, open_image_folder
 from prep import open_dataset
+from prep.lists import class_order_change
 
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, check, config_changes, save_config
@@ -185,6 +186,10 @@ class Trainer:
         if state["model_name"] != self.cfg.model or state["num_classes"] != self.num_classes:
             unsafe.insert(0, f"model {state['model_name']} with {state['num_classes']} classes -> "
                              f"{self.cfg.model} with {self.num_classes}")
+        moved = class_order_change(state.get("classes"), self.classes)
+        if moved:
+            unsafe.insert(0, f"classes: {moved} (the data was prepped again with other classes or in another "
+                             "order; prep it again in the run's order: python -m prep videos ... --classes FILE)")
         if state["epoch"] > self.cfg.epochs:
             unsafe.append(f"epochs: the run has trained {state['epoch']}, more than {self.cfg.epochs}")
         if unsafe:

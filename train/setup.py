@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -18,9 +19,14 @@ from timm.utils import ModelEmaV3
 import models
 from models import tuning
 from models.profile import has_convs, to_channels_last
+from models.weights import head_keys
 from pipelines import protocols
 from pipelines.sampling import ClipSpec, check_groups
+from prep.lists import class_order_change
+
 from .config import ConfigError, TrainConfig
+
+log = logging.getLogger("train")
 
 
 @dataclass
@@ -73,6 +79,7 @@ def build_model(cfg: TrainConfig, num_classes: int, d: Dist, classes=()) -> torc
                                      pretrained=cfg.pretrained or None, **args)
     except TypeError as e:  # an argument the model's builder does not take
         raise ConfigError(f"config key 'model_args' {cfg.model_args}: {cfg.model} refuses it ({e})") from None
+    _check_pretrained_classes(cfg, model, num_classes, classes, text_head="class_names" in args)
     if cfg.sampling or cfg.frame_stride:  # e.g. a dense-sampling model fine-tuned with TSN sampling on SSv2
         contract = model.input_contract
         model.input_contract = contract.replace(sampling=cfg.sampling or contract.sampling,
@@ -85,6 +92,38 @@ def build_model(cfg: TrainConfig, num_classes: int, d: Dist, classes=()) -> torc
     if cfg.channels_last and d.device.type == "cuda" and has_convs(model):
         to_channels_last(model)
     return model
+
+
+def _check_pretrained_classes(cfg: TrainConfig, model, num_classes: int, classes, text_head: bool) -> None:
+    """A classifier fine-tuned as it was loaded (same size) must see the classes in the order it learned them;
+    a new classifier (another size) or a text classifier (it embeds the names themselves) has no order to keep."""
+    learned = getattr(model, "pretrained_classes", None)
+    if text_head or learned is None or len(learned) != num_classes:
+        return
+    moved = class_order_change(list(learned)[:len(classes)], classes)
+    if moved and cfg.remap_head and len(classes) == num_classes and sorted(learned) == sorted(classes):
+        _reorder_classifier(model, [list(learned).index(c) for c in classes], cfg.pretrained)
+        log.info("%s: classifier rows reordered to the data's classes by name (%s)", cfg.pretrained, moved)
+        return
+    if moved:
+        raise ConfigError(f"config key 'pretrained': {cfg.pretrained} has a classifier of the same size whose "
+                          f"classes differ from the data's ({moved}); prep the data again in its order "
+                          "(python -m prep videos ... --classes FILE), or pass --remap-head to reorder the "
+                          "classifier by class name")
+
+
+def _reorder_classifier(model, order: list[int], source: str) -> None:
+    """Row i of the classifier becomes row order[i]: its weight and bias, the only head tensors with one row per
+    class (a head whose other layers have as many rows cannot be told apart: refused, not guessed)."""
+    state = model.state_dict()
+    rows = sorted(k for k in head_keys(model) if state[k].ndim and state[k].shape[0] == len(order))
+    layers = {k.rpartition(".")[0] for k in rows}
+    if len(layers) != 1 or not all(k.endswith((".weight", ".bias")) for k in rows):
+        raise ConfigError(f"config key 'remap_head': cannot tell {model.model_name}'s classifier rows apart "
+                          f"({', '.join(rows) or 'none'}); prep the data in the order of {source} instead")
+    with torch.no_grad():
+        for k in rows:
+            state[k].copy_(state[k][order].clone())  # state_dict tensors share the parameters' storage
 
 
 def check_sampling(cfg: TrainConfig, contract) -> None:
