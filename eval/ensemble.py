@@ -10,6 +10,8 @@ import sys
 
 import torch
 
+from prep.outputs import check_writable, refuse_input_as_output
+
 from .dump import fuse, load_scores
 from .metrics import accuracy_report
 
@@ -30,6 +32,10 @@ def ensemble(inputs: list[str], weights: list[float] | None = None, out_dir: str
     weights = weights or [1.0] * len(inputs)
     if any(not w >= 0 for w in weights) or not sum(weights) > 0:
         raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
+    out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(inputs[0])), f"ensemble_{len(inputs)}")
+    # the out folder's scores.npy, scores_index.json and reports would replace an input's own
+    refuse_input_as_output([("--out", out_dir)], [("input", _folder(p)) for p in inputs])
+    check_writable(out_dir)
     scores, index = fuse([load_scores(p) for p in inputs], weights, inputs)
     classes, scores = index["classes"], torch.from_numpy(scores)
     labelled = all(label is not None for label in index["labels"])  # else a test split: submission files
@@ -37,11 +43,15 @@ def ensemble(inputs: list[str], weights: list[float] | None = None, out_dir: str
     summary = {"model": "ensemble of " + " + ".join(_name(p) for p in inputs), "split": index.get("split"),
                "inputs": inputs, "weights": weights, "videos": len(index["ids"]),
                **{k: report[k] if report else None for k in ("top1", "top5", "mean_class_acc")}}
-    out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(inputs[0])), f"ensemble_{len(inputs)}")
     rows = [{"id": i, "label": label} for i, label in zip(index["ids"], index["labels"])]
     write_reports(out_dir, summary, report, scores, rows, classes)
     summary["out_dir"] = out_dir
     return summary
+
+
+def _folder(path: str) -> str:
+    """The eval folder of an input (the folder itself, or the folder of its scores.npy)."""
+    return path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
 
 
 def _name(path: str) -> str:

@@ -3,6 +3,7 @@ cannot be served as the model asks. Each problem is one line: a warning, or a `R
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import os
 import signal
@@ -11,7 +12,13 @@ import threading
 import torch
 import torch.distributed as dist
 
+from prep.guard import Busy, exclusive
+from prep.outputs import OutputError, check_free_space, check_writable, same_path
+
 log = logging.getLogger("train")
+RUN_LOCK = "train.lock"
+BUSY = ("run folder {what} is in use by another training ({holder}): wait for it to end, or pass --name NEW "
+        "to train a new run")
 
 
 class RunStopped(RuntimeError):
@@ -111,3 +118,57 @@ class DamageCounter:
             damaged = sorted({v for d, _ in gathered for v in d})
             replaced = sum(r for _, r in gathered)
         return {"damaged_videos": len(damaged), "replaced_samples": replaced}
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot be used (in use by another training, not writable, too little space): one line."""
+
+
+def claim_run_folder(run_dir: str, checkpoint_bytes: int, d) -> contextlib.ExitStack:
+    """Before the first step: the run folder can be written, has room for a checkpoint, and is locked against a
+    second training (`RUN_LOCK`, holding the holder's pid and host; released when the returned stack closes, and
+    by the system if the process dies). Only rank 0 writes into the run folder, so only it locks; every rank
+    raises the same RunFolderError when it cannot (DDP: no rank is left waiting for the others)."""
+    stack, error = contextlib.ExitStack(), ""
+    if d.main:
+        try:
+            check_writable(run_dir, "--output")
+            os.makedirs(run_dir, exist_ok=True)
+            stack.enter_context(exclusive(os.path.join(run_dir, RUN_LOCK), run_dir, BUSY, on_stale=_stale))
+            check_free_space(run_dir, checkpoint_bytes, "one checkpoint (about the model's, its optimizer's and "
+                             "EMA's tensors)", "--output")
+        except (Busy, OutputError, OSError) as e:
+            stack.close()
+            error = str(e) if not isinstance(e, OSError) else f"cannot use the run folder {run_dir}: {e}"
+    if d.world > 1:
+        said = [error]
+        dist.broadcast_object_list(said, src=0)
+        error = said[0]
+    if error:
+        raise RunFolderError(error)
+    return stack
+
+
+def refuse_pretrained_in_run(pretrained: str, run_dir: str, written: tuple[str, ...]) -> None:
+    """A --pretrained checkpoint that is one of the files this run writes (its own last.pt, best.pt, ...) would be
+    replaced by the run's first checkpoint: refused in one line before anything is built."""
+    if not pretrained or not os.path.isfile(pretrained):
+        return
+    name = os.path.basename(pretrained)
+    if same_path(os.path.dirname(os.path.abspath(pretrained)), run_dir) and \
+            any(fnmatch.fnmatchcase(name, pattern) for pattern in written):
+        raise RunFolderError(f"--pretrained {pretrained} is a checkpoint of the run folder {run_dir}, which this "
+                             f"training writes (it would be replaced): copy it elsewhere, or pass --name NEW")
+
+
+def _stale(holder: str) -> None:
+    log.warning("taking over the run folder's lock from a training that ended without releasing it (%s)", holder)
+
+
+def checkpoint_bytes(model: torch.nn.Module, optimizer: str, momentum: float, ema: bool) -> int:
+    """About the size of one checkpoint: the model's tensors, an EMA copy, and the optimizer's state per
+    trainable parameter (AdamW and LAMB: two moments; SGD: a momentum buffer when momentum is on)."""
+    tensors = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    trainable = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)  # optimizer state is float32
+    slots = 2 if optimizer in ("adamw", "lamb") else (1 if momentum else 0)
+    return tensors * (2 if ema else 1) + trainable * slots
