@@ -34,7 +34,7 @@ def ensemble(inputs: list[str], weights: list[float] | None = None, out_dir: str
         raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
     out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(inputs[0])), f"ensemble_{len(inputs)}")
     # the out folder's scores.npy, scores_index.json and reports would replace an input's own
-    refuse_input_as_output([("--out", out_dir)], [("input", _folder(p)) for p in inputs])
+    refuse_input_as_output([("--out", out_dir)], [("folder", _folder(p)) for p in inputs])
     check_writable(out_dir)
     scores, index = fuse([load_scores(p) for p in inputs], weights, inputs)
     classes, scores = index["classes"], torch.from_numpy(scores)

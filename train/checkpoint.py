@@ -200,8 +200,8 @@ def average_checkpoints(run_dir: str, top: int, out: str | None = None) -> str:
         raise ValueError(f"{run_dir} has {len(kept)} kept best checkpoints (best_e*_top1_*.pt), fewer than "
                          f"--top {top}: train with --keep_best {top} or more")
     out = out or os.path.join(run_dir, f"averaged_top{top}.pt")
-    refuse_input_as_output([("--out", out)], [("input", path) for _, _, path in kept[:top]] +
-                           [("of the run", os.path.join(run_dir, name)) for name in (LAST, PREVIOUS, BEST)])
+    run_files = [os.path.join(run_dir, name) for name in (LAST, PREVIOUS, BEST)] + [p for _, _, p in kept[:top]]
+    refuse_input_as_output([("--out", out)], [("checkpoint", path) for path in run_files])
     states = [load(path) for _, _, path in kept[:top]]
     _check_same_model([p for _, _, p in kept[:top]], states)
     best = dict(states[0])
