@@ -29,8 +29,8 @@ from prep.outputs import write_text
 
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, check, config_changes, save_config
-from .guard import (DamageCounter, RunStopped, StopSignals, check_stored_videos, checkpoint_bytes, claim_run_folder,
-                    refuse_pretrained_in_run, training_amp)
+from .guard import (DamageCounter, RunStopped, StopSignals, check_checkpoint_space, check_stored_videos,
+                    checkpoint_bytes, claim_run_folder, refuse_pretrained_in_run, training_amp)
 from .meter import StepMeter
 from .setup import (Dist, build_ema, build_loss, build_mixup, build_model, build_optimizer, build_scheduler,
                     check_one_frame, mix_clips, schedule_to, seed_everything, video_loader_options, wrap_model)
@@ -54,6 +54,15 @@ class Trainer:
         self.cfg, self.d = cfg, d
         self.run_dir = cfg.run_dir()
         refuse_pretrained_in_run(cfg.pretrained, self.run_dir, ckpt.WRITTEN)
+        # first: a second training in this folder is refused before it builds anything
+        self._run_folder = claim_run_folder(self.run_dir, d)
+        try:
+            self._build(cfg, d)
+        except BaseException:
+            self._run_folder.close()
+            raise
+
+    def _build(self, cfg: TrainConfig, d: Dist) -> None:
         self._rng_ranks = None  # every rank's RNG state at the last save (see save)
         seed_everything(cfg.seed + d.rank)
         train_set = self._open_split(cfg.train_split)
@@ -89,9 +98,7 @@ class Trainer:
         self._last_pt_good = False  # whether run_dir/last.pt may become previous.pt at the next save
         self._bad_loss: float | None = None  # the first non-finite loss since the last optimizer step
         self._last_loss = 0.0
-        # last: a second training in this folder is refused here, before its first step
-        self._run_folder = claim_run_folder(self.run_dir, checkpoint_bytes(self.model, cfg.optimizer, cfg.momentum,
-                                                                            cfg.ema), d)
+        check_checkpoint_space(self.run_dir, checkpoint_bytes(self.model, cfg.optimizer, cfg.momentum, cfg.ema), d)
         self.writer = self._tensorboard() if d.main else None
 
     # ------------------------------------------------------------------ setup helpers

@@ -124,29 +124,54 @@ class RunFolderError(ValueError):
     """The run folder cannot be used (in use by another training, not writable, too little space): one line."""
 
 
-def claim_run_folder(run_dir: str, checkpoint_bytes: int, d) -> contextlib.ExitStack:
-    """Before the first step: the run folder can be written, has room for a checkpoint, and is locked against a
-    second training (`RUN_LOCK`, holding the holder's pid and host; released when the returned stack closes, and
-    by the system if the process dies). Only rank 0 writes into the run folder, so only it locks; every rank
-    raises the same RunFolderError when it cannot (DDP: no rank is left waiting for the others)."""
+def claim_run_folder(run_dir: str, d) -> contextlib.ExitStack:
+    """Before anything is built: the run folder can be written and is locked against a second training
+    (`RUN_LOCK`, holding the holder's pid, host and start time; released when the returned stack closes, and by the
+    system if the process dies). Only rank 0 writes into the run folder, so only it locks; every rank raises the
+    same RunFolderError when it cannot (DDP: no rank is left waiting for the others). A folder made here is removed
+    again when the stack closes before anything else was written in it."""
     stack, error = contextlib.ExitStack(), ""
     if d.main:
         try:
             check_writable(run_dir, "--output")
-            os.makedirs(run_dir, exist_ok=True)
+            if not os.path.isdir(run_dir):
+                os.makedirs(run_dir)
+                stack.callback(_remove_if_only_lock, run_dir)
             stack.enter_context(exclusive(os.path.join(run_dir, RUN_LOCK), run_dir, BUSY, on_stale=_stale))
-            check_free_space(run_dir, checkpoint_bytes, "one checkpoint (about the model's, its optimizer's and "
-                             "EMA's tensors)", "--output")
         except (Busy, OutputError, OSError) as e:
             stack.close()
             error = str(e) if not isinstance(e, OSError) else f"cannot use the run folder {run_dir}: {e}"
+    _raise_on_every_rank(error, d)
+    return stack
+
+
+def check_checkpoint_space(run_dir: str, need: int, d) -> None:
+    """Once the model and optimizer are built: room in the run folder for one checkpoint of `need` bytes."""
+    error = ""
+    if d.main:
+        try:
+            check_free_space(run_dir, need, "one checkpoint (the model's, its optimizer's and EMA's tensors)",
+                             "--output")
+        except OutputError as e:
+            error = str(e)
+    _raise_on_every_rank(error, d)
+
+
+def _raise_on_every_rank(error: str, d) -> None:
     if d.world > 1:
         said = [error]
         dist.broadcast_object_list(said, src=0)
         error = said[0]
     if error:
         raise RunFolderError(error)
-    return stack
+
+
+def _remove_if_only_lock(run_dir: str) -> None:
+    """A run refused before it wrote anything leaves no folder behind (the lock's record is cleared by then)."""
+    with contextlib.suppress(OSError):
+        if os.listdir(run_dir) == [RUN_LOCK] and os.path.getsize(os.path.join(run_dir, RUN_LOCK)) == 0:
+            os.remove(os.path.join(run_dir, RUN_LOCK))
+            os.rmdir(run_dir)
 
 
 def refuse_pretrained_in_run(pretrained: str, run_dir: str, written: tuple[str, ...]) -> None:
