@@ -3,6 +3,7 @@ line naming the holder; the lock goes with the run (its end, or the death of its
 run that died is said and taken over."""
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -12,15 +13,14 @@ import sys
 
 import torch
 
-from prep.guard import LockHeld, release_lock, take_lock
 from train.__main__ import main as train_main
 from train.config import TrainConfig, apply
 from train.engine import Trainer
-from train.guard import RUN_LOCK
 from train.setup import Dist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = Dist(0, 1, 0, torch.device("cpu"))
+RUN_LOCK = "train.lock"  # in the run folder
 BASE = dict(model="tsn_tiny", batch_size=4, py_workers=1, threads=1, amp="none", optimizer="adamw", lr=0.002,
             epochs=1, eval_every=0, seed=0, name="run", max_steps=1)
 
@@ -33,11 +33,16 @@ def _argv(data, output) -> list[str]:
 
 
 def _held_by_another_process(path) -> bool:
+    """Whether the file is locked: flock on another open file of it (as another process would try)."""
+    if not os.path.exists(path):
+        return False
+    fd = os.open(path, os.O_RDONLY)
     try:
-        fd, _ = take_lock(str(path))  # a lock of its own (another open file): as another process would try
-    except LockHeld:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    release_lock(fd)
+    finally:
+        os.close(fd)
     return False
 
 
@@ -45,9 +50,6 @@ def test_a_second_training_in_the_same_run_folder_is_refused_naming_the_first(da
     first = Trainer(apply(TrainConfig(), {**BASE, "data": str(data), "output": str(tmp_path), "progress": False},
                           "test"), CPU)
     try:
-        lock = tmp_path / "run" / RUN_LOCK
-        holder = json.loads(lock.read_text())
-        assert (holder["pid"], holder["host"]) == (os.getpid(), socket.gethostname())
         second = subprocess.run([sys.executable, "-m", "train", *_argv(data, tmp_path)], cwd=ROOT,
                                 capture_output=True, text=True, timeout=600)
         assert second.returncode == 2, second.stderr[-2000:]
@@ -55,6 +57,9 @@ def test_a_second_training_in_the_same_run_folder_is_refused_naming_the_first(da
         assert len(lines) == 1, second.stderr
         assert f"pid {os.getpid()} on {socket.gethostname()}" in lines[0] and str(tmp_path / "run") in lines[0]
         assert not (tmp_path / "run" / "last.pt").exists()  # the second wrote nothing
+        lock = tmp_path / "run" / RUN_LOCK
+        holder = json.loads(lock.read_text())
+        assert (holder["pid"], holder["host"]) == (os.getpid(), socket.gethostname())
         first.fit()
     finally:
         first.train_loader.close()

@@ -46,8 +46,12 @@ def save_atomic(state: dict, path: str, keep_previous: bool = False) -> None:
         # a fixed temporary name: the run folder is locked (train.engine), and a killed run's leftover is reused
         with atomic_write(path, "wb", tmp=path + ".tmp", previous=previous) as f:
             torch.save(state, f)
-    except OSError as err:
-        raise CheckpointWriteError(_write_failure(err, path)) from None
+    except (OSError, RuntimeError) as err:
+        # torch's zip writer turns a failed write (a disk full part-way) into a RuntimeError about its position
+        cause = err if isinstance(err, OSError) else err.__context__
+        if not isinstance(cause, OSError):
+            raise
+        raise CheckpointWriteError(_write_failure(cause, path)) from None
 
 
 def _write_failure(err: OSError, path: str) -> str:
