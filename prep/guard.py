@@ -117,12 +117,13 @@ def _holder(fd: int, alive: bool = True) -> str:
 
 
 def _running(pid) -> bool:
+    """Whether a process of this host has that pid (one we may not signal, or a pid we cannot read: assume so)."""
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, ValueError, TypeError, OverflowError):
-        return True
+    except (OSError, ValueError, TypeError, OverflowError):
+        pass
     return True
 
 

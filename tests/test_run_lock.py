@@ -88,3 +88,52 @@ def test_a_resumed_run_takes_the_lock_again(data, tmp_path, caplog):
         assert train_main(_argv(data, tmp_path)[:-2] + ["--max-steps", "2"]) == 0
     assert not [r for r in caplog.records if "lock" in r.getMessage()]
     assert not _held_by_another_process(tmp_path / "run" / RUN_LOCK)
+
+
+def _claim_on_rank(rank: int, run_dir: str, init: str, said) -> None:
+    import torch.distributed as dist
+
+    from train.guard import claim_run_folder
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        with claim_run_folder(run_dir, Dist(rank, 2, rank, torch.device("cpu"))):
+            dist.barrier()  # both have claimed: the lock's record is rank 0's
+            record = json.loads(open(os.path.join(run_dir, RUN_LOCK)).read())
+            said.put((rank, f"claimed: locked by {record['pid']} (rank 0: {os.getpid() if rank == 0 else ''})"))
+    except ValueError as e:
+        said.put((rank, str(e)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_every_rank_is_refused_alike_and_only_rank_0_locks(tmp_path):
+    """Rank 0 writes the run folder, so only it takes the lock; when it cannot, every rank stops with its line
+    (none is left waiting in a collective for the others)."""
+    import multiprocessing as mp
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = os.open(run / RUN_LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another training holds it
+    os.write(holder, json.dumps({"pid": 1, "host": "elsewhere", "started": "earlier"}).encode())
+    ctx = mp.get_context("fork")
+
+    def claim_on_both_ranks() -> dict:
+        said = ctx.Queue()
+        procs = [ctx.Process(target=_claim_on_rank, args=(r, str(run), f"file://{tmp_path}/pg{len(pids)}", said))
+                 for r in (0, 1)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        pids.append(procs[0].pid)
+        return dict(said.get(timeout=5) for _ in procs)
+
+    pids: list[int] = []
+    lines = claim_on_both_ranks()
+    assert lines[0] == lines[1] and "pid 1 on elsewhere" in lines[0], lines
+    os.close(holder)
+    os.remove(run / RUN_LOCK)
+    lines = claim_on_both_ranks()
+    assert lines == {r: f"claimed: locked by {pids[-1]} (rank 0: {pids[-1] if r == 0 else ''})" for r in (0, 1)}
