@@ -14,7 +14,7 @@ import sys
 from .decode import DecodeOptions
 from .presets import diving48_tasks, hmdb51_tasks, kinetics700_tasks, restrict_to_classes, ucf101_tasks
 from .guard import PrepFailed, PrepInterrupted
-from .runner import JobOptions, merge, parse_part, part_lock, refuse_inputs_in_out, run_prep
+from .runner import JobOptions, check_out, merge, parse_part, part_lock, run_prep
 from .store import DEFAULT_CHUNK_BYTES, DiskFull
 from .tasks import kinetics_tasks, number_tasks, parse_video_lists, ssv2_tasks
 
@@ -139,7 +139,7 @@ def _inputs(args) -> list[tuple[str, str]]:
 
 
 def _prep(args) -> dict:
-    refuse_inputs_in_out(args.out, _inputs(args))
+    check_out(args.out, _inputs(args))
     with part_lock(args.out, args.part):  # before anything is written, the synthetic videos included
         tasks, classes = _tasks_for(args)
         if not tasks:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from .decode import DecodeOptions, Decoded, decode_video, keep_frame_buffers
 from .guard import PrepFailed, PrepInterrupted, exclusive, quiet_worker, signals_blocked, stop_on_signals
-from .outputs import atomic_write, refuse_input_as_output, write_text
+from .outputs import atomic_write, check_writable, refuse_input_as_output, write_text
 from .store import DEFAULT_CHUNK_BYTES, ShardWriter, disk_guard
 from .tasks import Task
 
@@ -42,9 +42,10 @@ MANIFEST_KEYS = ("id", "split", "label", "label_name", "num_frames", "fps", "ori
 OUT_FILES = ("prep.json", "classes.json", "manifest.jsonl", "rejects.jsonl")  # what a run writes at OUT's top
 
 
-def refuse_inputs_in_out(out: str, inputs: list[tuple[str, str]]) -> None:
-    """An input file ((option, path) pairs: a list, class list, subset file) that is one of the files prep writes
-    in OUT would be replaced by it: refused in one line, before anything is written."""
+def check_out(out: str, inputs: list[tuple[str, str]]) -> None:
+    """Before anything is written: OUT can be written, and no input file ((option, path) pairs: a list, class list,
+    subset file) is one of the files prep writes in OUT, which would replace it. One line each."""
+    check_writable(out, "--out")
     refuse_input_as_output([("--out", os.path.join(out, name)) for name in OUT_FILES], inputs)
 
 

@@ -311,7 +311,7 @@ def _eval_checkpoint(tmp_path, data) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("command", ["eval", "features", "ensemble", "predict", "export"])
+@pytest.mark.parametrize("command", ["eval", "features", "ensemble", "predict", "export", "prep"])
 def test_an_output_folder_that_cannot_be_written_is_refused_before_the_work(command, data, tmp_path, blocked,
                                                                              monkeypatch, capsys):
     monkeypatch.setattr("eval.run.score_videos", _no_training)
@@ -329,12 +329,17 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_the_work(comm
         "predict": (["predict", str(data / "source" / "videos"), "--keep", str(blocked)] + view,
                     "eval predict: error: "),
         "export": (None, "error: "),
+        "prep": (None, "prep: error: "),
     }[command]
     if command == "ensemble":
         for k in (1, 2):
             _write_reports(tmp_path / f"m{k}", version=k)
     if command == "export":
         code = models_main(["export", "--ckpt", ckpt_path, "--out", str(blocked / "model.onnx")])
+    elif command == "prep":
+        src = data / "source"
+        code = prep_main(["videos", "--list", f"train={src / 'train.txt'}", "--root", str(src), "--out", str(blocked),
+                          "--workers", "1", "--no-progress"])
     else:
         code = eval_main(argv)
     assert code == 2
