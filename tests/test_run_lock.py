@@ -100,6 +100,7 @@ def _claim_on_rank(rank: int, run_dir: str, init: str, said) -> None:
         with claim_run_folder(run_dir, Dist(rank, 2, rank, torch.device("cpu"))):
             dist.barrier()  # both have claimed: the lock's record is rank 0's
             record = json.loads(open(os.path.join(run_dir, RUN_LOCK)).read())
+            dist.barrier()  # both have read it before rank 0 releases it
             said.put((rank, f"claimed: locked by {record['pid']} (rank 0: {os.getpid() if rank == 0 else ''})"))
     except ValueError as e:
         said.put((rank, str(e)))
