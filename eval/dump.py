@@ -8,6 +8,8 @@ import os
 import numpy as np
 import torch
 
+from prep.outputs import atomic_write, write_json
+
 SCORES, VIEWS, INDEX = "scores.npy", "scores_views.npy", "scores_index.json"
 FEATURES, FEATURES_INDEX = "features.npy", "features_index.json"
 
@@ -16,22 +18,26 @@ def save_scores(out_dir: str, scores: torch.Tensor, rows: list[dict], classes: l
                 views: torch.Tensor | None = None) -> None:
     """(videos x classes) mean softmax over views, optionally (videos x views x classes), with the index that
     says which video and class each row and column is."""
-    np.save(os.path.join(out_dir, SCORES), scores.numpy().astype(np.float32))
+    _save_array(os.path.join(out_dir, SCORES), scores)
     if views is not None:
-        np.save(os.path.join(out_dir, VIEWS), views.numpy().astype(np.float32))
+        _save_array(os.path.join(out_dir, VIEWS), views)
     _write_index(os.path.join(out_dir, INDEX), meta, rows, classes)
 
 
 def save_features(out_dir: str, features: torch.Tensor, rows: list[dict], classes: list[str], meta: dict) -> None:
     """`python -m eval features`' embeddings, (videos x D) or (videos x views x D), with the same kind of index."""
-    np.save(os.path.join(out_dir, FEATURES), features.numpy().astype(np.float32))
+    _save_array(os.path.join(out_dir, FEATURES), features)
     _write_index(os.path.join(out_dir, FEATURES_INDEX), meta, rows, classes)
 
 
 def _write_index(path: str, meta: dict, rows: list[dict], classes: list[str]) -> None:
     index = dict(meta, ids=[r["id"] for r in rows], labels=[r.get("label") for r in rows], classes=list(classes))
-    with open(path, "w") as f:
-        json.dump(index, f, allow_nan=False)
+    write_json(path, index)
+
+
+def _save_array(path: str, values: torch.Tensor) -> None:
+    with atomic_write(path, "wb") as f:
+        np.save(f, values.numpy().astype(np.float32), allow_pickle=False)
 
 
 def load_scores(path: str) -> tuple[np.ndarray, dict]:

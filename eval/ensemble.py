@@ -12,6 +12,8 @@ import sys
 import numpy as np
 import torch
 
+from prep.outputs import check_writable, refuse_input_as_output
+
 from .dump import fuse, load_scores
 from .metrics import accuracy_report
 
@@ -31,6 +33,10 @@ def ensemble(inputs: list[str], weights: list[float] | None = None, out_dir: str
         raise ValueError("an ensemble needs at least two score dumps")
     weights = weights or [1.0] * len(inputs)
     shares = normalised_weights(weights)
+    out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(inputs[0])), f"ensemble_{len(inputs)}")
+    # the out folder's scores.npy, scores_index.json and reports would replace an input's own
+    refuse_input_as_output([("--out", out_dir)], [("folder", _folder(p)) for p in inputs])
+    check_writable(out_dir)
     scores, index = fuse([load_scores(p) for p in inputs], shares, inputs)
     if not np.isfinite(scores).all():
         bad = [p for p in inputs if not np.isfinite(load_scores(p)[0]).all()]
@@ -42,7 +48,6 @@ def ensemble(inputs: list[str], weights: list[float] | None = None, out_dir: str
     summary = {"model": "ensemble of " + " + ".join(_name(p) for p in inputs), "split": index.get("split"),
                "inputs": inputs, "weights": weights, "weight_shares": shares, "videos": len(index["ids"]),
                **{k: report[k] if report else None for k in ("top1", "top5", "mean_class_acc")}}
-    out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(inputs[0])), f"ensemble_{len(inputs)}")
     rows = [{"id": i, "label": label} for i, label in zip(index["ids"], index["labels"])]
     write_reports(out_dir, summary, report, scores, rows, classes)
     summary["out_dir"] = out_dir
@@ -60,6 +65,11 @@ def normalised_weights(weights: list[float]) -> list[float]:
     scaled = [w / largest for w in weights]
     total = sum(scaled)
     return [w / total for w in scaled]
+
+
+def _folder(path: str) -> str:
+    """The eval folder of an input (the folder itself, or the folder of its scores.npy)."""
+    return path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
 
 
 def _name(path: str) -> str:

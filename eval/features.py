@@ -21,9 +21,9 @@ import torch
 import pipelines
 
 from .__main__ import add_view_args, augment_overrides, views_label
-from .dump import FEATURES, save_features
+from .dump import FEATURES, FEATURES_INDEX, save_features
 from .plan import ViewOptions, plan_frames, settle
-from .run import _damaged_rows, _loader, default_out_dir, evaluated_set, load_model, open_with_data
+from .run import _damaged_rows, _loader, check_out_dir, default_out_dir, evaluated_set, load_model, open_with_data
 from .score import autocast, average_views, check_coverage
 
 log = logging.getLogger("eval")
@@ -58,6 +58,8 @@ def extract_features(ckpt_path: str, d, data: str = "", split: str = "val", clip
     options = ViewOptions(protocol, clips, crops, twice, num_frames, sampling, frame_stride, dict(augment or {}))
     model, rec = load_model(ckpt_path, d.device, use_ema, classes, plan_frames(rec, ckpt_path, options), rec)
     plan = settle(rec, ckpt_path, cfg, options, cfg.get("image_size") or model.input_contract.crop_size)
+    out_dir = out_dir or default_out_dir(ckpt_path, "features", split, plan)
+    check_out_dir(out_dir, (FEATURES, FEATURES_INDEX), [("--ckpt", ckpt_path)])  # before the embedding, not after
     contract = plan.contract(model.input_contract)
     dataset, short = evaluated_set(dataset, plan.min_frames)
     loader = _loader(cfg, dataset, contract, split, plan, batch_size, d, py_workers,
@@ -76,7 +78,6 @@ def extract_features(ckpt_path: str, d, data: str = "", split: str = "val", clip
         log.warning("%d of %d videos could not be read and are left out (listed in features_index.json)",
                     len(damaged), len(dataset))
     if d.main:
-        out_dir = out_dir or default_out_dir(ckpt_path, "features", split, plan)
         os.makedirs(out_dir, exist_ok=True)
         left_out = set(damaged)
         readable = [i for i in range(len(dataset)) if i not in left_out]

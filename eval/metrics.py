@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 
 import torch
+
+from prep.outputs import atomic_write, write_json
 
 
 def accuracy_report(scores: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
@@ -35,7 +36,7 @@ def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, num_classes: int)
 
 
 def write_per_class_csv(report: dict, path: str) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, "w") as f:
         w = csv.writer(f)
         w.writerow(["class", "support", "accuracy"])
         for row in report["per_class"]:
@@ -49,8 +50,7 @@ def write_predictions(scores: torch.Tensor, records: list[dict], classes: list[s
         out.append({"id": rec["id"], "label": rec["label"], "pred": idx[0],
                     "top": [{"class": classes[i] if i < len(classes) else str(i), "score": round(v, 5)}
                             for i, v in zip(idx, vals)]})
-    with open(path, "w") as f:
-        json.dump(out, f, allow_nan=False)  # scores are checked finite before; never write non-JSON
+    write_json(path, out)  # scores are checked finite before; never write non-JSON
 
 
 SUBMISSION, SSV2_SUBMISSION = "submission.csv", "submission_ssv2.csv"
@@ -65,11 +65,11 @@ def write_submissions(scores: torch.Tensor, records: list[dict], classes: list[s
     top = scores.topk(min(k, scores.shape[1]), dim=1).indices.tolist()
     names = [[classes[i] for i in row] for row in top]
     paths = {"csv": os.path.join(out_dir, SUBMISSION), "ssv2": os.path.join(out_dir, SSV2_SUBMISSION)}
-    with open(paths["csv"], "w", newline="") as f:
+    with atomic_write(paths["csv"], "w") as f:
         w = csv.writer(f)
         w.writerow(["id"] + [f"top{i + 1}" for i in range(len(top[0]) if top else k)])
         w.writerows([rec["id"], *row] for rec, row in zip(records, names))
-    with open(paths["ssv2"], "w", newline="") as f:
+    with atomic_write(paths["ssv2"], "w") as f:
         csv.writer(f, delimiter=";", lineterminator="\n").writerows([rec["id"], row[0]] for rec, row in
                                                                     zip(records, names))
     return paths

@@ -7,6 +7,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from prep.outputs import atomic_write  # noqa: E402
+
 
 def plot_confusion(conf: torch.Tensor, classes: list[str], path: str, title: str = "") -> None:
     n = conf.shape[0]
@@ -28,8 +30,7 @@ def plot_confusion(conf: torch.Tensor, classes: list[str], path: str, title: str
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix (rows normalised)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_curves(rows: list[dict], path: str, title: str = "") -> None:
@@ -47,8 +48,7 @@ def plot_curves(rows: list[dict], path: str, title: str = "") -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_bars(values: dict[str, float], path: str, title: str = "", ylabel: str = "top-1 (%)") -> None:
@@ -60,5 +60,13 @@ def plot_bars(values: dict[str, float], path: str, title: str = "", ylabel: str 
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
+
+
+def _save(fig, path: str) -> None:
+    """PNG through a temporary file: an interrupted plot never replaces the last good picture with a torn one."""
+    try:
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, dpi=110, format="png")
+    finally:
+        plt.close(fig)

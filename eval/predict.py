@@ -33,6 +33,7 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -40,6 +41,7 @@ import time
 
 from prep.decode import DecodeOptions
 from prep.guard import PrepInterrupted, stop_on_signals
+from prep.outputs import check_writable, within
 from prep.runner import JobOptions, NothingStored, read_jsonl, run_prep
 from prep.lists import ListError, looks_like_text, read_class_list, read_video_list
 from prep.tasks import VIDEO_EXTENSIONS, Task, number_tasks
@@ -158,6 +160,8 @@ def predict(inputs: list[str], ckpt: str, d, classes_file: str | None = None, wo
 
     from .run import _run_config
 
+    if keep:
+        check_keep(keep, inputs + ([classes_file] if classes_file else []))
     if not inputs:
         raise PredictError("no video given")
     rec = recognize_file(ckpt, view.get("use_ema", True))
@@ -179,6 +183,19 @@ def predict(inputs: list[str], ckpt: str, d, classes_file: str | None = None, wo
             **{k: summary.get(k) for k in ("clips", "crops", "twice_sample", "views", "protocol")}, "inputs": readings,
             "predicted": len(scores), "unreadable": len(rows) - len(scores), "chunks": len(chunks),
             "seconds": dict(seconds, total=round(time.time() - start, 2)), "videos": rows}
+
+
+def check_keep(keep: str, inputs: list[str]) -> None:
+    """Before any work: --keep can be written, and no input lies in a folder predict writes there (store/, eval/,
+    chunk-NNN/), where a later step would replace it."""
+    check_writable(keep, "--keep")
+    for item in inputs:
+        if not within(item, keep):
+            continue
+        top = os.path.relpath(os.path.realpath(item), os.path.realpath(keep)).split(os.sep)[0]
+        if top in ("store", "eval") or re.fullmatch(r"chunk-\d{3}", top):
+            raise PredictError(f"input {item} lies in {os.path.join(keep, top)}, which predict writes (--keep "
+                               f"{keep}): choose another --keep")
 
 
 def chunk_size(videos: int, overlap: bool = True) -> int:

@@ -6,7 +6,6 @@ required, the dataset's classes must match the file's classifier, `--frames` set
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -17,16 +16,19 @@ import pipelines
 from models.checkpoints import CheckpointError, build_recognized, recognize_file
 from pipelines.images import ImageLoader, open_image_folder
 from prep import open_dataset
+from prep.outputs import check_writable, refuse_input_as_output, write_json
 from train.config import TrainConfig
 from train.setup import Dist
 
-from .dump import save_scores
-from .metrics import write_per_class_csv, write_predictions, write_submissions
+from .dump import INDEX, SCORES, VIEWS, save_scores
+from .metrics import SSV2_SUBMISSION, SUBMISSION, write_per_class_csv, write_predictions, write_submissions
 from .plan import TestPlan, ViewOptions, plan_frames, settle
 from .plots import plot_confusion
 from .score import check_coverage, readable_accuracy, score_videos
 
 log = logging.getLogger("eval")
+REPORT_FILES = ("metrics.json", "predictions.json", "per_class.csv", "confusion.png", SCORES, VIEWS, INDEX,
+                SUBMISSION, SSV2_SUBMISSION)
 
 
 def load_model(path: str, device: torch.device, use_ema: bool = True, classes: list | None = None,
@@ -67,6 +69,8 @@ def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips:
     model, rec = load_model(ckpt_path, d.device, use_ema, classes, plan_frames(rec, ckpt_path, options), rec)
     column = _class_columns(ckpt_path, rec.classes, classes, model.num_classes)
     plan = settle(rec, ckpt_path, cfg, options, cfg.get("image_size") or model.input_contract.crop_size)
+    out_dir = out_dir or default_out_dir(ckpt_path, "eval", split, plan)
+    check_out_dir(out_dir, REPORT_FILES, [("--ckpt", ckpt_path)])  # before the scoring, not after it
     contract = plan.contract(model.input_contract)
     dataset, short = evaluated_set(dataset, plan.min_frames)
     loader = _loader(cfg, dataset, contract, split, plan, batch_size, d, py_workers,
@@ -89,7 +93,6 @@ def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips:
         log.warning("%d of %d videos could not be read and are left out (listed in metrics.json)",
                     len(damaged), len(dataset))
     if d.main:
-        out_dir = out_dir or default_out_dir(ckpt_path, "eval", split, plan)
         left_out = set(damaged)
         readable = [i for i in range(len(dataset)) if i not in left_out]
         views = result.views[readable] if result.views is not None else None
@@ -126,6 +129,13 @@ def default_out_dir(ckpt_path: str, kind: str, split: str, plan: TestPlan) -> st
     stem = os.path.splitext(os.path.basename(ckpt_path))[0]
     name = f"{kind}_{split}_{stem}_{plan.label()}"
     return os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), name)
+
+
+def check_out_dir(out_dir: str, names: tuple[str, ...], inputs: list[tuple[str, str]]) -> None:
+    """Before any work (every rank alike): files can be made in the report folder, and none of the report files
+    `names` there is one of the `inputs` ((option, path) pairs)."""
+    check_writable(out_dir)
+    refuse_input_as_output([("--out", os.path.join(out_dir, name)) for name in names], inputs)
 
 
 def _split_classes(path: str, rec, dataset, data: str) -> list[str]:
@@ -207,8 +217,7 @@ def write_reports(out_dir, summary, report, scores, records, classes, views=None
     os.makedirs(out_dir, exist_ok=True)
     if report is None:
         summary["submission"] = write_submissions(scores, records, classes, out_dir)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(summary, f, indent=1, allow_nan=False)
+    write_json(os.path.join(out_dir, "metrics.json"), summary, indent=1)
     write_predictions(scores, records, classes, os.path.join(out_dir, "predictions.json"))
     save_scores(out_dir, scores, records, classes, {k: summary[k] for k in ("model", "checkpoint", "split")
                                                      if k in summary}, views)

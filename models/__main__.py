@@ -11,6 +11,7 @@ import sys
 import torch
 
 from prep.lists import read_class_list
+from prep.outputs import check_writable, refuse_input_as_output
 
 from . import create_model, list_models
 from . import zoo
@@ -140,6 +141,9 @@ def cmd_zoo(args) -> None:
 def cmd_export(args) -> None:
     from .export import export
 
+    # before the model is built: the file is only written once it is made and checked, so a refusal costs nothing
+    refuse_input_as_output([("--out", args.out)], [("--ckpt", args.ckpt), ("--classes", args.classes)])
+    check_writable(os.path.dirname(os.path.abspath(args.out)), "--out")
     rec, model, overrides = _recognise(args)
     if model is None:
         raise ValueError(f"{args.ckpt}: {rec.origin} needs {', '.join(rec.needs)} (pass --classes)")

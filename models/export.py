@@ -15,6 +15,8 @@ import warnings
 import torch
 from torch import nn
 
+from prep.outputs import atomic_path
+
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4
 CONTRACT_KEY = "input_contract"
@@ -26,17 +28,22 @@ class ExportError(RuntimeError):
 
 
 def export(model: nn.Module, fmt: str, out: str, check: bool = True) -> float:
-    """Write `model` to `out`; returns the max |exported - PyTorch| logit difference on a fresh batch of 2."""
+    """Write `model` to `out`; returns the max |exported - PyTorch| logit difference on a fresh batch of 2.
+    The export is written and checked under a temporary name and only then renamed to `out`: an export that fails
+    (a full disk, a model that does not trace, a difference above TOLERANCE) leaves a file already at `out` as it
+    was."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     model = model.eval()
     contract = model.input_contract
     example = contract.example_input(1)
     meta = json.dumps(contract.to_dict())
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python values; the check below is the judge
-        (_export_onnx if fmt == "onnx" else _export_torchscript)(model, example, out, meta)
-    return check_export(model, fmt, out) if check else float("nan")
+    with atomic_path(out) as tmp:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python values; the check below is the judge
+            (_export_onnx if fmt == "onnx" else _export_torchscript)(model, example, tmp, meta)
+        diff = check_export(model, fmt, tmp, name=out) if check else float("nan")
+    return diff
 
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, out: str, meta: str) -> None:
@@ -56,15 +63,16 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, out: str, meta:
     torch.jit.save(traced, out, _extra_files={f"{CONTRACT_KEY}.json": meta})
 
 
-def check_export(model: nn.Module, fmt: str, out: str) -> float:
+def check_export(model: nn.Module, fmt: str, out: str, name: str = "") -> float:
+    """`name`: the file the user asked for, said in the error (`out` may be its temporary name)."""
     x = model.input_contract.example_input(2, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model(x)
         got = run_exported(fmt, out, x)
     diff = (got - expected).abs().max().item()
     if not diff <= TOLERANCE:
-        raise ExportError(f"{out}: the exported model differs from PyTorch by {diff:.3g} (> {TOLERANCE}); "
-                          "do not use it")
+        raise ExportError(f"{name or out}: the exported model differs from PyTorch by {diff:.3g} (> {TOLERANCE}); "
+                          + ("not written" if name else "do not use it"))
     return diff
 
 

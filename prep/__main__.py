@@ -14,7 +14,7 @@ import sys
 from .decode import DecodeOptions
 from .presets import diving48_tasks, hmdb51_tasks, kinetics700_tasks, restrict_to_classes, ucf101_tasks
 from .guard import PrepFailed, PrepInterrupted
-from .runner import JobOptions, merge, parse_part, part_lock, run_prep
+from .runner import JobOptions, check_out, merge, parse_part, part_lock, run_prep
 from .store import DEFAULT_CHUNK_BYTES, DiskFull
 from .tasks import kinetics_tasks, number_tasks, parse_video_lists, ssv2_tasks
 
@@ -132,7 +132,15 @@ def _tasks_for(args):
     return parse_video_lists([f"train={made['train']}", f"val={made['val']}"], root, classes_file)
 
 
+def _inputs(args) -> list[tuple[str, str]]:
+    """The files a prep command reads, as (option, path)."""
+    lists = [item.split("=", 1)[1] if "=" in item and not os.path.exists(item) else item
+             for item in getattr(args, "list", None) or []]
+    return [("--list", p) for p in lists] + [(f"--{k}", getattr(args, k, None) or "") for k in ("classes", "subset")]
+
+
 def _prep(args) -> dict:
+    check_out(args.out, _inputs(args))
     with part_lock(args.out, args.part):  # before anything is written, the synthetic videos included
         tasks, classes = _tasks_for(args)
         if not tasks:

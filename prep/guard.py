@@ -39,17 +39,34 @@ class PrepInterrupted(Exception):
 
 
 _HELD: dict[str, list] = {}  # lock path -> [fd, depth, pid]: a process may take its own lock again (merge in a run)
+PREP_REFUSAL = "{what} is being written by another prep ({holder}): wait for it to end, or use another --out"
+
+
+class LockHeld(Exception):
+    """Another process holds the lock; `holder` says who (pid, host, start time)."""
+
+    def __init__(self, holder: str):
+        super().__init__(holder)
+        self.holder = holder
 
 
 @contextmanager
-def exclusive(path: str, what: str):
-    """Holds an exclusive fcntl lock on `path` (created if need be) or raises Busy naming the holder.
-    The lock dies with its process, so a killed run never leaves a stale one."""
+def exclusive(path: str, what: str, refusal: str = PREP_REFUSAL, on_stale=None):
+    """Holds an exclusive fcntl lock on `path` (created if need be), the holder's pid, host and start time written
+    in it, or raises Busy(`refusal` with {what} and {holder}). The lock dies with its process, so a killed run
+    never leaves a lock that blocks; `on_stale(holder)` is told of a record such a run left behind (a run that
+    ends normally clears it)."""
     held = _HELD.get(path)
     if held is not None and held[2] == os.getpid():
         held[1] += 1
     else:
-        _HELD[path] = [_acquire(path, what), 1, os.getpid()]
+        try:
+            fd, stale = take_lock(path)
+        except LockHeld as e:
+            raise Busy(refusal.format(what=what, holder=e.holder)) from None
+        _HELD[path] = [fd, 1, os.getpid()]
+        if stale and on_stale is not None:
+            on_stale(stale)
     try:
         yield
     finally:
@@ -57,11 +74,12 @@ def exclusive(path: str, what: str):
         held[1] -= 1
         if held[1] == 0:
             del _HELD[path]
-            fcntl.flock(held[0], fcntl.LOCK_UN)
-            os.close(held[0])
+            release_lock(held[0])
 
 
-def _acquire(path: str, what: str) -> int:
+def take_lock(path: str) -> tuple[int, str]:
+    """(a file descriptor holding an exclusive flock on `path`, the holder recorded there by a process that ended
+    without releasing it, or ""); LockHeld naming the holder when another process holds it."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -69,20 +87,44 @@ def _acquire(path: str, what: str) -> int:
     except BlockingIOError:
         holder = _holder(fd)
         os.close(fd)
-        raise Busy(f"{what} is being written by another prep ({holder}): wait for it to end, or use another --out"
-                   ) from None
+        raise LockHeld(holder) from None
+    stale = _holder(fd, alive=False) if os.fstat(fd).st_size else ""
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}).encode(), 0)
-    return fd
+    return fd, stale
 
 
-def _holder(fd: int) -> str:
+def release_lock(fd: int) -> None:
+    """Clears the holder's record (a later taker then knows the lock was released, not left) and unlocks."""
+    try:
+        os.ftruncate(fd, 0)
+    except OSError:
+        pass
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def _holder(fd: int, alive: bool = True) -> str:
     try:
         h = json.loads(os.pread(fd, 4096, 0))
-        return f"pid {h['pid']} on {h['host']}, started {h['started']}"
+        text = f"pid {h['pid']} on {h['host']}, started {h['started']}"
     except (OSError, ValueError, KeyError, TypeError):
-        return "holder not recorded yet"
+        return "holder not recorded yet" if alive else "holder not recorded"
+    if not alive and h["host"] == socket.gethostname() and not _running(h["pid"]):
+        text += ", no longer running"
+    return text
+
+
+def _running(pid) -> bool:
+    """Whether a process of this host has that pid (one we may not signal, or a pid we cannot read: assume so)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError, TypeError, OverflowError):
+        pass
+    return True
 
 
 @contextmanager

@@ -30,12 +30,23 @@ from tqdm import tqdm
 
 from .decode import DecodeOptions, Decoded, decode_video, keep_frame_buffers
 from .guard import PrepFailed, PrepInterrupted, exclusive, quiet_worker, signals_blocked, stop_on_signals
-from .store import DEFAULT_CHUNK_BYTES, ShardWriter, disk_guard, removed_on_error
+from .outputs import atomic_write, check_writable, refuse_input_as_output, write_text
+from .store import DEFAULT_CHUNK_BYTES, ShardWriter, disk_guard
 from .tasks import Task
 
 log = logging.getLogger("prep")
 MANIFEST_KEYS = ("id", "split", "label", "label_name", "num_frames", "fps", "orig_size", "size",
                  "shard", "shard_id", "checksum", "key", "store")
+
+
+OUT_FILES = ("prep.json", "classes.json", "manifest.jsonl", "rejects.jsonl")  # what a run writes at OUT's top
+
+
+def check_out(out: str, inputs: list[tuple[str, str]]) -> None:
+    """Before anything is written: OUT can be written, and no input file ((option, path) pairs: a list, class list,
+    subset file) is one of the files prep writes in OUT, which would replace it. One line each."""
+    check_writable(out, "--out")
+    refuse_input_as_output([("--out", os.path.join(out, name)) for name in OUT_FILES], inputs)
 
 
 class NothingStored(PrepFailed):
@@ -221,7 +232,7 @@ class RejectLog:
                 data = f.read()
             whole = data[: data.rfind(b"\n") + 1]
             if len(whole) != len(data):
-                with open(path, "wb") as f:
+                with disk_guard(path), atomic_write(path, "wb") as f:
                     f.write(whole)
             self.keys = {json.loads(line)["key"] for line in whole.splitlines() if line.strip()}
 
@@ -304,18 +315,7 @@ def _write_json_atomic(path: str, obj) -> None:
 
 
 def _write_atomic(path: str, text: str, exclusive: bool = False) -> None:
-    """Whole or not at all; `exclusive`: only if `path` does not exist yet (another process's stays)."""
-    tmp = f"{path}.{os.getpid()}.tmp"  # per process: parts starting at once write prep.json side by side
-    with disk_guard(path), removed_on_error(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        if not exclusive:
-            os.replace(tmp, path)
-            return
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        os.remove(tmp)
+    """Whole or not at all; `exclusive`: only if `path` does not exist yet (another process's stays). The
+    temporary name is per process: parts starting at once write prep.json side by side."""
+    with disk_guard(path):
+        write_text(path, text, exclusive=exclusive)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .outputs import write_text
+
 __all__ = ["PAIRS", "CLASS_NAMES", "CODECS", "generate", "render", "iter_frames", "encode_video", "pick_classes"]
 
 # pair name -> (forward class, time-reversed class); the first DEFAULT_PAIRS are used by default
@@ -530,7 +532,7 @@ def generate(root, videos: int = 200, frames: int = 32, size=64, fps=12, codec: 
             lines["val" if k >= per_class - n_val else "train"].append(f"{relpath} {name}\n")
     _run(jobs, min(workers, len(jobs)), progress)
     for split, split_lines in lines.items():
-        (root / f"{split}.txt").write_text("".join(split_lines))
-    (root / "classes.txt").write_text("".join(f"{name}\n" for name in names))
+        write_text(root / f"{split}.txt", "".join(split_lines))
+    write_text(root / "classes.txt", "".join(f"{name}\n" for name in names))
     return {"train": str(root / "train.txt"), "val": str(root / "val.txt"), "classes": names,
             "videos": len(jobs)}

@@ -22,10 +22,12 @@ import numpy as np
 import torch
 
 from models.checkpoints import CheckpointError
+from prep.outputs import atomic_write, refuse_input_as_output
 
 log = logging.getLogger("train")
 
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
+WRITTEN = (LAST, PREVIOUS, BEST, "best_e*_top1_*.pt", "epoch_*.pt")  # what a run writes into its folder
 CHECKSUM = "checksum"
 
 
@@ -39,23 +41,17 @@ class CheckpointWriteError(RuntimeError):
 def save_atomic(state: dict, path: str, keep_previous: bool = False) -> None:
     """Write `state` (plus its checksum) to `path`; with `keep_previous` the file there becomes previous.pt."""
     state = dict(state, **{CHECKSUM: checksum(state)})
-    tmp = path + ".tmp"
+    previous = os.path.join(os.path.dirname(path), PREVIOUS) if keep_previous else None
     try:
-        with open(tmp, "wb") as f:
+        # a fixed temporary name: the run folder is locked (train.engine), and a killed run's leftover is reused
+        with atomic_write(path, "wb", tmp=path + ".tmp", previous=previous) as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as err:
-        _remove(tmp)
-        raise CheckpointWriteError(_write_failure(err, path)) from None
-    if keep_previous and os.path.exists(path):
-        os.replace(path, os.path.join(os.path.dirname(path), PREVIOUS))
-    os.replace(tmp, path)
-    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the renames themselves survive a power cut
-    finally:
-        os.close(dir_fd)
+    except (OSError, RuntimeError) as err:
+        # torch's zip writer turns a failed write (a disk full part-way) into a RuntimeError about its position
+        cause = err if isinstance(err, OSError) else err.__context__
+        if not isinstance(cause, OSError):
+            raise
+        raise CheckpointWriteError(_write_failure(cause, path)) from None
 
 
 def _write_failure(err: OSError, path: str) -> str:
@@ -207,6 +203,9 @@ def average_checkpoints(run_dir: str, top: int, out: str | None = None) -> str:
     if len(kept) < top:
         raise ValueError(f"{run_dir} has {len(kept)} kept best checkpoints (best_e*_top1_*.pt), fewer than "
                          f"--top {top}: train with --keep_best {top} or more")
+    out = out or os.path.join(run_dir, f"averaged_top{top}.pt")
+    run_files = [os.path.join(run_dir, name) for name in (LAST, PREVIOUS, BEST)] + [p for _, _, p in kept[:top]]
+    refuse_input_as_output([("--out", out)], [("checkpoint", path) for path in run_files])
     states = [load(path) for _, _, path in kept[:top]]
     _check_same_model([p for _, _, p in kept[:top]], states)
     best = dict(states[0])
@@ -217,7 +216,6 @@ def average_checkpoints(run_dir: str, top: int, out: str | None = None) -> str:
     for key in ("optimizer", "scheduler", "scaler", "rng", "rng_ranks"):
         best[key] = None
     best["averaged_from"] = [os.path.basename(p) for _, _, p in kept[:top]]
-    out = out or os.path.join(run_dir, f"averaged_top{top}.pt")
     save_atomic(best, out)
     return out
 

@@ -8,11 +8,12 @@ chance within each pair. Re-running resumes: finished steps are skipped.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import time
+
+from prep.outputs import write_json
 
 DEMO_MODELS = ("i3d_tiny", "tsn_tiny")  # (temporal, order-blind)
 
@@ -90,8 +91,7 @@ def write_summary(summary: dict, args, seconds: float) -> None:
     from eval.plots import plot_bars
 
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json(os.path.join(args.out, "summary.json"), summary, indent=1)
     plot_bars({m: r["top1"] for m, r in summary.items()}, os.path.join(args.out, "top1.png"),
               title=f"synthetic temporal-pairs dataset, {args.clips}x{args.crops} views")
     print(f"\n{'model':<16}{'top-1':>8}{'top-5':>8}{'mean class':>12}   ({args.clips} clips x {args.crops} crops)")

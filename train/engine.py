@@ -26,10 +26,12 @@ from eval.score import autocast, readable_accuracy, score_videos
 from pipelines.images import ImageLoader, open_image_folder
 from prep import open_dataset
 from prep.lists import class_order_change
+from prep.outputs import write_text
 
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, check, config_changes, save_config
-from .guard import DamageCounter, RunStopped, StopSignals, check_stored_videos, training_amp
+from .guard import (DamageCounter, RunStopped, StopSignals, check_checkpoint_space, check_stored_videos,
+                    checkpoint_bytes, claim_run_folder, refuse_pretrained_in_run, training_amp)
 from .meter import StepMeter
 from .setup import (Dist, build_ema, build_loss, build_mixup, build_model, build_optimizer, build_scheduler,
                     check_one_frame, mix_clips, schedule_to, seed_everything, video_loader_options, wrap_model)
@@ -52,10 +54,21 @@ class Trainer:
         check(cfg)
         self.cfg, self.d = cfg, d
         self.run_dir = cfg.run_dir()
+        refuse_pretrained_in_run(cfg.pretrained, self.run_dir, ckpt.WRITTEN)
+        # first: a second training in this folder is refused before it builds anything
+        self._run_folder = claim_run_folder(self.run_dir, d)
+        try:
+            self._build(cfg, d)
+        except BaseException:
+            self._run_folder.close()
+            raise
+
+    def _build(self, cfg: TrainConfig, d: Dist) -> None:
         self._rng_ranks = None  # every rank's RNG state at the last save (see save)
         seed_everything(cfg.seed + d.rank)
         train_set = self._open_split(cfg.train_split)
         self.classes = train_set.classes
+        self._val_set = self._open_val_split() if cfg.eval_every else None  # at start, not after an epoch
         self.num_classes = cfg.num_classes or len(self.classes)
         if self.num_classes < len(self.classes):
             raise ConfigError(f"config key 'num_classes' is {self.num_classes}, but {cfg.train_split} has "
@@ -86,8 +99,7 @@ class Trainer:
         self._last_pt_good = False  # whether run_dir/last.pt may become previous.pt at the next save
         self._bad_loss: float | None = None  # the first non-finite loss since the last optimizer step
         self._last_loss = 0.0
-        if d.main:
-            os.makedirs(self.run_dir, exist_ok=True)
+        check_checkpoint_space(self.run_dir, checkpoint_bytes(self.model, cfg.optimizer, cfg.momentum, cfg.ema), d)
         self.writer = self._tensorboard() if d.main else None
 
     # ------------------------------------------------------------------ setup helpers
@@ -101,6 +113,13 @@ class Trainer:
             raise ConfigError(f"split {split!r} of {self.cfg.data} has no labels (an unlabelled test split): train "
                               f"and validate on labelled splits; score it with `python -m eval --split {split}`")
         return data
+
+    def _open_val_split(self):
+        try:
+            return self._open_split(self.cfg.val_split)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"validation split: {e}: prep one, set val_split to a split that exists, or "
+                              f"eval_every 0 to train without validation") from None
 
     def _loader(self, data, split: str, training: bool, clips: int = 1, crops: int = 1):
         augment = pipelines.AugmentConfig(**self.cfg.augment)  # evaluation reads its eval_scale and eval_crop
@@ -375,7 +394,7 @@ class Trainer:
     def validate(self) -> dict:
         cfg = self.cfg
         if self.val_loader is None:
-            val_set = self._open_split(cfg.val_split)
+            val_set = self._val_set or self._open_split(cfg.val_split)
             self.val_records = val_set.rows
             if cfg.task != "image" and self.d.main:
                 check_stored_videos(val_set.rows, self.contract, cfg.val_split)
@@ -396,6 +415,10 @@ class Trainer:
     # ------------------------------------------------------------------ the run
 
     def fit(self) -> dict:
+        with self._run_folder:  # the run folder's lock, released at the end: another training may use it then
+            return self._fit()
+
+    def _fit(self) -> dict:
         with self.stop.installed():
             try:
                 self.resume()
@@ -503,6 +526,4 @@ def _truncate_metrics(path: str, epoch: int) -> None:
     if not os.path.exists(path):
         return
     rows = [r for r in _read_metrics(path) if r["epoch"] <= epoch]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(path + ".tmp", path)
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -3,6 +3,7 @@ cannot be served as the model asks. Each problem is one line: a warning, or a `R
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import os
 import signal
@@ -11,7 +12,13 @@ import threading
 import torch
 import torch.distributed as dist
 
+from prep.guard import Busy, exclusive
+from prep.outputs import OutputError, check_free_space, check_writable, same_path
+
 log = logging.getLogger("train")
+RUN_LOCK = "train.lock"
+BUSY = ("run folder {what} is in use by another training ({holder}): wait for it to end, or pass --name NEW "
+        "to train a new run")
 
 
 class RunStopped(RuntimeError):
@@ -111,3 +118,82 @@ class DamageCounter:
             damaged = sorted({v for d, _ in gathered for v in d})
             replaced = sum(r for _, r in gathered)
         return {"damaged_videos": len(damaged), "replaced_samples": replaced}
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot be used (in use by another training, not writable, too little space): one line."""
+
+
+def claim_run_folder(run_dir: str, d) -> contextlib.ExitStack:
+    """Before anything is built: the run folder can be written and is locked against a second training
+    (`RUN_LOCK`, holding the holder's pid, host and start time; released when the returned stack closes, and by the
+    system if the process dies). Only rank 0 writes into the run folder, so only it locks; every rank raises the
+    same RunFolderError when it cannot (DDP: no rank is left waiting for the others). A folder made here is removed
+    again when the stack closes before anything else was written in it."""
+    stack, error = contextlib.ExitStack(), ""
+    if d.main:
+        try:
+            check_writable(run_dir, "--output")
+            if not os.path.isdir(run_dir):
+                os.makedirs(run_dir)
+                stack.callback(_remove_if_only_lock, run_dir)
+            stack.enter_context(exclusive(os.path.join(run_dir, RUN_LOCK), run_dir, BUSY, on_stale=_stale))
+        except (Busy, OutputError, OSError) as e:
+            stack.close()
+            error = str(e) if not isinstance(e, OSError) else f"cannot use the run folder {run_dir}: {e}"
+    _raise_on_every_rank(error, d)
+    return stack
+
+
+def check_checkpoint_space(run_dir: str, need: int, d) -> None:
+    """Once the model and optimizer are built: room in the run folder for one checkpoint of `need` bytes."""
+    error = ""
+    if d.main:
+        try:
+            check_free_space(run_dir, need, "one checkpoint (the model's, its optimizer's and EMA's tensors)",
+                             "--output")
+        except OutputError as e:
+            error = str(e)
+    _raise_on_every_rank(error, d)
+
+
+def _raise_on_every_rank(error: str, d) -> None:
+    if d.world > 1:
+        said = [error]
+        dist.broadcast_object_list(said, src=0)
+        error = said[0]
+    if error:
+        raise RunFolderError(error)
+
+
+def _remove_if_only_lock(run_dir: str) -> None:
+    """A run refused before it wrote anything leaves no folder behind (the lock's record is cleared by then)."""
+    with contextlib.suppress(OSError):
+        if os.listdir(run_dir) == [RUN_LOCK] and os.path.getsize(os.path.join(run_dir, RUN_LOCK)) == 0:
+            os.remove(os.path.join(run_dir, RUN_LOCK))
+            os.rmdir(run_dir)
+
+
+def refuse_pretrained_in_run(pretrained: str, run_dir: str, written: tuple[str, ...]) -> None:
+    """A --pretrained checkpoint that is one of the files this run writes (its own last.pt, best.pt, ...) would be
+    replaced by the run's first checkpoint: refused in one line before anything is built."""
+    if not pretrained or not os.path.isfile(pretrained):
+        return
+    name = os.path.basename(pretrained)
+    if same_path(os.path.dirname(os.path.abspath(pretrained)), run_dir) and \
+            any(fnmatch.fnmatchcase(name, pattern) for pattern in written):
+        raise RunFolderError(f"--pretrained {pretrained} is a checkpoint of the run folder {run_dir}, which this "
+                             f"training writes (it would be replaced): copy it elsewhere, or pass --name NEW")
+
+
+def _stale(holder: str) -> None:
+    log.warning("taking over the run folder's lock from a training that ended without releasing it (%s)", holder)
+
+
+def checkpoint_bytes(model: torch.nn.Module, optimizer: str, momentum: float, ema: bool) -> int:
+    """About the size of one checkpoint: the model's tensors, an EMA copy, and the optimizer's state per
+    trainable parameter (AdamW and LAMB: two moments; SGD: a momentum buffer when momentum is on)."""
+    tensors = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    trainable = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)  # optimizer state is float32
+    slots = 2 if optimizer in ("adamw", "lamb") else (1 if momentum else 0)
+    return tensors * (2 if ema else 1) + trainable * slots
