@@ -16,6 +16,23 @@ def data(tmp_path_factory):
     return out
 
 
+@pytest.fixture
+def compute_dtypes():
+    """dtypes(model, *inputs): the dtypes the model's convolutions and linear layers compute in (forward hooks)."""
+    def dtypes(model: torch.nn.Module, *inputs) -> set:
+        seen = set()
+        layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d))]
+        hooks = [m.register_forward_hook(lambda mod, args, out: seen.add(out.dtype)) for m in layers]
+        try:
+            model(*inputs)
+        finally:
+            for h in hooks:
+                h.remove()
+        return seen
+
+    return dtypes
+
+
 # tests run on the CPU whatever the machine; keep them from fighting over 2 cores
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

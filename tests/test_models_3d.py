@@ -144,13 +144,14 @@ def test_tiny_forward_backward(name):
 
 
 @pytest.mark.parametrize("name", ["i3d_tiny", "slowfast_tiny"])
-def test_tiny_autocast_and_channels_last(name):
+def test_tiny_autocast_and_channels_last(name, compute_dtypes):
     model = create_model(name, num_classes=10).eval()
     x = model.input_contract.example_input(2)
     with torch.no_grad():
         reference = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert torch.isfinite(model(x)).all()
+            assert compute_dtypes(model, x) == {torch.bfloat16}
         model = model.to(memory_format=torch.channels_last_3d)
         out = model(x.to(memory_format=torch.channels_last_3d))
     torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)

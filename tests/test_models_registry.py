@@ -75,10 +75,11 @@ def test_tiny_trains(name):
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_tiny_bf16_autocast(name):
+def test_tiny_bf16_autocast(name, compute_dtypes):
     model, clips = _tiny(name, batch=1)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model.eval()(clips)
+        assert compute_dtypes(model, clips) == {torch.bfloat16}  # every conv and linear layer ran in bf16
     assert out.shape == (1, NUM_CLASSES) and torch.isfinite(out.float()).all()
 
 
