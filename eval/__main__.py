@@ -24,6 +24,8 @@ import json
 import logging
 import sys
 
+from prep.remote import add_cache_args
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
@@ -41,6 +43,7 @@ def add_view_args(p: argparse.ArgumentParser, data: bool = True) -> None:
         p.add_argument("--data", default="", help="prepped dataset (default: the one the run trained on)")
         p.add_argument("--split", default="val")
         p.add_argument("--out", default="", help="report folder")
+        add_cache_args(p)  # --data s3://BUCKET/PREFIX is read through a node-local cache
     p.add_argument("--protocol", default="", help="whose test views: ibm, sifar, mmaction, ila, vidkit (the "
                    "toolkit's), or a zoo key, which also sets the released row's frames, views, resize and crop "
                    "(default: the zoo row an authors' file is named after, else the run's; `python -m eval views` "

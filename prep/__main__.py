@@ -12,6 +12,7 @@ import signal
 import sys
 
 from .decode import DecodeOptions
+from . import remote
 from .presets import diving48_tasks, hmdb51_tasks, kinetics700_tasks, restrict_to_classes, ucf101_tasks
 from .guard import PrepFailed, PrepInterrupted
 from .runner import JobOptions, check_out, merge, parse_part, part_lock, run_prep
@@ -31,7 +32,8 @@ def parse_size(text: str) -> int:
 
 
 def _job_args(p: argparse.ArgumentParser, short_side: int = 256) -> None:
-    p.add_argument("--out", required=True, help="output folder (shards, manifest, rejects)")
+    p.add_argument("--out", required=True, help="output folder (shards, manifest, rejects), or s3://BUCKET/PREFIX "
+                   "(prepped in a staging folder under --cache-dir, then uploaded, the manifest last)")
     p.add_argument("--format", choices=("lmdb", "arrow"), default="lmdb")
     p.add_argument("--store", choices=("frames", "video"), default="frames",
                    help="JPEG frames (default) or the encoded video bytes (GPU-decode path)")
@@ -56,6 +58,7 @@ def _job_args(p: argparse.ArgumentParser, short_side: int = 256) -> None:
     p.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK_BYTES,
                    help="a longer video's frames are written in pieces of about this size (bounds memory)")
     p.add_argument("--no-progress", action="store_true")
+    remote.add_cache_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("merge", help="join the manifests of the parts of a --part job")
     p.add_argument("out")
     p = sub.add_parser("verify", help="decode every stored frame and check checksums")
-    p.add_argument("out")
+    p.add_argument("out", help="prepped folder, or s3://BUCKET/PREFIX (downloaded into the cache)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    remote.add_cache_args(p)
     return parser
 
 
@@ -140,6 +144,16 @@ def _inputs(args) -> list[tuple[str, str]]:
 
 
 def _prep(args) -> dict:
+    destination = args.out if remote.is_remote(args.out) else None
+    if destination:  # checked before any work; prep runs in a local staging folder, then uploads
+        args.out = remote.prepare_destination(destination, args.part)
+    summary = _prep_local(args)
+    if destination:
+        summary["upload"] = remote.upload_store(args.out, destination)
+    return summary
+
+
+def _prep_local(args) -> dict:
     check_out(args.out, _inputs(args))
     with part_lock(args.out, args.part):  # before anything is written, the synthetic videos included
         tasks, classes = _tasks_for(args)

@@ -7,6 +7,7 @@ import json
 import os
 import zlib
 
+from .remote import is_remote, materialize
 from .runner import read_jsonl
 from .store import DamagedEntry, DamagedShard, ShardReader
 
@@ -105,4 +106,7 @@ class PreppedDataset:
 
 
 def open_dataset(root: str, split: str | None = None) -> PreppedDataset:
+    """A prepped folder, or an s3://BUCKET/PREFIX store read through the node's cache (prep/remote.py)."""
+    if is_remote(root):
+        root = materialize(root, split)
     return PreppedDataset(root, split)

@@ -667,3 +667,19 @@ class ShardReader:
 
     def video(self, shard: str, key: str) -> bytes:
         return self.open(shard).video(key)
+
+
+def read_shard_identity(path: str, name: str | None = None) -> str | None:
+    """The identity a shard file holds, after the checks a reader makes (DamagedShard if it is truncated or
+    unreadable); `name` says its kind where the path does not (a download under a temporary name)."""
+    name = name or os.path.basename(path)
+    if name.endswith(".lmdb"):
+        return _LmdbShard.scan(path)[2]
+    if name.endswith(".arrow"):
+        check_arrow_footer(path)
+        try:
+            with pa.memory_map(path) as src:
+                return _schema_identity(pa.ipc.open_file(src).schema)
+        except (pa.ArrowException, OSError) as e:
+            raise DamagedShard(f"{path}: not a readable Arrow shard ({e})") from None
+    raise DamagedShard(f"{path}: not a shard file (.lmdb or .arrow)")

@@ -7,9 +7,12 @@ value not of its key's type (a YAML string for a number or a bool) is a one-line
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
+
+from prep.remote import add_cache_args
 
 from .config import ConfigError, load_config
 
@@ -25,7 +28,7 @@ def main(argv=None) -> int:
     if argv and argv[0] == "average":
         return average(argv[1:])
     try:
-        cfg = load_config(argv)
+        cfg = load_config(_without_cache_options(argv))
         from .engine import Trainer
         from .setup import setup_distributed
 
@@ -51,6 +54,14 @@ def main(argv=None) -> int:
     if trainer.d.main:
         print(json.dumps({"run_dir": trainer.run_dir, **row}))
     return 0
+
+
+def _without_cache_options(argv: list[str]) -> list[str]:
+    """--cache-dir and --cache-limit (the node-local cache of an s3:// --data store) belong to the node, not to the
+    run's config: parsing them sets them for this process and its ranks' workers."""
+    p = argparse.ArgumentParser(prog="python -m train", add_help=False, allow_abbrev=False)
+    add_cache_args(p)
+    return p.parse_known_args(argv)[1]
 
 
 def average(argv: list[str]) -> int:
