@@ -35,6 +35,7 @@ import logging
 import os
 import random
 import re
+import signal
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,7 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from .guard import PrepInterrupted, stop_on_signals
 from .runner import read_jsonl
 from .store import DiskFull, read_shard_identity
 
@@ -348,8 +350,8 @@ class Cache:
                     except OSError as e:
                         os.close(fd)
                         raise DiskFull(tmp, os.strerror(e.errno)) from None
-                sha256 = self._download_into(fd, w)
-                self._check(tmp, w, sha256)
+                size, sha256 = self._download_into(fd, w)
+                self._check(tmp, w, size, sha256)
                 if os.path.exists(self._marker(w.name)):
                     os.remove(self._marker(w.name))  # no marker may vouch for the old file while it is replaced
                 os.replace(tmp, path)
@@ -359,13 +361,13 @@ class Cache:
                     os.remove(tmp)
         return 1
 
-    def _download_into(self, fd: int, w: Wanted) -> str:
-        """Streams the object into `fd` (closed after); its sha256."""
+    def _download_into(self, fd: int, w: Wanted) -> tuple[int, str]:
+        """Streams the object into `fd` (closed after); its size and sha256."""
         digest, size = hashlib.sha256(), 0
         what = self.obj(f"shards/{w.name}")
         try:
-            with translated(what), filesystem().open_input_stream(self.key(f"shards/{w.name}")) as src, \
-                    os.fdopen(fd, "wb") as f:
+            with os.fdopen(fd, "wb") as f, translated(what), \
+                    filesystem().open_input_stream(self.key(f"shards/{w.name}")) as src:
                 while block := src.read(_BLOCK):
                     digest.update(block)
                     f.write(block)
@@ -375,12 +377,9 @@ class Cache:
                 os.fsync(f.fileno())
         except FileNotFoundError:
             raise RemoteStoreError(f"{what} is missing: the store is incomplete") from None
-        if size != w.size:
-            raise RemoteStoreError(f"{what} is {size} bytes, the store recorded {w.size}: truncated or replaced on "
-                                   "the server; prep it again")
-        return digest.hexdigest()
+        return size, digest.hexdigest()
 
-    def _check(self, tmp: str, w: Wanted, sha256: str) -> None:
+    def _check(self, tmp: str, w: Wanted, size: int, sha256: str) -> None:
         """Identity first (the clearest word for another run's shard), then the bytes."""
         what = self.obj(f"shards/{w.name}")
         try:
@@ -391,6 +390,9 @@ class Cache:
         if w.shard_id and identity != w.shard_id:
             raise RemoteStoreError(f"{what} holds shard {identity} but the manifest names shard {w.shard_id}: "
                                    "the object comes from another prep run; prep the store again")
+        if size != w.size:
+            raise RemoteStoreError(f"{what} is {size} bytes, the store recorded {w.size}: truncated or replaced on "
+                                   "the server; prep it again")
         if w.sha256 and sha256 != w.sha256:
             raise RemoteStoreError(f"{what}: its bytes differ from what prep uploaded (sha256): damaged or replaced "
                                    "on the server; prep it again")
@@ -526,22 +528,35 @@ def upload_store(staging: str, url: str) -> dict:
     except (OSError, ValueError):
         sent = {}
     objects, counts = {}, {"uploaded": 0, "skipped": 0, "bytes_uploaded": 0}
-    for rel in _store_files(staging) + ["objects.json", "manifest.jsonl"]:
-        if rel == "objects.json":
-            _write_json(os.path.join(staging, rel), objects)
-        path = os.path.join(staging, rel)
-        size, sha256 = os.path.getsize(path), _sha256(path)
-        if rel.startswith("shards/"):
-            objects[rel] = {"size": size, "sha256": sha256}
-        if _already_there(cache, rel, sent.get(rel), size, sha256):
-            counts["skipped"] += 1
-            continue
-        _upload(path, cache.key(rel), cache.obj(rel))
-        sent[rel] = {"size": size, "sha256": sha256, "etag": etag(cache.key(rel), cache.obj(rel))}
-        _write_json(log_path, sent)
-        counts["uploaded"] += 1
-        counts["bytes_uploaded"] += size
+    files = _store_files(staging) + ["objects.json", "manifest.jsonl"]
+    try:
+        with stop_on_signals():
+            for rel in files:
+                _upload_one(cache, staging, rel, sent, objects, counts)
+    except (KeyboardInterrupt, PrepInterrupted) as e:
+        stop = e if isinstance(e, PrepInterrupted) else PrepInterrupted(signal.SIGINT)
+        stop.progress = f" while uploading to {url} ({counts['uploaded'] + counts['skipped']} of {len(files)} " \
+                        "objects there; those are not sent again)"
+        raise stop from None
     return {"url": url, **counts}
+
+
+def _upload_one(cache: Cache, staging: str, rel: str, sent: dict, objects: dict, counts: dict) -> None:
+    """Uploads one file of the staging folder unless the server has it; logs it in `sent` (uploaded.json)."""
+    if rel == "objects.json":
+        _write_json(os.path.join(staging, rel), objects)
+    path = os.path.join(staging, rel)
+    size, sha256 = os.path.getsize(path), _sha256(path)
+    if rel.startswith("shards/"):
+        objects[rel] = {"size": size, "sha256": sha256}
+    if _already_there(cache, rel, sent.get(rel), size, sha256):
+        counts["skipped"] += 1
+        return
+    _upload(path, cache.key(rel), cache.obj(rel))
+    sent[rel] = {"size": size, "sha256": sha256, "etag": etag(cache.key(rel), cache.obj(rel))}
+    _write_json(os.path.join(staging, "uploaded.json"), sent)
+    counts["uploaded"] += 1
+    counts["bytes_uploaded"] += size
 
 
 def _already_there(cache: Cache, rel: str, record: dict | None, size: int, sha256: str) -> bool:
