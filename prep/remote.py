@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import glob
 import hashlib
 import json
 import logging
@@ -46,7 +47,7 @@ import pyarrow.fs as pafs
 
 from .guard import PrepInterrupted, stop_on_signals
 from .runner import read_jsonl
-from .store import DiskFull, read_shard_identity
+from .store import read_shard_identity
 
 log = logging.getLogger("prep.remote")
 SCHEME = "s3://"
@@ -340,6 +341,8 @@ class Cache:
             if self._cached(w):
                 return 0
             path = os.path.join(self.shards, w.name)
+            for stale in glob.glob(glob.escape(path) + ".*.part"):  # a killed download's (we hold its lock)
+                os.remove(stale)
             tmp = f"{path}.{os.getpid()}.part"
             try:
                 with _locked(os.path.join(self.top, "space.lock")):
@@ -349,7 +352,9 @@ class Cache:
                         os.posix_fallocate(fd, 0, max(1, w.size))
                     except OSError as e:
                         os.close(fd)
-                        raise DiskFull(tmp, os.strerror(e.errno)) from None
+                        raise RemoteStoreError(f"cannot cache {self.obj('shards/' + w.name)} in {self.top}: "
+                                               f"{os.strerror(e.errno)}: free some space or lower --cache-limit "
+                                               "below what the disk holds") from None
                 size, sha256 = self._download_into(fd, w)
                 self._check(tmp, w, size, sha256)
                 if os.path.exists(self._marker(w.name)):

@@ -220,3 +220,16 @@ def test_cache_limit_refuses_a_split_too_large_and_evicts_unused_shards(s3_env, 
     os.utime(stale / "old.lmdb", (0, 0))
     assert len(open_dataset(store["url"])) == 20
     assert not (stale / "old.lmdb").exists()
+
+
+def test_cache_options_reach_the_environment_and_leave_the_train_config(monkeypatch, tmp_path):
+    from train.__main__ import _without_cache_options
+
+    monkeypatch.delenv("VIDKIT_CACHE_DIR", raising=False)
+    monkeypatch.delenv("VIDKIT_CACHE_LIMIT", raising=False)
+    rest = _without_cache_options(["--model", "tsn_tiny", "--cache-dir", str(tmp_path / "c"), "--data", "s3://b/p",
+                                   "--cache-limit", "2G"])
+    assert rest == ["--model", "tsn_tiny", "--data", "s3://b/p"]
+    assert remote.cache_dir() == str(tmp_path / "c") and remote.cache_limit() == 2 << 30
+    r = _cli("-m", "prep", "verify", "s3://b/p", "--cache-limit", "lots")
+    assert r.returncode == 2 and "--cache-limit: size must look like" in r.stderr

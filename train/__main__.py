@@ -24,6 +24,8 @@ def main(argv=None) -> int:
         from .config import help_text
 
         print(__doc__ + help_text())
+        print("  --cache-dir, --cache-limit: the node-local cache of an s3:// --data store (README, Data on object "
+              "storage)")
         return 0
     if argv and argv[0] == "average":
         return average(argv[1:])
