@@ -10,6 +10,7 @@ AWS_REGION); `env` holds them for this server.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -55,6 +56,12 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the process that started it dies (pytest killed outright included)."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 class LocalS3:
     """One `weed server -s3` (master, volume, filer, S3 gateway) in its own process group."""
 
@@ -88,7 +95,7 @@ class LocalS3:
     def start(self) -> "LocalS3":
         log = open(os.path.join(self.root, "weed.log"), "ab")
         self.proc = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=self.root, start_new_session=True)
+                                     cwd=self.root, start_new_session=True, preexec_fn=_die_with_parent)
         log.close()
         try:
             self._wait_ready()
