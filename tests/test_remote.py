@@ -233,3 +233,29 @@ def test_cache_options_reach_the_environment_and_leave_the_train_config(monkeypa
     assert remote.cache_dir() == str(tmp_path / "c") and remote.cache_limit() == 2 << 30
     r = _cli("-m", "prep", "verify", "s3://b/p", "--cache-limit", "lots")
     assert r.returncode == 2 and "--cache-limit: size must look like" in r.stderr
+
+
+@pytest.mark.slow
+def test_train_and_eval_from_s3_match_local(s3_env, store, tmp_path):
+    """`python -m train --data s3://...` trains exactly as on the same store on local disk, and `python -m eval`
+    reads it too; both through the node cache named by --cache-dir."""
+    import torch
+
+    node_cache = str(tmp_path / "node-cache")
+    common = ["-m", "train", "--model", "tsn_tiny", "--output", str(tmp_path), "--batch-size", "4", "--py-workers",
+              "1", "--threads", "1", "--amp", "none", "--no-progress", "--optimizer", "adamw", "--lr", "0.002",
+              "--epochs", "1", "--eval-every", "0", "--seed", "3"]
+    for name, data, extra in (("local", store["staging"], []), ("s3", store["url"], ["--cache-dir", node_cache])):
+        r = _cli(*common, "--name", name, "--data", data, *extra)
+        assert r.returncode == 0, r.stderr[-2000:]
+    local, s3 = (torch.load(tmp_path / n / "last.pt", map_location="cpu", weights_only=True) for n in ("local", "s3"))
+    assert local["step"] == s3["step"] > 0
+    for key, value in local["model"].items():
+        assert torch.equal(value, s3["model"][key]), key
+    assert os.listdir(os.path.join(node_cache, "stores"))
+    r = _cli("-m", "eval", "--ckpt", str(tmp_path / "s3" / "last.pt"), "--data", store["url"], "--cache-dir",
+             node_cache, "--clips", "1", "--crops", "1", "--batch-size", "4", "--py-workers", "1", "--no-progress",
+             "--out", str(tmp_path / "report"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["videos"] == \
+        len(open_dataset(store["staging"], "val"))
