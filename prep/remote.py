@@ -23,7 +23,8 @@ limit together. A download goes to a temporary name and is renamed into place on
 
 The client is pyarrow's S3 filesystem (the AWS SDK): credentials the standard way (AWS_ACCESS_KEY_ID /
 AWS_SECRET_ACCESS_KEY, AWS_PROFILE and ~/.aws), the endpoint of an S3-compatible server from AWS_ENDPOINT_URL,
-retries with backoff by the SDK's standard retry strategy (VIDKIT_S3_ATTEMPTS attempts per request, default 10).
+retries with backoff by the SDK's standard retry strategy (VIDKIT_S3_ATTEMPTS attempts per request, default 10:
+about 100 s of a server that does not answer, the backoff growing to 20 s).
 """
 from __future__ import annotations
 
@@ -163,7 +164,8 @@ def explain(e: BaseException, what: str) -> RemoteStoreError:
                                 "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) and their rights on the bucket")
     if re.search(r"NETWORK_CONNECTION|curlCode|Couldn't connect|Could not resolve|timed out|SERVICE_UNAVAILABLE",
                  text):
-        return RemoteStoreError(f"{what}: no answer from {endpoint} after {attempts()} attempts with backoff "
+        n = attempts()
+        return RemoteStoreError(f"{what}: no answer from {endpoint} after {n} attempt{'s' * (n != 1)} with backoff "
                                 f"({text.split(';')[0].split(': ')[-1]}): run the same command again once the "
                                 "server is back")
     if re.search(r"NO_SUCH_BUCKET|NoSuchBucket", text):
