@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import pyarrow.fs as pafs
 
 from .guard import PrepInterrupted, stop_on_signals
+from .outputs import atomic_write
 from .runner import read_jsonl
 from .store import read_shard_identity
 
@@ -444,10 +445,8 @@ def make_room(top: str, size: int) -> None:
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path, "w") as f:
         json.dump(obj, f)
-    os.replace(tmp, path)
 
 
 _OPENED: dict[tuple[str, str | None], tuple[str, int]] = {}
