@@ -42,6 +42,7 @@ import time
 from prep.decode import DecodeOptions
 from prep.guard import PrepInterrupted, stop_on_signals
 from prep.outputs import check_writable, within
+from prep.remote import is_remote, metadata_root
 from prep.runner import JobOptions, NothingStored, read_jsonl, run_prep
 from prep.lists import ListError, looks_like_text, read_class_list, read_video_list
 from prep.tasks import VIDEO_EXTENSIONS, Task, number_tasks
@@ -131,6 +132,8 @@ def model_classes(ckpt: str, rec, classes_file: str | None) -> list[str]:
 def decode_options(run_data: str) -> DecodeOptions:
     """Frames stored as the run's prepped data stores them (its prep.json), else as prep stores them by default.
     Always JPEG frames: a store of encoded videos would refuse streams no NVDEC decodes."""
+    if is_remote(run_data):  # trained on an s3:// store: its prep.json, through the node cache
+        run_data = metadata_root(run_data)
     path = os.path.join(run_data, "prep.json") if run_data else ""
     decode = {}
     if path and os.path.isfile(path):

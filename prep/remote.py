@@ -449,6 +449,13 @@ def _write_json(path: str, obj) -> None:
         json.dump(obj, f)
 
 
+def metadata_root(url: str) -> str:
+    """The local folder holding `url`'s manifest, classes.json and prep.json (downloaded now; no shards)."""
+    cache = Cache(url)
+    cache.fetch_metadata()
+    return cache.root
+
+
 _OPENED: dict[tuple[str, str | None], tuple[str, int]] = {}
 
 

@@ -259,3 +259,12 @@ def test_train_and_eval_from_s3_match_local(s3_env, store, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["videos"] == \
         len(open_dataset(store["staging"], "val"))
+
+
+def test_predict_stores_frames_as_the_s3_store_of_the_run(s3_env, store):
+    """eval predict preps videos as the run's data was prepped (its prep.json): for a run trained on an s3 store
+    too, not prep's defaults."""
+    from eval.predict import decode_options
+
+    assert decode_options(store["url"]) == decode_options(store["staging"])
+    assert decode_options(store["url"]).short_side == 0  # the synthetic preset's, not prep's default of 256
