@@ -155,7 +155,7 @@ def measure(videos: int, frames: int, size: int, shard_size: str) -> list[dict]:
         order = random.Random(0).sample(range(len(local)), len(local))
         wds = write_tars(local, os.path.join(tmp, "wds"))
         for path in wds:
-            remote._upload(path, f"{BUCKET}/store/wds/{os.path.basename(path)}", path)
+            remote.upload_file(path, f"{BUCKET}/store/wds/{os.path.basename(path)}", path)
         results = []
         engines = {"local": lambda: (read_local(local, order), {"requests": 0}),
                    "cache": lambda: read_cache(url, order),

@@ -565,7 +565,7 @@ def _upload_one(cache: Cache, staging: str, rel: str, sent: dict, objects: dict,
     if _already_there(cache, rel, sent.get(rel), size, sha256):
         counts["skipped"] += 1
         return
-    _upload(path, cache.key(rel), cache.obj(rel))
+    upload_file(path, cache.key(rel), cache.obj(rel))
     sent[rel] = {"size": size, "sha256": sha256, "etag": etag(cache.key(rel), cache.obj(rel))}
     _write_json(os.path.join(staging, "uploaded.json"), sent)
     counts["uploaded"] += 1
@@ -580,7 +580,7 @@ def _already_there(cache: Cache, rel: str, record: dict | None, size: int, sha25
         record.get("etag")
 
 
-def _upload(path: str, key: str, what: str) -> None:
+def upload_file(path: str, key: str, what: str) -> None:
     """The object appears whole when the upload completes, or not at all."""
     with translated(what), open(path, "rb") as src, filesystem().open_output_stream(key) as dst:
         while block := src.read(_BLOCK):

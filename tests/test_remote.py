@@ -86,7 +86,7 @@ def test_second_open_reads_the_cache_and_a_rerun_sends_nothing(s3_env, store, mo
 def test_interrupted_upload_resumes_without_resending(s3_env, monkeypatch, capsys):
     url = f"s3://{BUCKET}/resume"
     sent = []
-    real = remote._upload
+    real = remote.upload_file
 
     def fail_on_manifest(path, key, what):
         if key.endswith("manifest.jsonl"):
@@ -94,7 +94,7 @@ def test_interrupted_upload_resumes_without_resending(s3_env, monkeypatch, capsy
         sent.append(key)
         real(path, key, what)
 
-    monkeypatch.setattr(remote, "_upload", fail_on_manifest)
+    monkeypatch.setattr(remote, "upload_file", fail_on_manifest)
     _prep(url, rc=130)
     said = capsys.readouterr().err.strip().splitlines()
     assert said[-1].startswith("prep: interrupted by SIGINT while uploading to s3://vidkit/resume") and \
@@ -102,7 +102,7 @@ def test_interrupted_upload_resumes_without_resending(s3_env, monkeypatch, capsy
     assert _fs(s3_env).get_file_info(f"{BUCKET}/resume/manifest.jsonl").type == pafs.FileType.NotFound
     with pytest.raises(RemoteStoreError, match="no manifest.jsonl"):  # a reader sees no store yet
         open_dataset(url)
-    monkeypatch.setattr(remote, "_upload", real)
+    monkeypatch.setattr(remote, "upload_file", real)
     summary = _prep(url)
     assert summary["upload"]["uploaded"] == 1 and summary["upload"]["skipped"] == len(sent)  # the manifest only
     assert len(open_dataset(url)) == 20
@@ -220,6 +220,10 @@ def test_cache_limit_refuses_a_split_too_large_and_evicts_unused_shards(s3_env, 
     os.utime(stale / "old.lmdb", (0, 0))
     assert len(open_dataset(store["url"])) == 20
     assert not (stale / "old.lmdb").exists()
+    # this process reads the first store's shards: a second store cannot evict them
+    _copy_store(_fs(s3_env), "store", "second")
+    with pytest.raises(RemoteStoreError, match="in use .* raise --cache-limit or use another --cache-dir"):
+        open_dataset(f"s3://{BUCKET}/second")
 
 
 def test_cache_options_reach_the_environment_and_leave_the_train_config(monkeypatch, tmp_path):
