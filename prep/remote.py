@@ -282,9 +282,14 @@ class Cache:
 
     def _download_small(self, rel: str, dest: str) -> None:
         tmp = f"{dest}.{os.getpid()}.tmp"
-        with translated(self.obj(rel)), filesystem().open_input_stream(self.key(rel)) as src, open(tmp, "wb") as f:
-            f.write(src.read())
-        os.replace(tmp, dest)
+        try:
+            with translated(self.obj(rel)), filesystem().open_input_stream(self.key(rel)) as src, \
+                    open(tmp, "wb") as f:
+                f.write(src.read())
+            os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     def wanted(self, rows: list[dict]) -> list[Wanted]:
         """The shards of `rows`, with what each must be."""
@@ -313,7 +318,7 @@ class Cache:
         for w in wanted:
             _hold_in_use(os.path.join(self.locks, w.name + ".use"))
         todo = [w for w in wanted if not self._cached(w)]
-        random.shuffle(todo)  # the ranks of a node start on different shards and download in parallel
+        random.Random(os.getpid()).shuffle(todo)  # the ranks of a node start on different shards, in parallel
         start, fetched = time.time(), 0
         if todo:
             log.warning("%s: downloading %d of %d shards (%.2f GiB) into %s", self.url, len(todo), len(wanted),

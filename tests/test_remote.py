@@ -142,6 +142,18 @@ def _copy_store(fs, src: str, dst: str) -> None:
                             destination_filesystem=fs)
 
 
+def test_store_copied_up_without_objects_json_is_read_and_checked_by_identity(s3_env, store):
+    """A store uploaded by other means (`aws s3 sync` of a prepped folder): sizes from the server, identities from
+    the manifest."""
+    fs = _fs(s3_env)
+    _copy_store(fs, "store", "synced")
+    fs.delete_file(f"{BUCKET}/synced/objects.json")
+    ds = open_dataset(f"s3://{BUCKET}/synced", "val")
+    local = open_dataset(store["staging"], "val")
+    assert ds.frames(0, range(8), verify=True) == local.frames(0, range(8))
+    assert not os.path.exists(os.path.join(ds.root, "objects.json"))
+
+
 def test_truncated_shard_object_is_refused_and_not_cached(s3_env, store, tmp_path):
     fs = _fs(s3_env)
     _copy_store(fs, "store", "truncated")
