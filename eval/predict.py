@@ -21,8 +21,9 @@ background process while the model scores the chunk before it, and the rows are 
 one merged report in the work dir's eval/ (what `python -m eval` writes for a store of them all). Chunking changes
 no score: each video's frames and views do not depend on the other videos of its store.
 
-Class names come from the checkpoint (toolkit checkpoints record them); the source projects' released files
-record none, so they need --classes FILE (one name per line in the model's order, or a classes.json).
+Class names come from the checkpoint (toolkit checkpoints record them); the source projects' released files record
+none: a file the zoo lists (`python -m models zoo`: the same model, variant and classifier size) gets its row's shipped
+list (models/classes/), any other needs --classes FILE (one name per line in the model's order, or a classes.json).
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ DECODE_KEYS = ("short_side", "fps", "quality", "chroma", "min_frames")  # what d
 # the default chunking: inputs up to MIN_CHUNK videos stay one chunk; larger ones are split into at most
 # MAX_CHUNKS, as each chunk pays for loading the checkpoint and building a DALI pipeline again
 MIN_CHUNK, MAX_CHUNKS = 32, 16
+log = logging.getLogger("eval.predict")
 
 
 class PredictError(ValueError):
@@ -121,12 +123,20 @@ def read_class_names(path: str) -> list[str]:
 
 
 def model_classes(ckpt: str, rec, classes_file: str | None) -> list[str]:
+    """--classes, else the names the file records, else the shipped list of the zoo rows the file matches."""
     if classes_file:
         return read_class_names(classes_file)
     if rec.classes:
         return list(rec.classes)
-    raise PredictError(f"{ckpt} is a {rec.origin} file, which records no class names: pass --classes FILE "
-                       "(one name per line in the model's order, or a classes.json)")
+    from models.zoo import class_list_for  # as recognize_file: the models package imports torch
+
+    found = class_list_for(rec.model, rec.model_args)
+    if found:
+        log.info("%s: class names from the shipped %s list (models/classes/%s.txt)", ckpt, found[0], found[0])
+        return found[1]
+    raise PredictError(f"{ckpt} is a {rec.origin} file ({rec.model}, {rec.model_args.get('num_classes')} classes), "
+                       "which records no class names and matches no zoo row (python -m models zoo): pass --classes "
+                       "FILE (one name per line in the model's order, or a classes.json)")
 
 
 def decode_options(run_data: str) -> DecodeOptions:
@@ -367,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "files (text: one path per line, labels allowed; told apart from videos by content)")
     add_view_args(p, data=False)
     p.add_argument("--classes", help="class names, one per line in the model's order, or a classes.json (needed for "
-                   "the source projects' files, which record none)")
+                   "a source project's file the zoo does not list; a zoo file gets its row's shipped list)")
     p.add_argument("--top", type=int, default=5, help="classes printed per video")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     p.add_argument("--workers", type=int, default=0, help="prep decoding processes (0: one per core)")

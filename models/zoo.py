@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
+from .dataset_classes import CLASS_LISTS, load_class_list
+
 DATASETS = {"kinetics400": 400, "kinetics700": 700, "ssv2": 174, "diving48": 48, "imagenet": 1000}
 
 
@@ -91,10 +93,13 @@ class Release:
     unsupported: str = ""  # why `make eval` cannot reproduce it yet
     note: str = ""
     num_classes: int = field(default=0)
+    classes: str = ""  # its head's class names: models/classes/<classes>.txt (default: the dataset's, if shipped)
 
     def __post_init__(self):
         if not self.num_classes:
             object.__setattr__(self, "num_classes", DATASETS[self.dataset])
+        if not self.classes and self.dataset in CLASS_LISTS:
+            object.__setattr__(self, "classes", self.dataset)
 
     @property
     def file_name(self) -> str:
@@ -365,3 +370,22 @@ def row(entry: Release) -> dict:
     out.update(available=available(entry), protocol_text=entry.protocol.text(), file_name=entry.file_name,
                eval_args=eval_args(entry) if runs else None, command=command(entry) if runs else None)
     return out
+
+
+def matching_rows(model: str, model_args: dict) -> list[Release]:
+    """The rows an authors' file can be, from what its recogniser read in the file itself (not its name: most
+    were saved as best.pth or epoch_50.pth): the same registered model, classifier size and, for every variant
+    argument the recogniser states, the same value (ILA's `arch`, STS's `sts`, IBM's `temporal_stride`)."""
+    classes = model_args.get("num_classes")
+    return [entry for entry in ZOO if entry.model == model and entry.num_classes == classes
+            and all(model_args.get(key, value) == value for key, value in entry.args.items())]
+
+
+def class_list_for(model: str, model_args: dict) -> tuple[str, list[str]] | None:
+    """(list name, class names) of an authors' file whose matching rows all name one shipped list; None when no
+    row matches or they disagree (then only the user knows which names the head was trained on)."""
+    names = {entry.classes for entry in matching_rows(model, model_args)}
+    if len(names) != 1 or not next(iter(names)):
+        return None
+    name = names.pop()
+    return name, load_class_list(name)
