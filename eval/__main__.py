@@ -1,10 +1,11 @@
 """python -m eval --ckpt RUN/best.pt [--data PREPPED] [--split val] [--clips 3] [--crops 3] [protocol options]
 
 Multi-view evaluation (CLIPS temporal clips x CROPS spatial crops per video); torchrun-compatible, each
-video scored exactly once across ranks. Writes metrics.json, per_class.csv, predictions.json and
-confusion.png next to the checkpoint (or --out). A split prepped without labels (a test set) gets no accuracy:
+video scored exactly once across ranks. Writes metrics.json, per_class.csv, predictions.json, confusion.csv (the
+whole matrix) and confusion.png (the matrix up to 60 classes; above, per-class accuracy sorted and the most confused
+pairs) next to the checkpoint (or --out). A split prepped without labels (a test set) gets no accuracy:
 predictions.json and the submission files submission.csv (id, top-5 class names) and submission_ssv2.csv
-(`id;class`, the format of Something-Something v2's answer key) instead of per_class.csv and confusion.png.
+(`id;class`, the format of Something-Something v2's answer key) instead of per_class.csv and the confusion files.
 
 Protocol options (default: what the run trained with, else the model's contract): --frames, --sampling,
 --frame-stride choose the frames of a clip (a run's frames_per_group is kept), --twice adds mmaction's twice-sample

@@ -43,6 +43,16 @@ def write_per_class_csv(report: dict, path: str) -> None:
             w.writerow([row["class"], row["support"], f"{row['accuracy']:.2f}"])
 
 
+def write_confusion_csv(conf: torch.Tensor, classes: list[str], path: str) -> None:
+    """The whole confusion matrix: a row per true class, a column per predicted class, video counts; the first
+    row and column name the classes."""
+    names = [classes[c] if c < len(classes) else str(c) for c in range(conf.shape[0])]
+    with atomic_write(path, "w") as f:
+        w = csv.writer(f)
+        w.writerow(["true \\ predicted", *names])
+        w.writerows([name, *row] for name, row in zip(names, conf.tolist()))
+
+
 def write_predictions(scores: torch.Tensor, records: list[dict], classes: list[str], path: str, k: int = 5) -> None:
     top = scores.topk(min(k, scores.shape[1]), dim=1)
     out = []

@@ -10,27 +10,95 @@ import torch  # noqa: E402
 from prep.outputs import atomic_write  # noqa: E402
 
 
+# Up to this many classes the matrix itself is drawn, with its class names; above it, its cells are too small to
+# read and their names overlap: the figure shows per-class accuracy sorted and the most confused pairs instead.
+MATRIX_MAX_CLASSES = 60
+LISTED = 20  # classes and pairs named in the large-class figure
+
+
 def plot_confusion(conf: torch.Tensor, classes: list[str], path: str, title: str = "") -> None:
+    """The confusion matrix up to MATRIX_MAX_CLASSES classes, else `confusion_summary`'s figure (the whole matrix
+    is in confusion.csv beside it)."""
+    if conf.shape[0] > MATRIX_MAX_CLASSES:
+        fig = confusion_summary(conf, classes, title)
+    else:
+        fig = _matrix_figure(conf, classes, title)
+    _save(fig, path)
+
+
+def _matrix_figure(conf: torch.Tensor, classes: list[str], title: str):
     n = conf.shape[0]
     norm = conf.float() / conf.sum(1, keepdim=True).clamp(min=1).float()
     size = min(4 + n * 0.35, 30)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
-    if n <= 60:
-        names = [c[:28] for c in classes[:n]]
-        ax.set_xticks(range(n), names, rotation=90, fontsize=7)
-        ax.set_yticks(range(n), names, fontsize=7)
-        if n <= 20:
-            for i in range(n):
-                for j in range(n):
-                    if conf[i, j]:
-                        ax.text(j, i, int(conf[i, j]), ha="center", va="center", fontsize=7,
-                                color="white" if norm[i, j] > 0.5 else "black")
+    names = [c[:28] for c in classes[:n]]
+    ax.set_xticks(range(n), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), names, fontsize=7)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if conf[i, j]:
+                    ax.text(j, i, int(conf[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix (rows normalised)")
     fig.tight_layout()
-    _save(fig, path)
+    return fig
+
+
+def most_confused(conf: torch.Tensor, k: int = LISTED) -> list[tuple[int, int, int]]:
+    """The k largest off-diagonal cells as (true, predicted, videos), most videos first."""
+    off = conf.clone()
+    off.fill_diagonal_(0)
+    counts, flat = off.flatten().topk(min(k, off.numel()))
+    n = conf.shape[1]
+    return [(int(i) // n, int(i) % n, int(c)) for c, i in zip(counts, flat) if c > 0]
+
+
+def confusion_summary(conf: torch.Tensor, classes: list[str], title: str = ""):
+    """Many classes: the accuracy of every class with videos, sorted; the LISTED least accurate classes and the
+    LISTED most confused pairs (true -> predicted), with their full names."""
+    support = conf.sum(1)
+    present = (support > 0).nonzero().flatten()
+    acc = conf.diag()[present].float() / support[present].float() * 100
+    order = acc.argsort()
+    name = [classes[i] if i < len(classes) else str(i) for i in range(conf.shape[0])]
+    fig, (ax_all, ax_low, ax_pairs) = plt.subplots(3, 1, figsize=(12, 15),
+                                                   gridspec_kw={"height_ratios": (1, 1.5, 1.5)})
+    ax_all.bar(range(len(order)), acc[order].numpy(), width=1.0, color="tab:blue")
+    ax_all.axhline(float(acc.mean()), color="tab:red", lw=1, label=f"mean class accuracy {float(acc.mean()):.1f}%")
+    ax_all.set(xlim=(-0.5, len(order) - 0.5), ylim=(0, 100), ylabel="accuracy (%)",
+               xlabel=f"{len(order)} classes with videos, least accurate first")
+    ax_all.legend(loc="upper left", fontsize=8)
+    low = order[:LISTED].tolist()
+    _named_bars(ax_low, [float(acc[i]) for i in low],
+                [f"{name[present[i]]} ({_videos(int(support[present[i]]))})" for i in low], "tab:orange")
+    ax_low.set(xlabel="accuracy (%)", title=f"the {len(low)} least accurate classes")
+    pairs = most_confused(conf)
+    _named_bars(ax_pairs, [100 * c / int(support[t]) for t, _, c in pairs],
+                [f"{name[t]} -> {name[p]} ({_videos(c)})" for t, p, c in pairs], "tab:purple")
+    ax_pairs.set(xlabel="% of the true class's videos",
+                 title=f"the {len(pairs)} most confused pairs: true class -> predicted class")
+    fig.suptitle(title or "per-class accuracy (the whole matrix: confusion.csv)")
+    fig.tight_layout()
+    return fig
+
+
+def _named_bars(ax, values: list[float], labels: list[str], color: str) -> None:
+    """Horizontal bars on a 0-100 scale, first at the top, each with its full label written over it (tick labels
+    this long would squeeze the plot)."""
+    rows = range(len(values))
+    ax.barh(rows, values, color=color, alpha=0.35)
+    for y, label in zip(rows, labels):
+        ax.text(0.5, y, label, va="center", fontsize=8)
+    ax.set(xlim=(0, 100), ylim=(len(values) - 0.5, -0.5))
+    ax.set_yticks([])
+
+
+def _videos(count: int) -> str:
+    return f"{count} video{'' if count == 1 else 's'}"
 
 
 def plot_curves(rows: list[dict], path: str, title: str = "") -> None:

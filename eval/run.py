@@ -21,7 +21,8 @@ from train.config import TrainConfig
 from train.setup import Dist
 
 from .dump import INDEX, SCORES, VIEWS, save_scores
-from .metrics import SSV2_SUBMISSION, SUBMISSION, write_per_class_csv, write_predictions, write_submissions
+from .metrics import (SSV2_SUBMISSION, SUBMISSION, write_confusion_csv, write_per_class_csv, write_predictions,
+                      write_submissions)
 from .plan import TestPlan, ViewOptions, plan_frames, settle
 from .plots import plot_confusion
 from .score import check_coverage, readable_accuracy, score_videos
@@ -212,8 +213,8 @@ def _damaged_rows(damaged: list[int], rows: list[dict], loader) -> list[dict]:
 
 
 def write_reports(out_dir, summary, report, scores, records, classes, views=None) -> None:
-    """metrics.json, per_class.csv, predictions.json, confusion.png and the score dump of one evaluation; for an
-    unlabelled split (report None) the submission files instead of per_class.csv and confusion.png."""
+    """metrics.json, per_class.csv, predictions.json, confusion.png/.csv and the score dump of one evaluation; for
+    an unlabelled split (report None) the submission files instead of per_class.csv and confusion.png/.csv."""
     os.makedirs(out_dir, exist_ok=True)
     if report is None:
         summary["submission"] = write_submissions(scores, records, classes, out_dir)
@@ -224,5 +225,6 @@ def write_reports(out_dir, summary, report, scores, records, classes, views=None
     if report is None:
         return
     write_per_class_csv(report, os.path.join(out_dir, "per_class.csv"))
+    write_confusion_csv(report["confusion"], classes, os.path.join(out_dir, "confusion.csv"))
     plot_confusion(report["confusion"], classes, os.path.join(out_dir, "confusion.png"),
                    title=f"{summary['model']}: top-1 {summary['top1']:.1f}% ({summary.get('views', '?')} views)")

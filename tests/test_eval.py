@@ -116,6 +116,7 @@ def test_scores_dump_and_ensemble(data, tmp_path):
     metrics = json.load(open(fused_dir / "metrics.json"))
     expected_top1 = 100 * np.mean(((3 * a + b) / 4).argmax(1) == np.array(index["labels"]))
     assert abs(metrics["top1"] - expected_top1) < 1e-6 and (fused_dir / "confusion.png").exists()
+    assert (fused_dir / "confusion.csv").read_text().startswith("true \\ predicted,")
 
 
 def test_ensemble_refuses_other_videos(data, tmp_path, capsys):
