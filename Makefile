@@ -8,7 +8,20 @@ PYTHON := $(BIN)/python
 DALI_CUDA ?= 130
 STAMP := $(VENV)/.installed-$(DALI_CUDA)
 
-DATASET ?= synthetic
+# DATASET names the run (runs/<model>_<dataset>) and picks its recipe: given, else read from a given DATA's
+# prep.json (prep/dataset_name.py: the prep preset, else the folder's name); `make train` refuses without either.
+ifeq ($(origin DATASET),undefined)
+  ifneq ($(filter command line environment,$(origin DATA)),)
+    DATASET := $(shell $(PY) prep/dataset_name.py '$(DATA)')
+    ifneq ($(.SHELLSTATUS),0)
+      $(error $(DATASET))
+    endif
+  else ifneq ($(filter train,$(MAKECMDGOALS)),)
+    $(error make train needs DATA=PREPPED_FOLDER (its prep.json names the dataset) or DATASET=NAME)
+  else
+    DATASET := synthetic
+  endif
+endif
 SRC ?=
 OUT ?= data/$(DATASET)
 DATA ?= $(OUT)

@@ -164,7 +164,8 @@ def _prep_local(args) -> dict:
         decode = DecodeOptions(short_side=args.short_side, fps=args.fps, quality=args.quality, chroma=args.chroma,
                                encoder=args.encoder, store=args.store, min_frames=args.min_frames, reencode=args.reencode)
         job = JobOptions(fmt=args.format, shard_bytes=args.shard_size, workers=args.workers, part=args.part,
-                         progress=not args.no_progress, chunk_bytes=args.chunk_size)
+                         progress=not args.no_progress, chunk_bytes=args.chunk_size,
+                         dataset="" if args.command == "videos" else args.command)
         return run_prep(number_tasks(tasks), classes, args.out, decode, job)
 
 

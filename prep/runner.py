@@ -61,6 +61,7 @@ class JobOptions:
     part: tuple[int, int] = (0, 1)
     progress: bool = True
     chunk_bytes: int = DEFAULT_CHUNK_BYTES  # a longer video's frames are committed in pieces of about this size
+    dataset: str = ""  # the preset's name (ssv2, kinetics400, ...): prep.json records it for `make train DATA=...`
 
 
 def parse_part(text: str) -> tuple[int, int]:
@@ -263,7 +264,9 @@ def _check_or_write_job(out, tasks, classes, decode, job) -> str | None:
     path = os.path.join(out, "prep.json")
     if not os.path.exists(path):
         _write_json_atomic(os.path.join(out, "classes.json"), classes)
-        _write_atomic(path, json.dumps({**sig, "run": uuid.uuid4().hex[:12]}, indent=1), exclusive=True)
+        # the dataset's name is no argument of the job: a store resumes whichever preset named it
+        ident = {"run": uuid.uuid4().hex[:12], **({"dataset": job.dataset} if job.dataset else {})}
+        _write_atomic(path, json.dumps({**sig, **ident}, indent=1), exclusive=True)
     with open(path) as f:
         old = json.load(f)
     diff = sorted(k for k in sig if old.get(k) != sig[k])
