@@ -15,13 +15,14 @@ from .decode import DecodeOptions
 from . import remote
 from .presets import diving48_tasks, hmdb51_tasks, kinetics700_tasks, restrict_to_classes, ucf101_tasks
 from .guard import PrepFailed, PrepInterrupted
-from .runner import JobOptions, check_out, merge, parse_part, part_lock, run_prep
+from .runner import JobOptions, check_out, merge, parse_part, part_lock, rejects_report, run_prep
 from .store import DEFAULT_CHUNK_BYTES, DiskFull
 from .tasks import kinetics_tasks, number_tasks, parse_video_lists, ssv2_tasks
 
 
 SUBSET_PRESETS = {"ssv2": ssv2_tasks, "kinetics400": kinetics_tasks, "kinetics700": kinetics700_tasks}
 SPLIT_ID_PRESETS = {"ucf101": ucf101_tasks, "hmdb51": hmdb51_tasks}
+DEFAULT_MAX_REJECTED = 5.0  # percent: a few unreadable downloads are normal; more means wrong paths or lists
 
 
 def parse_size(text: str) -> int:
@@ -29,6 +30,16 @@ def parse_size(text: str) -> int:
     if not m:
         raise argparse.ArgumentTypeError(f"size must look like 1G, 500M or 1048576, got {text!r}")
     return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " "))
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text.strip().removesuffix("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage such as 5 or 0.5, got {text!r}") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage from 0 to 100, got {text!r}")
+    return value
 
 
 def _job_args(p: argparse.ArgumentParser, short_side: int = 256) -> None:
@@ -59,6 +70,9 @@ def _job_args(p: argparse.ArgumentParser, short_side: int = 256) -> None:
                    help="a longer video's frames are written in pieces of about this size (bounds memory)")
     p.add_argument("--no-progress", action="store_true")
     remote.add_cache_args(p)
+    p.add_argument("--max-rejected", type=_percent, default=DEFAULT_MAX_REJECTED, metavar="PERCENT",
+                   help="exit with status 1 when more than this share of the videos is rejected (the rejected are "
+                        f"listed in OUT/rejects.jsonl; default {DEFAULT_MAX_REJECTED:g}%%)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,7 +221,15 @@ def main(argv=None) -> int:
         print("prep: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
     print(json.dumps(summary))
-    return 0
+    return _report_rejects(args, summary) if "max_rejected" in args else 0
+
+
+def _report_rejects(args, summary: dict) -> int:
+    """The rejected videos, on stderr; 1 when they are more than --max-rejected of the run."""
+    lines, within = rejects_report(args.out, args.part, summary["stored"], summary["rejected"], args.max_rejected)
+    for line in lines:
+        print(line, file=sys.stderr)
+    return 0 if within else 1
 
 
 if __name__ == "__main__":

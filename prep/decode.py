@@ -156,10 +156,8 @@ def _open_and_decode(path: str, opts: DecodeOptions, spool: FrameSpool | None) -
             if not container.streams.video:
                 return Rejected("no video stream")
             return _decode_stream(path, container, container.streams.video[0], opts, spool)
-    except av.error.FFmpegError as e:
-        return Rejected(f"unreadable: {_short(e)}")
-    except (OSError, ValueError, MemoryError) as e:
-        return Rejected(f"unreadable: {type(e).__name__}: {_short(e)}")
+    except (av.error.FFmpegError, OSError, ValueError, MemoryError) as e:
+        return Rejected(f"unreadable: {in_words(e)}")
 
 
 @dataclass
@@ -351,6 +349,25 @@ def chroma_siting(frame) -> str:
 def _planes(frame) -> list[np.ndarray]:
     """The frame's planes as 2D views (no copy; rows keep FFmpeg's padding as the stride)."""
     return [np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[:p.height, :p.width] for p in frame.planes]
+
+
+# what an FFmpeg error class means for a video file, said beside FFmpeg's own words
+_MEANING = {"InvalidDataError": "not a video file, or a damaged or truncated one",
+            "DecoderNotFoundError": "no decoder for its codec in this FFmpeg build",
+            "DemuxerNotFoundError": "a container format this FFmpeg build cannot read",
+            "EOFError": "it ends before its first frame: truncated"}
+
+
+def in_words(e: Exception) -> str:
+    """An FFmpeg or OS error in words: its message without the errno number or the path (the reject row names the
+    file), and what the error means for a video: 'invalid data found when processing input (not a video file, ...)'
+    rather than "[Errno 1094995529] Invalid data found when processing input: 'a.mp4'"."""
+    words = getattr(e, "strerror", None)
+    if not isinstance(words, str) or not words:
+        return f"{type(e).__name__}: {_short(e)}"
+    words = words[0].lower() + words[1:]
+    meaning = _MEANING.get(type(e).__name__)
+    return f"{words} ({meaning})" if meaning else words
 
 
 def _short(e: Exception) -> str:

@@ -124,9 +124,33 @@ def _run_part(mine: list[Task], out: str, run: str | None, decode: DecodeOptions
     return {"part": tag, "stored": len(rows), "rejected": len(rejects.keys), **stats}
 
 
+def rejects_path(out: str, part: tuple[int, int]) -> str:
+    """The rejects file of a part: the merged OUT/rejects.jsonl for a job of one part."""
+    return os.path.join(out, "rejects.jsonl" if part[1] == 1 else os.path.join("parts", f"{part_tag(part)}.rejects.jsonl"))
+
+
+def rejects_report(out: str, part: tuple[int, int], stored: int, rejected: int, max_percent: float,
+                   first: int = 5) -> tuple[list[str], bool]:
+    """(lines for the user, whether the rejected share is within `max_percent`): the rejected count and share, the
+    `first` rejected videos (in input order) with their reasons, and the file that lists them all."""
+    if not rejected:
+        return [], True
+    path = rejects_path(out, part)
+    rows = read_jsonl(path)
+    share = 100 * rejected / max(stored + rejected, 1)
+    shown = f"; the first {first}" if len(rows) > first else ""
+    lines = [f"prep: {rejected} of {stored + rejected} videos rejected ({share:.3g}%){shown}:"]
+    lines += [f"  {r['path']}: {r['reason']}" for r in rows[:first]]
+    lines.append(f"  all {len(rows)} with their reasons: {path}")
+    if share > max_percent:
+        lines.append(f"prep: error: {share:.3g}% of the videos rejected, more than --max-rejected {max_percent:g}%: "
+                     "fix the videos or lists above, or raise --max-rejected (the store holds the others)")
+    return lines, share <= max_percent
+
+
 def _nothing_stored(out: str, part: tuple[int, int], rejected: int) -> str:
     """One line: how many were rejected for what, and a hint when the cause is plain."""
-    name = "rejects.jsonl" if part[1] == 1 else os.path.join("parts", f"{part_tag(part)}.rejects.jsonl")
+    name = os.path.relpath(rejects_path(out, part), out)
     reasons = [r["reason"] for r in read_jsonl(os.path.join(out, name))]
     kinds = Counter(_reason_kind(r) for r in reasons).most_common()
     said = ", ".join(f"{n} {kind}" for kind, n in kinds[:3])

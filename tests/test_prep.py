@@ -67,7 +67,8 @@ def src(tmp_path_factory):
 
 def _prep(src, out, *extra):
     argv = ["videos", "--list", str(src / "train.txt"), "--list", str(src / "val.txt"), "--root", str(src),
-            "--classes", str(src / "classes.txt"), "--out", str(out), "--short-side", "48", "--workers", "1", "--no-progress", *extra]
+            "--classes", str(src / "classes.txt"), "--out", str(out), "--short-side", "48", "--workers", "1", "--no-progress",
+            "--max-rejected", "100", *extra]  # 8 of 17 rejected on purpose
     assert prep_main(argv) == 0
 
 

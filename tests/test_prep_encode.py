@@ -221,7 +221,7 @@ def test_the_command_line_chooses_the_encoder(tmp_path, monkeypatch, encoder):
     import prep.__main__ as cli
 
     seen = []
-    monkeypatch.setattr(cli, "run_prep", lambda tasks, classes, out, decode, job: seen.append(decode) or 0)
+    monkeypatch.setattr(cli, "run_prep", lambda tasks, classes, out, decode, job: seen.append(decode) or {"stored": 1, "rejected": 0})
     assert cli.main(["synthetic", "--out", str(tmp_path / "out"), "--videos", "10", "--frames", "4", "--size", "32",
                      "--workers", "1", "--no-progress", "--encoder", encoder]) == 0
     assert [d.encoder for d in seen] == [encoder]

@@ -46,7 +46,7 @@ def _list(path, lines) -> str:
 
 def _argv(lst, root, out, *extra):
     return ["videos", "--list", str(lst), "--root", str(root), "--out", str(out), "--short-side", "32",
-            "--workers", "1", "--no-progress", *map(str, extra)]
+            "--workers", "1", "--no-progress", "--max-rejected", "100", *map(str, extra)]  # rejects on purpose
 
 
 @pytest.fixture(scope="module")
@@ -471,7 +471,7 @@ def test_ssv2_release_file_names(tmp_path):
                      render(int(vid), np.random.default_rng(int(vid)), 6, (48, 64)), fps=12, codec="vp9")
     out = tmp_path / "out"
     assert prep_main(["ssv2", "--root", str(tmp_path), "--out", str(out), "--short-side", "32", "--workers", "1",
-                      "--no-progress"]) == 0
+                      "--no-progress", "--max-rejected", "100"]) == 0  # test video 3 is missing on purpose
     ds = open_dataset(str(out))
     assert ds.classes == list(labels)
     assert {(r["split"], r["id"], r["label"]) for r in ds.rows} == {("train", "1", 1), ("val", "2", 0)}

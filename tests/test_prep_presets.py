@@ -31,7 +31,7 @@ def test_ssv2_preset(tmp_path):
         _video(str(tmp_path / "20bn-something-something-v2" / f"{vid}.webm"), int(vid), "vp9")
     out = tmp_path / "out"
     assert prep_main(["ssv2", "--root", str(tmp_path), "--out", str(out), "--short-side", "32",
-                      "--workers", "1", "--no-progress"]) == 0
+                      "--workers", "1", "--no-progress", "--max-rejected", "100"]) == 0
     ds = open_dataset(str(out), split="train")
     assert ds.classes == list(labels)
     assert {(ds.record(i)["id"], ds.record(i)["label"]) for i in range(len(ds))} == {("11", 0), ("12", 2)}
@@ -55,7 +55,7 @@ def test_kinetics400_preset(tmp_path):
     _video(str(tmp_path / "val/eee_000001_000011.mp4"), 4, "h264")
     out = tmp_path / "out"
     assert prep_main(["kinetics400", "--root", str(tmp_path), "--out", str(out), "--short-side", "32",
-                      "--workers", "2", "--no-progress", "--format", "arrow"]) == 0
+                      "--workers", "2", "--no-progress", "--format", "arrow", "--max-rejected", "100"]) == 0
     train = open_dataset(str(out), split="train")
     assert train.classes == ["abseiling", "zumba"]
     assert sorted((r["id"], r["label"]) for r in train.rows) == [("aaa_000010_000020", 0), ("bbb_000000_000010", 1)]
