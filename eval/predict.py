@@ -134,8 +134,8 @@ def model_classes(ckpt: str, rec, classes_file: str | None) -> list[str]:
     if found:
         log.info("%s: class names from the shipped %s list (models/classes/%s.txt)", ckpt, found[0], found[0])
         return found[1]
-    raise PredictError(f"{ckpt} is a {rec.origin} file ({rec.model}, {rec.model_args.get('num_classes')} classes), "
-                       "which records no class names and matches no zoo row (python -m models zoo): pass --classes "
+    raise PredictError(f"{ckpt} ({rec.origin}: {rec.model}, {rec.model_args.get('num_classes')} classes) records no "
+                       "class names and matches no zoo row (python -m models zoo): pass --classes "
                        "FILE (one name per line in the model's order, or a classes.json)")
 
 

@@ -52,7 +52,7 @@ def open_with_data(ckpt_path: str, use_ema: bool, data: str, split: str, progres
     cfg = _run_config(rec)
     data = data or cfg["data"]
     if not data:
-        raise ValueError(f"{ckpt_path} is a {rec.origin} file, which records no dataset: pass --data")
+        raise ValueError(f"{ckpt_path} ({rec.origin}) records no dataset: pass --data")
     return rec, cfg, data, _open_split(cfg, data, split, rec.classes, progress)
 
 

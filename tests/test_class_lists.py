@@ -89,8 +89,9 @@ def test_predict_takes_the_zoo_list_for_an_authors_file_and_asks_otherwise():
                      model_args={"num_classes": 174, "temporal_stride": False})
     assert model_classes("SSV2-I3D-ResNet-50-f32.pth.tar", ibm, None) == load_class_list("ssv2")
     tsn = Recognized(origin="IBM action-recognition", model="tsn_resnet50", model_args={"num_classes": 400})
-    with pytest.raises(PredictError, match="matches no zoo row.*--classes"):
+    with pytest.raises(PredictError, match="matches no zoo row.*--classes") as err:
         model_classes("model_best.pth.tar", tsn, None)
+    assert "(IBM action-recognition: tsn_resnet50, 400 classes)" in str(err.value)  # not "a IBM ... file"
 
 
 def _materialize(case: str, folder: Path) -> str:
