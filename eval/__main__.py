@@ -26,10 +26,11 @@ import logging
 import sys
 
 from prep.remote import add_cache_args
+from train.printing import printable
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split("\n\n")[0])
     add_view_args(p)
     p.add_argument("--save-views", action="store_true", help="also save every view's scores (scores_views.npy)")
     return p
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
             print(f"{summary['model']}: top-1 {summary['top1']:.2f}  top-5 {summary['top5']:.2f}  "
                   f"mean class {summary['mean_class_acc']:.2f}  ({summary['videos']} videos{damaged}, "
                   f"{views} views) -> {summary['out_dir']}")
-        print(json.dumps(summary))
+        print(json.dumps(printable(summary)))
     return 0
 
 

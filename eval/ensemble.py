@@ -13,13 +13,14 @@ import numpy as np
 import torch
 
 from prep.outputs import check_writable, refuse_input_as_output
+from train.printing import printable
 
 from .dump import fuse, load_scores
 from .metrics import accuracy_report
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval ensemble", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m eval ensemble", description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="+", help="eval output folders (or their scores.npy)")
     p.add_argument("--weights", type=float, nargs="+", default=None, help="one per input (default: equal)")
     p.add_argument("--out", default="", help="report folder (default: ensemble_<n> beside the first input)")
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
     else:
         print(f"{summary['model']}: top-1 {summary['top1']:.2f}  top-5 {summary['top5']:.2f}  "
               f"({summary['videos']} videos) -> {summary['out_dir']}")
-    print(json.dumps(summary))
+    print(json.dumps(printable(summary)))
     return 0
 
 

@@ -88,7 +88,7 @@ def extract_features(ckpt_path: str, d, data: str = "", split: str = "val", clip
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval features", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m eval features", description=__doc__.split("\n\n")[0])
     add_view_args(p)
     p.add_argument("--per-view", action="store_true", help="keep every view's embedding (videos x views x D) "
                    "instead of their mean")

@@ -16,16 +16,18 @@ def accuracy_report(scores: torch.Tensor, labels: torch.Tensor, classes: list[st
     top1 = (topk[:, 0] == labels).float()
     top5 = (topk == labels.unsqueeze(1)).any(1).float()
     conf = confusion_matrix(topk[:, 0], labels, num_classes)
-    support = conf.sum(1)
-    per_class = conf.diag().float() / support.clamp(min=1).float()
-    present = support > 0
+    # percentages from whole counts in float64: 3 of 10 is 30.0, not float32's 30.000001192092896
+    support, right = conf.sum(1).tolist(), conf.diag().tolist()
+    per_class = [100 * r / max(s, 1) for r, s in zip(right, support)]
+    present = [a for a, s in zip(per_class, support) if s]
+    videos = int(labels.numel())
     return {
-        "videos": int(labels.numel()),
-        "top1": float(top1.mean()) * 100,
-        "top5": float(top5.mean()) * 100,
-        "mean_class_acc": float(per_class[present].mean()) * 100 if present.any() else 0.0,
-        "per_class": [{"class": classes[c] if c < len(classes) else str(c), "support": int(support[c]),
-                       "accuracy": float(per_class[c]) * 100} for c in range(num_classes)],
+        "videos": videos,
+        "top1": 100 * int(top1.sum()) / videos if videos else float("nan"),
+        "top5": 100 * int(top5.sum()) / videos if videos else float("nan"),
+        "mean_class_acc": sum(present) / len(present) if present else 0.0,
+        "per_class": [{"class": classes[c] if c < len(classes) else str(c), "support": support[c],
+                       "accuracy": per_class[c]} for c in range(num_classes)],
         "confusion": conf,
     }
 

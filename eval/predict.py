@@ -372,7 +372,7 @@ def print_text(result: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval predict", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m eval predict", description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="+", metavar="VIDEO", help="video files, folders (searched recursively) or list "
                    "files (text: one path per line, labels allowed; told apart from videos by content)")
     add_view_args(p, data=False)

@@ -15,6 +15,7 @@ import sys
 from prep.remote import add_cache_args
 
 from .config import ConfigError, load_config
+from .printing import printable
 
 
 def main(argv=None) -> int:
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
         print("train: aborted by a second SIGINT; the last checkpoint written is kept", file=sys.stderr)
         return 130
     if trainer.d.main:
-        print(json.dumps({"run_dir": trainer.run_dir, **row}))
+        print(json.dumps(printable({"run_dir": trainer.run_dir, **row})))
     return 0
 
 

@@ -19,7 +19,7 @@ DEMO_MODELS = ("i3d_tiny", "tsn_tiny")  # (temporal, order-blind)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="data/demo", help="where the synthetic dataset is prepped")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--videos", type=int, default=1000)

@@ -1,6 +1,7 @@
 """Building the pieces of a run from its config: processes, model, optimizer, schedule, loss, mixup, EMA."""
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import os
@@ -270,7 +271,10 @@ def build_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
     start = cfg.warmup_ratio * optimizer.param_groups[0]["initial_lr"] if cfg.warmup_ratio else cfg.warmup_lr
     common = dict(warmup_t=warmup, warmup_lr_init=start, t_in_epochs=cfg.sched_per_epoch)
     if cfg.sched == "cosine":
-        return CosineLRScheduler(optimizer, t_initial=total, lr_min=cfg.min_lr, **common)
+        # a one-step schedule (one epoch with sched_per_epoch, or one step) has no cosine to follow: timm logs a
+        # warning about it at every start; the rate it gives (warmup, then lr) is the one asked for
+        with _quiet(logging.getLogger("timm.scheduler.cosine_lr")):
+            return CosineLRScheduler(optimizer, t_initial=total, lr_min=cfg.min_lr, **common)
     if cfg.sched == "step":
         return StepLRScheduler(optimizer, decay_t=max(1, int(cfg.decay_epochs * unit)),
                                decay_rate=cfg.decay_rate, **common)
@@ -281,6 +285,17 @@ def build_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
         return MultiStepLRScheduler(optimizer, decay_t=milestones, decay_rate=cfg.decay_rate,
                                     warmup_prefix=False, **common)
     return None
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger):
+    """`logger` says nothing below ERROR meanwhile."""
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def schedule_to(scheduler, step: int, steps_per_epoch: int) -> None:
