@@ -4,12 +4,17 @@ generate videos -> prep into shards -> train a temporal model and an order-blind
 -> a table, runs/demo/summary.json and plots. The synthetic classes come in pairs that differ only in
 temporal order, so the temporal model should learn every class while TSN (average consensus) sits near
 chance within each pair. Re-running resumes: finished steps are skipped.
+
+Each stage says when it starts; its progress bar estimates the time it has left (prep: the whole stage; training:
+the epoch, and after each epoch a line with the time the model's remaining epochs should take; evaluation: the
+stage).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import resource
 import sys
 import time
 
@@ -52,19 +57,43 @@ def train_one(model: str, args, d) -> str:
     from .config import TrainConfig
     from .engine import Trainer
 
+    class StageTrainer(Trainer):
+        """Says after each epoch how long the remaining epochs should take, at the mean pace so far."""
+
+        def _run_epoch(self) -> dict:
+            began = getattr(self, "_stage_began", None) or (time.time(), self.epoch)
+            self._stage_began = began
+            row = super()._run_epoch()
+            done = self.epoch - began[1]
+            if self.d.main and done > 0 and self.epoch < self.cfg.epochs:
+                left = (time.time() - began[0]) / done * (self.cfg.epochs - self.epoch)
+                print(f"[demo] {model}: epoch {self.epoch} of {self.cfg.epochs}, about {_duration(left)} of "
+                      "training left", flush=True)
+            return row
+
     cfg = TrainConfig(model=model, data=args.data, dataset="synthetic", num_frames=8, batch_size=args.batch_size,
                       epochs=args.epochs, optimizer="adamw", lr=args.lr, weight_decay=0.01, sched="cosine",
                       warmup_epochs=2, amp="bf16" if d.device.type == "cuda" else "none",
                       augment={"flip": False}, output=args.out, name=model, eval_every=max(1, args.epochs // 8),
                       py_workers=max(1, min(2, args.workers)), threads=max(1, args.workers), device=args.device)
-    Trainer(cfg, d).fit()
+    StageTrainer(cfg, d).fit()
     return os.path.join(cfg.run_dir(), "best.pt")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def _stage(number: int, total: int, what: str) -> None:
+    print(f"[demo] stage {number} of {total}: {what}", flush=True)
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     start = time.time()
+    stages = 1 + 2 * len(args.models)
+    _stage(1, stages, f"generate {args.videos} synthetic videos and prep them into {args.data}")
     prep_synthetic(args)
     from eval.run import evaluate
 
@@ -73,14 +102,15 @@ def main(argv=None) -> int:
 
     d = setup_distributed(args.device)
     summary = {}
-    for model in args.models:
-        print(f"[demo] training {model}")
+    for k, model in enumerate(args.models):
+        _stage(2 + 2 * k, stages, f"train {model} for {args.epochs} epochs")
         try:
             best = train_one(model, args, d)
         except (ValueError, FileNotFoundError, RunStopped) as e:  # refused or stopped: one line, not a traceback
             print(f"demo: {model}: {e}", file=sys.stderr)
             return getattr(e, "code", 2)
-        result = evaluate(best, d, clips=args.clips, crops=args.crops, progress=False)
+        _stage(3 + 2 * k, stages, f"evaluate {model} on {args.clips} clips x {args.crops} crops per video")
+        result = evaluate(best, d, clips=args.clips, crops=args.crops, progress=True)
         summary[model] = {k: result[k] for k in ("top1", "top5", "mean_class_acc")}
         summary[model]["report"] = result.get("out_dir", "")
     write_summary(summary, args, time.time() - start)
@@ -97,8 +127,14 @@ def write_summary(summary: dict, args, seconds: float) -> None:
     print(f"\n{'model':<16}{'top-1':>8}{'top-5':>8}{'mean class':>12}   ({args.clips} clips x {args.crops} crops)")
     for model, r in summary.items():
         print(f"{model:<16}{r['top1']:>8.1f}{r['top5']:>8.1f}{r['mean_class_acc']:>12.1f}")
-    print(f"\n[demo] done in {seconds / 60:.1f} min: {args.out}/summary.json, {args.out}/top1.png, "
-          f"curves and confusion matrices under {args.out}/<model>/")
+    print(f"\n[demo] done in {seconds / 60:.1f} min ({cpu_minutes():.1f} CPU-min): {args.out}/summary.json, "
+          f"{args.out}/top1.png, curves and confusion matrices under {args.out}/<model>/")
+
+
+def cpu_minutes() -> float:
+    """User and system CPU time of this process and its finished children (prep's and the loaders' workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime) / 60
 
 
 if __name__ == "__main__":
