@@ -59,16 +59,34 @@ help:
 
 install: $(STAMP)
 
+# torch's own wheel index for torch and torchvision, e.g. https://download.pytorch.org/whl/cpu: its CPU builds bring
+# no CUDA libraries (the CUDA builds' nvidia-* packages are most of the 6.7 GB). Empty: pip's configured index.
+TORCH_INDEX ?=
+CPU_TORCH_INDEX := https://download.pytorch.org/whl/cpu
+PIP_INSTALL = PYTHONUNBUFFERED=1 $(BIN)/pip install --disable-pip-version-check --progress-bar off
+# what pip does, one line per package as it is collected, then the (long) unpacking; errors as they come
+PIP_SHOWN = 2> >(grep -v "^WARNING: Location" >&2) | { grep --line-buffered -E "^(Collecting|Installing collected)" \
+	  | sed -u -E 's/ \(from .*//; s/^Installing collected packages:.*/  unpacking and installing them (most of the time).../' || true; }
+
 $(STAMP): requirements.txt pyproject.toml
+	@echo "make install: the versions of requirements.txt into $(VENV): with the CUDA builds of torch about 6.7 GB," \
+	  "3-4 min (README)"
+	@test -n "$(TORCH_INDEX)" || test -e /proc/driver/nvidia/version || echo "make install: no NVIDIA driver here:" \
+	  "TORCH_INDEX=$(CPU_TORCH_INDEX) make install installs torch's CPU builds instead, without CUDA libraries"
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	@date +%s > $(VENV)/.install-started
 	sed 's/^nvidia-dali-cuda130==/nvidia-dali-cuda$(DALI_CUDA)==/' requirements.txt > $(VENV)/requirements.lock
-	$(BIN)/pip install -q --disable-pip-version-check -r $(VENV)/requirements.lock 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(if $(TORCH_INDEX),$(PIP_INSTALL) --index-url $(TORCH_INDEX) $$(grep -oE '^torch(vision)?==[^ ]+' \
+	  $(VENV)/requirements.lock) $(PIP_SHOWN))
+	$(PIP_INSTALL) -r $(VENV)/requirements.lock $(PIP_SHOWN)
 	$(BIN)/pip check >/dev/null || { $(BIN)/pip check; exit 1; }
 	@# the project itself, editable (quietly: setuptools warns at length about editable installs)
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . >/dev/null 2>&1 \
 	  || $(BIN)/pip install --no-deps --no-build-isolation -e .
 	$(PYTHON) -c "import torch, nvidia.dali, timm, lmdb, pyarrow, av, PIL, tqdm, yaml"
-	rm -f $(VENV)/.installed-* && touch $@
+	@echo "make install: done in $$(( $$(date +%s) - $$(cat $(VENV)/.install-started) )) s, $$(du -sh $(VENV) | cut -f1)" \
+	  "in $(VENV)"
+	rm -f $(VENV)/.installed-* $(VENV)/.install-started && touch $@
 
 test: install
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
