@@ -213,7 +213,7 @@ def test_predict_scores_what_prep_and_eval_score(videos, ckpt, tmp_path, capsys)
 
 def test_class_names_come_from_the_checkpoint_or_a_file(tmp_path):
     authors = Recognized(origin="IBM action-recognition", model="tsn_resnet50", classes=None)
-    with pytest.raises(PredictError, match="records no class names: pass --classes FILE"):
+    with pytest.raises(PredictError, match="records no class names and matches no zoo row .*: pass --classes FILE"):
         model_classes("K400.pth.tar", authors, None)
     (tmp_path / "names.txt").write_text("b\na\n")
     (tmp_path / "classes.json").write_text(json.dumps(["b", "a"]))
