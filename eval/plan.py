@@ -67,11 +67,12 @@ class TestPlan:
                 "short_side": self.geometry[0], "crop": self.geometry[1], "min_frames": self.min_frames}
 
 
-def zoo_row_of(path: str, origin: str):
-    """The released row whose file this is, by file name (the name the zoo tells users to save it as)."""
+def zoo_rows_of(path: str, rec) -> list:
+    """The released rows this file can be: by its file name (the name the zoo tells users to save it as), else by
+    what its recogniser read in it (model, head size, variant arguments: models.zoo.matching_rows)."""
     name = os.path.basename(path)
-    rows = [e for e in zoo.ZOO if name in (e.file_name, e.file)]
-    return rows[0] if len(rows) == 1 else None
+    named = [e for e in zoo.ZOO if name in (e.file_name, e.file)]
+    return named or zoo.matching_rows(rec.model, dict(rec.model_args or {}))
 
 
 def origin_protocol(origin: str) -> str:
@@ -88,9 +89,11 @@ def settle(rec, path: str, run_config: dict, options: ViewOptions, crop_size: in
     """The plan of an evaluation of `path` (its Recognized `rec`, the run's config) with the given options."""
     entry, source = _entry(options.protocol, rec, path)
     if entry is None and not options.protocol and not rec.config:
-        log.warning("%s is not named as a released file of the zoo: evaluating with %s's protocol and the "
-                    "model's clip; pass --protocol ZOO_KEY for a released row's exact views",
-                    os.path.basename(path), origin_protocol(rec.origin))
+        rows = [e.key for e in zoo_rows_of(path, rec)]
+        log.warning("%s is not one released row of the zoo (%s): evaluating with %s's protocol and the model's "
+                    "clip; pass --protocol ZOO_KEY for a released row's exact views", os.path.basename(path),
+                    f"it can be {', '.join(rows)}" if rows else "none matches its name, model and head",
+                    origin_protocol(rec.origin))
     row = entry.protocol.request() if entry else {}
     if entry is None and options.protocol:
         scheme, source = protocols.get(options.protocol).name, f"--protocol {options.protocol}"
@@ -118,8 +121,11 @@ def _entry(protocol: str, rec, path: str):
                                           f"{', '.join(protocols.PROTOCOLS)} or a zoo key (python -m models zoo)")
     if protocol or rec.config:
         return None, ""
-    entry = zoo_row_of(path, rec.origin)
-    return (entry, f"zoo row {entry.key} (file name)") if entry else (None, "")
+    rows = zoo_rows_of(path, rec)
+    if len({e.protocol for e in rows}) != 1:  # none, or rows of other protocols (AIM's 8/16/32 frames)
+        return None, ""
+    how = "file name" if os.path.basename(path) in (rows[0].file_name, rows[0].file) else "model, head and variant"
+    return rows[0], f"zoo row {rows[0].key} (by its {how})"
 
 
 def _geometry(scheme: str, row: dict, run_config: dict, options: ViewOptions, crop_size: int,

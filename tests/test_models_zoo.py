@@ -73,12 +73,12 @@ def _runnable() -> list[str]:
 
 
 class _AuthorsFile:
-    """What models.checkpoints recognises in an authors' file: its origin, no run config."""
+    """What models.checkpoints recognises in an authors' file: its origin, model and arguments, no run config."""
 
-    def __init__(self, project: str):
+    def __init__(self, project: str, model: str = "", **model_args):
         self.origin = {"ibm": "IBM action-recognition", "sifar": "SIFAR", "sts": "mmaction", "aim": "AIM",
                        "ila": "ILA"}[project]
-        self.config = None
+        self.config, self.model, self.model_args = None, model, model_args
 
 
 @pytest.mark.parametrize("key", _runnable())
@@ -113,6 +113,13 @@ def test_a_file_named_as_a_row_takes_its_protocol_by_default():
     assert (plan.zoo_key, plan.clips, plan.crops, plan.geometry, plan.min_frames) == (e.key, 10, 3, (256, 256), 30)
     other = settle(rec, "/somewhere/renamed.pth", {}, ViewOptions(), 224)
     assert (other.scheme, other.zoo_key, other.clips) == ("ibm", "", 1)
+    # a renamed file whose model, head and variant leave one protocol takes it (the 4 IBM SSv2 I3D-R50 rows: one)
+    found = settle(_AuthorsFile("ibm", "i3d_resnet50", num_classes=174, temporal_stride=False), "best.pth", {},
+                   ViewOptions(), 224)
+    assert (found.zoo_key, found.clips, found.min_frames) == ("ibm-i3d-r50-ssv2", 2, 3)
+    # AIM's K400 rows differ in frames: no default, the project's protocol and a warning naming the rows
+    aim = settle(_AuthorsFile("aim", "aim_vit_base_patch16", num_classes=400), "best.pth", {}, ViewOptions(), 224)
+    assert (aim.scheme, aim.zoo_key) == ("mmaction", "")
 
 
 @pytest.mark.parametrize("path", sorted({e.config for e in zoo.ZOO if e.config}))
