@@ -325,7 +325,7 @@ def json_line(line: str, path: str, number: int) -> dict:
     try:
         row = json.loads(line)
     except ValueError as e:
-        why = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
+        why = f"{e.msg}: column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
         torn = "" if line.endswith("\n") else "; the file ends mid-line"
         raise ValueError(f"{path}, line {number}: not a whole JSON line ({why}{torn}): the file is damaged; "
                          "restore it or run the command that wrote it again") from None

@@ -68,7 +68,7 @@ def report(root: str, workers: int = 1, progress: bool = True) -> int:
     bad_shards = ds.check_shards()
     missing, unlisted = compare_with_shards(ds, bad_shards)
     for shard, reason in sorted(bad_shards.items()):
-        print(f"DAMAGED SHARD {shard}: {reason}")
+        print(f"UNREADABLE SHARD {shard}: {reason}")
     for vid, shard in missing:
         print(f"MISSING {vid} ({shard}): listed in manifest.jsonl, but its shard does not hold it")
     for vid, shard in unlisted:
