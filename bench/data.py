@@ -44,7 +44,7 @@ from pipelines import build_loader
 from pipelines.resources import HW_DECODER_LOAD, host_threads, image_decoder_args, largest_frame
 from pipelines.sampling import ClipSpec
 from prep import open_dataset
-from prep.cli import POSITIVE_FLOAT, POSITIVE_INT, run_main
+from prep.cli import POSITIVE_FLOAT, POSITIVE_INT, add_debug_option, run_main
 from prep.decode import DecodeOptions
 from prep.runner import JobOptions, run_prep
 from prep.synthetic import generate
@@ -446,6 +446,7 @@ def parse_args(argv):
     p.add_argument("--workers", type=POSITIVE_INT, default=os.cpu_count() or 1, help="loader workers, the same for all")
     p.add_argument("--cache", default="data/bench-data", help="where generated and prepped videos are kept")
     p.add_argument("--cpu", action="store_true", help="skip the GPU rows even with CUDA present")
+    add_debug_option(p)
     args = p.parse_args(argv)
     for key in _SIZE_HELP:
         if getattr(args, key) is None:

@@ -30,7 +30,7 @@ import torch
 from models.registry import InputContract
 from pipelines import AugmentConfig, ImageLoader, open_image_folder
 from pipelines.images import ImageFolder
-from prep.cli import COUNT, JPEG_QUALITY, POSITIVE_INT, run_main
+from prep.cli import COUNT, JPEG_QUALITY, POSITIVE_INT, add_debug_option, run_main
 from prep.synthetic_images import SHAPES, generate_image_folder
 
 CONTRACT = InputContract("NCTHW", num_frames=1, crop_size=224)
@@ -196,6 +196,7 @@ def parse_args(argv):
                    help="cache folder of the generated images (reused across runs)")
     p.add_argument("--cpu", action="store_true", help="skip the GPU row even with CUDA present")
     p.add_argument("--json", action="store_true", help="print the JSON summary instead of the table")
+    add_debug_option(p)
     args = p.parse_args(argv)
     for name in ("size", "batch", "batches", "repeats", "threads"):
         if getattr(args, name) < 1:

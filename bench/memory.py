@@ -24,7 +24,7 @@ from torch.utils._pytree import tree_leaves
 
 from models import create_model
 from models.tuning import set_grad_checkpointing
-from prep.cli import POSITIVE_INT, run_main
+from prep.cli import POSITIVE_INT, add_debug_option, run_main
 
 DEFAULT_MODELS = "i3d_resnet50,slowfast_50_4x16,x3d_m,tsm_resnet50,sifar_base_patch4_window7_224"
 
@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=POSITIVE_INT, default=None, help="default: each model's contract")
     parser.add_argument("--size", type=POSITIVE_INT, default=None, help="crop size (default: each model's contract)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_debug_option(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     rows = []

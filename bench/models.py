@@ -22,7 +22,7 @@ from torch import nn
 
 from models import create_model, list_models
 from models.profile import count_params, describe, has_convs, to_channels_last
-from prep.cli import COUNT, POSITIVE_INT, run_main
+from prep.cli import COUNT, POSITIVE_INT, add_debug_option, run_main
 
 
 def select_models(spec: str | None, device: torch.device) -> list[str]:
@@ -147,6 +147,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--twins-only", action="store_true",
                         help=f"only models with a reference twin ({', '.join(TWINS)}), each beside its twin")
+    add_debug_option(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from prep.cli import POSITIVE_INT, run_main
+from prep.cli import POSITIVE_INT, add_debug_option, run_main
 
 
 def _cpu() -> float:
@@ -40,6 +40,7 @@ def main(argv=None) -> None:
     for name, default in (("videos", 24), ("chunk", 8), ("rounds", 2), ("frames", 32), ("size", 64), ("clips", 1),
                           ("crops", 1)):
         p.add_argument(f"--{name}", type=POSITIVE_INT, default=default)
+    add_debug_option(p)
     args = p.parse_args(argv)
     from eval.predict import predict
     from prep.synthetic import generate

@@ -33,7 +33,7 @@ from av.video.reformatter import Interpolation
 from PIL import Image
 
 from prep import open_dataset
-from prep.cli import COUNT, JPEG_QUALITY, POSITIVE_FLOAT, POSITIVE_INT, int_range, run_main
+from prep.cli import COUNT, JPEG_QUALITY, POSITIVE_FLOAT, POSITIVE_INT, add_debug_option, int_range, run_main
 from prep.decode import DecodeOptions, PilJpeg, make_encoder, target_size
 from prep.runner import JobOptions, run_prep
 from prep.store import FrameSpool
@@ -332,6 +332,7 @@ def main(argv=None) -> int:
     p.add_argument("--psnr-videos", type=COUNT, default=2, help="videos whose every frame is checked for PSNR")
     p.add_argument("--profile", type=COUNT, default=10, help="videos to profile stage by stage (0: none)")
     p.add_argument("--dir", default="data/bench-prep")
+    add_debug_option(p)
     args = p.parse_args(argv)
     if not shutil.which("ffmpeg"):
         print("bench-prep: error: ffmpeg not found (Debian: apt-get install ffmpeg)", file=sys.stderr)

@@ -30,7 +30,7 @@ import numpy as np
 
 from bench.data import AUGMENT, CONTRACT, make_dataset, replayed, tree_cpu_seconds
 from pipelines import build_loader
-from prep.cli import COUNT, POSITIVE_FLOAT, POSITIVE_INT, run_main
+from prep.cli import COUNT, POSITIVE_FLOAT, POSITIVE_INT, add_debug_option, run_main
 from prep.decode import DecodeOptions
 from prep.runner import JobOptions, run_prep
 from prep.synthetic import encode_video
@@ -221,6 +221,7 @@ def parse_args(argv):
     p.add_argument("--warmup", type=COUNT, default=2, help="loader batches before timing")
     p.add_argument("--batches", type=POSITIVE_INT, default=12, help="timed loader batches")
     p.add_argument("--repeats", type=POSITIVE_INT, default=3, help="interleaved runs per row; the best is kept")
+    add_debug_option(p)
     return p.parse_args(argv)
 
 

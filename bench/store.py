@@ -28,7 +28,7 @@ from pipelines import AugmentConfig
 from pipelines.gops import CONTAINERS, cut_stream, needed_frames
 from pipelines.sampling import ClipSpec, clip_indices, sample_rng
 from prep import open_dataset
-from prep.cli import POSITIVE_INT, run_main
+from prep.cli import POSITIVE_INT, add_debug_option, run_main
 
 CODEC_OF = {name: spec["codec"] for name, spec in DATASETS.items()}
 
@@ -181,6 +181,7 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default="data/bench-data", help="shared with bench.data")
     p.add_argument("--probe-seek", action="store_true",
                    help="only time DALI's CPU video decoder on the first and the last frame of one video")
+    add_debug_option(p)
     args = p.parse_args(argv)
     if args.probe_seek:
         src, _ = make_dataset(args.cache, "kinetics", args.videos, args.workers)

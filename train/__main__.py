@@ -54,6 +54,7 @@ def _train(argv: list[str]) -> int:
         print("train: aborted by a second SIGINT; the last checkpoint written is kept", file=sys.stderr)
         return 130
     if trainer.d.main:
+        _say_damage(trainer)
         print(json.dumps({"run_dir": trainer.run_dir, **row}))
     return 0
 
@@ -64,6 +65,17 @@ def _without_cache_options(argv: list[str]) -> list[str]:
     p = argparse.ArgumentParser(prog="python -m train", add_help=False, allow_abbrev=False)
     add_cache_args(p)
     return p.parse_known_args(argv)[1]
+
+
+def _say_damage(trainer) -> None:
+    """Damaged stored videos were replaced as they were met (each logged then): the end of the run says so again."""
+    stats = getattr(trainer.train_loader, "stats", None) or {}
+    if stats.get("damaged"):
+        rows = trainer.train_loader.dataset.rows
+        named = ", ".join(rows[i]["id"] for i in stats["damaged_videos"][:5])
+        print(f"train: {stats['damaged']} damaged stored videos were replaced by readable ones in "
+              f"{stats['replaced']} samples ({named}{', ...' if stats['damaged'] > 5 else ''}); "
+              f"`python -m prep verify {trainer.cfg.data}` lists them", file=sys.stderr)
 
 
 def average(argv: list[str]) -> int:
