@@ -387,15 +387,15 @@ def test_a_torn_metrics_log_is_dropped_on_resume_and_a_damaged_one_named(stores,
     file and line. Old code: "Unterminated string starting at: line 1 column 181" or a traceback."""
     data = _copy(stores["lmdb"], tmp_path)
     train = _main("train")
-    assert train(_train_argv(data, tmp_path / "runs", "--max-steps", "2")) == 0
+    assert train(_train_argv(data, tmp_path / "runs", "--batch-size", "4")) == 0  # one epoch: 2 steps
     metrics = tmp_path / "runs" / "run" / "metrics.jsonl"
     whole = metrics.read_text()
     metrics.write_text(whole + whole[: len(whole) // 2])  # the second epoch's line, cut short by a kill
     capsys.readouterr()
-    assert train(_train_argv(data, tmp_path / "runs", "--epochs", "2", "--max-steps", "4")) == 0
+    assert train(_train_argv(data, tmp_path / "runs", "--batch-size", "4", "--epochs", "2")) == 0
     assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2]
     metrics.write_text("{oops\n" + metrics.read_text())
-    assert train(_train_argv(data, tmp_path / "runs", "--epochs", "3", "--max-steps", "6")) == 2
+    assert train(_train_argv(data, tmp_path / "runs", "--batch-size", "4", "--epochs", "3")) == 2
     line = _only_line(capsys.readouterr().err, "train: error: ")
     assert f"{metrics}, line 1: not a whole JSON line" in line, line
 
