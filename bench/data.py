@@ -44,6 +44,7 @@ from pipelines import build_loader
 from pipelines.resources import HW_DECODER_LOAD, host_threads, image_decoder_args, largest_frame
 from pipelines.sampling import ClipSpec
 from prep import open_dataset
+from prep.cli import POSITIVE_FLOAT, POSITIVE_INT, add_debug_option, run_main
 from prep.decode import DecodeOptions
 from prep.runner import JobOptions, run_prep
 from prep.synthetic import generate
@@ -437,13 +438,15 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m bench.data", description=__doc__.splitlines()[0])
     p.add_argument("--datasets", default="kinetics,ssv2", help="comma-separated: kinetics, ssv2")
     for key, text in _SIZE_HELP.items():  # None: taken from SMALL or, with --full, FULL; a value given wins
-        p.add_argument(f"--{key.replace('_', '-')}", type=type(SMALL[key]), default=None,
+        p.add_argument(f"--{key.replace('_', '-')}", type=POSITIVE_INT if isinstance(SMALL[key], int) else POSITIVE_FLOAT,
+                       default=None,
                        help=f"{text} (default {SMALL[key]}, --full {FULL[key]})")
     p.add_argument("--full", action="store_true", help="a bigger run (the --full values above)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="loader workers, the same for all")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
+    p.add_argument("--workers", type=POSITIVE_INT, default=os.cpu_count() or 1, help="loader workers, the same for all")
     p.add_argument("--cache", default="data/bench-data", help="where generated and prepped videos are kept")
     p.add_argument("--cpu", action="store_true", help="skip the GPU rows even with CUDA present")
+    add_debug_option(p)
     args = p.parse_args(argv)
     for key in _SIZE_HELP:
         if getattr(args, key) is None:
@@ -479,4 +482,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("bench.data", main))

@@ -35,6 +35,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from prep.cli import NON_NEGATIVE_FLOAT
+
 STEPS = ("tests", "meter", "data", "meter_vit", "images", "nvdec")
 REPORT = "docs/benchmarks-gpu.md"
 BARE_RATIO_GOAL = 0.8
@@ -428,7 +430,7 @@ def parse_args(argv):
     p.add_argument("--step", action="append", choices=STEPS, help="repeatable; default: every step in order")
     p.add_argument("--cache", default=Settings.cache, help="generated data and results/*.json")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from saved results, run nothing")
-    p.add_argument("--time-limit", type=float, default=0, help="start no step after this many seconds (0: no limit)")
+    p.add_argument("--time-limit", type=NON_NEGATIVE_FLOAT, default=0, help="start no step after this many seconds (0: no limit)")
     p.add_argument("--copy-to", default="", help="also copy the report and results/*.json to this folder")
     args = p.parse_args(argv)
     if not (args.time_limit >= 0 and args.time_limit != float("inf")):

@@ -30,6 +30,7 @@ import torch
 from models.registry import InputContract
 from pipelines import AugmentConfig, ImageLoader, open_image_folder
 from pipelines.images import ImageFolder
+from prep.cli import COUNT, JPEG_QUALITY, POSITIVE_INT, add_debug_option, run_main
 from prep.synthetic_images import SHAPES, generate_image_folder
 
 CONTRACT = InputContract("NCTHW", num_frames=1, crop_size=224)
@@ -180,21 +181,22 @@ def table(result: dict) -> str:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m bench.images", description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=0,
+    p.add_argument("--images", type=COUNT, default=0,
                    help="distinct training images (rounded up to a multiple of 6 classes); 0: warmup + batches worth")
-    p.add_argument("--size", type=int, default=320, help="short side of the generated 4:3 images, px")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the generated images")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--batches", type=int, default=20, help="timed batches per pipeline")
-    p.add_argument("--warmup", type=int, default=3, help="batches read before timing starts")
-    p.add_argument("--repeats", type=int, default=2, help="runs per pipeline, interleaved; the best one counts")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--size", type=POSITIVE_INT, default=320, help="short side of the generated 4:3 images, px")
+    p.add_argument("--quality", type=JPEG_QUALITY, default=90, help="JPEG quality of the generated images")
+    p.add_argument("--batch", type=POSITIVE_INT, default=32)
+    p.add_argument("--batches", type=POSITIVE_INT, default=20, help="timed batches per pipeline")
+    p.add_argument("--warmup", type=COUNT, default=3, help="batches read before timing starts")
+    p.add_argument("--repeats", type=POSITIVE_INT, default=2, help="runs per pipeline, interleaved; the best one counts")
+    p.add_argument("--threads", type=POSITIVE_INT, default=os.cpu_count() or 1,
                    help="DALI CPU threads and DataLoader workers, the same for both")
-    p.add_argument("--rand-augment", type=int, default=0, help="RandAugment operations per image (0: off)")
+    p.add_argument("--rand-augment", type=COUNT, default=0, help="RandAugment operations per image (0: off)")
     p.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "vidkit-bench-images"),
                    help="cache folder of the generated images (reused across runs)")
     p.add_argument("--cpu", action="store_true", help="skip the GPU row even with CUDA present")
     p.add_argument("--json", action="store_true", help="print the JSON summary instead of the table")
+    add_debug_option(p)
     args = p.parse_args(argv)
     for name in ("size", "batch", "batches", "repeats", "threads"):
         if getattr(args, name) < 1:
@@ -216,4 +218,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("bench.images", main))

@@ -24,6 +24,7 @@ from torch.utils._pytree import tree_leaves
 
 from models import create_model
 from models.tuning import set_grad_checkpointing
+from prep.cli import POSITIVE_INT, add_debug_option, run_main
 
 DEFAULT_MODELS = "i3d_resnet50,slowfast_50_4x16,x3d_m,tsm_resnet50,sifar_base_patch4_window7_224"
 
@@ -106,10 +107,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated registered names")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--frames", type=int, default=None, help="default: each model's contract")
-    parser.add_argument("--size", type=int, default=None, help="crop size (default: each model's contract)")
+    parser.add_argument("--batch", type=POSITIVE_INT, default=2)
+    parser.add_argument("--frames", type=POSITIVE_INT, default=None, help="default: each model's contract")
+    parser.add_argument("--size", type=POSITIVE_INT, default=None, help="crop size (default: each model's contract)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_debug_option(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     rows = []
@@ -121,4 +123,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("bench.memory", main))

@@ -22,6 +22,7 @@ from torch import nn
 
 from models import create_model, list_models
 from models.profile import count_params, describe, has_convs, to_channels_last
+from prep.cli import COUNT, POSITIVE_INT, add_debug_option, run_main
 
 
 def select_models(spec: str | None, device: torch.device) -> list[str]:
@@ -139,13 +140,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.models", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", help="comma-separated names or fnmatch patterns (default: see above)")
-    parser.add_argument("--batch", type=int, default=None, help="clips per step (default: 8 on CUDA, 2 on CPU)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 on CUDA, 3 on CPU)")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch", type=POSITIVE_INT, default=None, help="clips per step (default: 8 on CUDA, 2 on CPU)")
+    parser.add_argument("--steps", type=POSITIVE_INT, default=None, help="timed steps (default: 20 on CUDA, 3 on CPU)")
+    parser.add_argument("--warmup", type=COUNT, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--twins-only", action="store_true",
                         help=f"only models with a reference twin ({', '.join(TWINS)}), each beside its twin")
+    add_debug_option(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"
@@ -185,4 +187,4 @@ def bench_with_twin(name: str, device: torch.device, batch: int, steps: int, war
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("bench.models", main))

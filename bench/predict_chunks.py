@@ -9,12 +9,15 @@ that both give the same rows, probabilities and order included.
 from __future__ import annotations
 
 import argparse
+import sys
 import os
 import resource
 import tempfile
 import time
 
 import torch
+
+from prep.cli import POSITIVE_INT, add_debug_option, run_main
 
 
 def _cpu() -> float:
@@ -36,7 +39,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name, default in (("videos", 24), ("chunk", 8), ("rounds", 2), ("frames", 32), ("size", 64), ("clips", 1),
                           ("crops", 1)):
-        p.add_argument(f"--{name}", type=int, default=default)
+        p.add_argument(f"--{name}", type=POSITIVE_INT, default=default)
+    add_debug_option(p)
     args = p.parse_args(argv)
     from eval.predict import predict
     from prep.synthetic import generate
@@ -69,4 +73,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main("bench.predict_chunks", main))

@@ -33,6 +33,7 @@ from av.video.reformatter import Interpolation
 from PIL import Image
 
 from prep import open_dataset
+from prep.cli import COUNT, JPEG_QUALITY, POSITIVE_FLOAT, POSITIVE_INT, add_debug_option, int_range, run_main
 from prep.decode import DecodeOptions, PilJpeg, make_encoder, target_size
 from prep.runner import JobOptions, run_prep
 from prep.store import FrameSpool
@@ -317,20 +318,21 @@ def profile(args, videos: list[str], rows: dict[str, dict]) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.prep", description=__doc__.splitlines()[0])
-    p.add_argument("--heights", type=int, nargs="+", default=[320, 720, 1080], help="source heights (16:9)")
-    p.add_argument("--videos", type=int, default=10, help="videos per size (a multiple of 10)")
-    p.add_argument("--seconds", type=float, default=4.0, help="length of each generated video")
-    p.add_argument("--fps", type=int, default=30)
-    p.add_argument("--crf", type=int, default=None, help="x264 CRF of the generated videos (default: prep.synthetic's)")
-    p.add_argument("--short-side", type=int, default=256)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--heights", type=POSITIVE_INT, nargs="+", default=[320, 720, 1080], help="source heights (16:9)")
+    p.add_argument("--videos", type=POSITIVE_INT, default=10, help="videos per size (a multiple of 10)")
+    p.add_argument("--seconds", type=POSITIVE_FLOAT, default=4.0, help="length of each generated video")
+    p.add_argument("--fps", type=POSITIVE_INT, default=30)
+    p.add_argument("--crf", type=int_range(0, 63), default=None, help="x264 CRF of the generated videos (default: prep.synthetic's)")
+    p.add_argument("--short-side", type=COUNT, default=256)
+    p.add_argument("--workers", type=POSITIVE_INT, default=os.cpu_count() or 1)
     p.add_argument("--format", choices=("lmdb", "arrow"), default="lmdb")
-    p.add_argument("--quality", type=int, nargs="+", default=[90, 80], help="JPEG qualities of the yuv encoder")
-    p.add_argument("--pil-quality", type=int, nargs="*", default=[90], help="JPEG qualities of the pil encoder")
-    p.add_argument("--repeat", type=int, default=1, help="runs of each method, interleaved; the best is kept")
-    p.add_argument("--psnr-videos", type=int, default=2, help="videos whose every frame is checked for PSNR")
-    p.add_argument("--profile", type=int, default=10, help="videos to profile stage by stage (0: none)")
+    p.add_argument("--quality", type=JPEG_QUALITY, nargs="+", default=[90, 80], help="JPEG qualities of the yuv encoder")
+    p.add_argument("--pil-quality", type=JPEG_QUALITY, nargs="*", default=[90], help="JPEG qualities of the pil encoder")
+    p.add_argument("--repeat", type=POSITIVE_INT, default=1, help="runs of each method, interleaved; the best is kept")
+    p.add_argument("--psnr-videos", type=COUNT, default=2, help="videos whose every frame is checked for PSNR")
+    p.add_argument("--profile", type=COUNT, default=10, help="videos to profile stage by stage (0: none)")
     p.add_argument("--dir", default="data/bench-prep")
+    add_debug_option(p)
     args = p.parse_args(argv)
     if not shutil.which("ffmpeg"):
         print("bench-prep: error: ffmpeg not found (Debian: apt-get install ffmpeg)", file=sys.stderr)
@@ -343,4 +345,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("bench.prep", main))

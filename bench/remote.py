@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 from bench.s3server import LocalS3
 from prep import PreppedDataset, open_dataset, remote
 from prep.__main__ import main as prep_main
+from prep.cli import POSITIVE_INT, add_debug_option, run_main
 from prep.store import pack_frames, unpack_frames
 
 BUCKET = "bench"
@@ -174,10 +175,11 @@ def measure(videos: int, frames: int, size: int, shard_size: str) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.remote", description=__doc__.splitlines()[0])
-    p.add_argument("--videos", type=int, default=200)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--videos", type=POSITIVE_INT, default=200)
+    p.add_argument("--frames", type=POSITIVE_INT, default=16)
+    p.add_argument("--size", type=POSITIVE_INT, default=128)
     p.add_argument("--shard-size", default="4M")
+    add_debug_option(p)
     args = p.parse_args(argv)
     results = measure(args.videos, args.frames, args.size, args.shard_size)
     local = results[0]
@@ -194,4 +196,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("bench.remote", main))

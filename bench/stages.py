@@ -30,6 +30,7 @@ import numpy as np
 
 from bench.data import AUGMENT, CONTRACT, make_dataset, replayed, tree_cpu_seconds
 from pipelines import build_loader
+from prep.cli import COUNT, POSITIVE_FLOAT, POSITIVE_INT, add_debug_option, run_main
 from prep.decode import DecodeOptions
 from prep.runner import JobOptions, run_prep
 from prep.synthetic import encode_video
@@ -211,15 +212,16 @@ def parse_args(argv):
     p.add_argument("--datasets", nargs="+", default=["kinetics", "photo"], choices=["kinetics", "photo"])
     p.add_argument("--cache", default="data/bench-data",
                    help="where the generated and prepped datasets are kept (bench.data's, which has the kinetics set)")
-    p.add_argument("--videos", type=int, default=16, help="videos per generated dataset")
-    p.add_argument("--workers", type=int, default=2, help="processes for generating and prepping the datasets")
-    p.add_argument("--threads", type=int, default=1, help="DALI CPU threads of every row")
-    p.add_argument("--batch-size", type=int, default=16, help="clips per batch (x8 frames)")
-    p.add_argument("--clips", type=int, default=64, help="clips whose frames the stage rows cycle through")
-    p.add_argument("--seconds", type=float, default=3.0, help="CPU seconds per stage run, at least")
-    p.add_argument("--warmup", type=int, default=2, help="loader batches before timing")
-    p.add_argument("--batches", type=int, default=12, help="timed loader batches")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved runs per row; the best is kept")
+    p.add_argument("--videos", type=POSITIVE_INT, default=16, help="videos per generated dataset")
+    p.add_argument("--workers", type=POSITIVE_INT, default=2, help="processes for generating and prepping the datasets")
+    p.add_argument("--threads", type=POSITIVE_INT, default=1, help="DALI CPU threads of every row")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16, help="clips per batch (x8 frames)")
+    p.add_argument("--clips", type=POSITIVE_INT, default=64, help="clips whose frames the stage rows cycle through")
+    p.add_argument("--seconds", type=POSITIVE_FLOAT, default=3.0, help="CPU seconds per stage run, at least")
+    p.add_argument("--warmup", type=COUNT, default=2, help="loader batches before timing")
+    p.add_argument("--batches", type=POSITIVE_INT, default=12, help="timed loader batches")
+    p.add_argument("--repeats", type=POSITIVE_INT, default=3, help="interleaved runs per row; the best is kept")
+    add_debug_option(p)
     return p.parse_args(argv)
 
 
@@ -233,4 +235,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("bench.stages", main))

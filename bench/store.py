@@ -28,6 +28,7 @@ from pipelines import AugmentConfig
 from pipelines.gops import CONTAINERS, cut_stream, needed_frames
 from pipelines.sampling import ClipSpec, clip_indices, sample_rng
 from prep import open_dataset
+from prep.cli import POSITIVE_INT, add_debug_option, run_main
 
 CODEC_OF = {name: spec["codec"] for name, spec in DATASETS.items()}
 
@@ -172,14 +173,15 @@ def _count_frames(encoded: np.ndarray) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.store", description=__doc__.splitlines()[0])
     p.add_argument("--datasets", default="kinetics,ssv2")
-    p.add_argument("--videos", type=int, default=8, help="distinct videos per dataset (multiple of 4)")
-    p.add_argument("--clips", type=int, default=32, help="clips for the decoded-frames count and PyAV timing")
-    p.add_argument("--batch", type=int, default=8, help="clips per DALI batch")
-    p.add_argument("--batches", type=int, default=6, help="timed DALI batches")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="prep processes")
+    p.add_argument("--videos", type=POSITIVE_INT, default=8, help="distinct videos per dataset (multiple of 4)")
+    p.add_argument("--clips", type=POSITIVE_INT, default=32, help="clips for the decoded-frames count and PyAV timing")
+    p.add_argument("--batch", type=POSITIVE_INT, default=8, help="clips per DALI batch")
+    p.add_argument("--batches", type=POSITIVE_INT, default=6, help="timed DALI batches")
+    p.add_argument("--workers", type=POSITIVE_INT, default=os.cpu_count() or 1, help="prep processes")
     p.add_argument("--cache", default="data/bench-data", help="shared with bench.data")
     p.add_argument("--probe-seek", action="store_true",
                    help="only time DALI's CPU video decoder on the first and the last frame of one video")
+    add_debug_option(p)
     args = p.parse_args(argv)
     if args.probe_seek:
         src, _ = make_dataset(args.cache, "kinetics", args.videos, args.workers)
@@ -194,4 +196,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("bench.store", main))

@@ -25,8 +25,13 @@ import json
 import logging
 import sys
 
+from prep.cli import COUNT, POSITIVE_FLOAT, POSITIVE_INT, add_debug_option, run_main
 from prep.remote import add_cache_args
 from train.printing import printable
+
+# besides bad input (ValueError, OSError...), what eval's commands report in one line: a split whose every video is
+# damaged, non-finite scores, a pipeline that cannot be built
+EXPECTED = (RuntimeError,)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,26 +55,27 @@ def add_view_args(p: argparse.ArgumentParser, data: bool = True) -> None:
                    "toolkit's), or a zoo key, which also sets the released row's frames, views, resize and crop "
                    "(default: the zoo row an authors' file is named after, else the run's; `python -m eval views` "
                    "prints what a protocol gives a video)")
-    p.add_argument("--frames", type=int, default=None, help="frames per clip (default: the checkpoint's or model's)")
+    p.add_argument("--frames", type=POSITIVE_INT, default=None, help="frames per clip (default: the checkpoint's or model's)")
     p.add_argument("--sampling", choices=("tsn", "dense", "frame_uniform"), default="",
                    help="frame sampling (default: the checkpoint's; frame_uniform is mmaction's)")
-    p.add_argument("--frame-stride", type=int, default=0, help="dense sampling's stride (default: the checkpoint's)")
-    p.add_argument("--eval-scale", type=float, default=None,
+    p.add_argument("--frame-stride", type=COUNT, default=0, help="dense sampling's stride (default: the checkpoint's)")
+    p.add_argument("--eval-scale", type=POSITIVE_FLOAT, default=None,
                    help="short side = crop size x this (default: the run's augment.eval_scale, else 256/224)")
     p.add_argument("--eval-crop", choices=("contract", "full"), default=None,
                    help="crop side: the model's crop size, or the whole short side (default: the run's, else contract)")
-    p.add_argument("--clips", type=int, default=None, help="temporal clips per video (default: the protocol's "
+    p.add_argument("--clips", type=POSITIVE_INT, default=None, help="temporal clips per video (default: the protocol's "
                    "zoo row, else 1)")
     p.add_argument("--crops", type=int, choices=(1, 3, 5, 10), default=None,
                    help="spatial crops per clip (default: the protocol's zoo row, else 1)")
     p.add_argument("--twice", action="store_true", help="tsn sampling: mmaction's twice_sample (TSM's test), CLIPS "
                    "more temporal views at the segments' starts, averaged with the others (2 x CLIPS x CROPS views)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--py-workers", type=int, default=0, help="DALI source processes (0: a share of the cores)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=8)
+    p.add_argument("--py-workers", type=COUNT, default=0, help="DALI source processes (0: a share of the cores)")
     p.add_argument("--amp", choices=("bf16", "fp16", "none"), default="bf16")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--no-progress", action="store_true")
+    add_debug_option(p)
 
 
 def augment_overrides(args: argparse.Namespace) -> dict:
@@ -89,26 +95,23 @@ def views_label(summary: dict) -> str:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in SUBCOMMANDS:
+    if argv and argv[0] in SUBCOMMANDS:  # each subcommand maps its own failures (prep.cli.run_main)
         return SUBCOMMANDS[argv[0]](argv[1:])
+    return run_main("eval", _evaluate, argv, expected=EXPECTED)
+
+
+def _evaluate(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if (args.clips is not None and args.clips < 1) or args.frame_stride < 0:
-        print("eval: error: --clips must be at least 1 and --frame-stride at least 0", file=sys.stderr)
-        return 2
     from train.setup import setup_distributed
 
     from .run import evaluate
 
     d = setup_distributed(args.device)
-    try:
-        summary = evaluate(args.ckpt, d, data=args.data, split=args.split, clips=args.clips, crops=args.crops,
-                           batch_size=args.batch_size, out_dir=args.out, amp=args.amp, py_workers=args.py_workers,
-                           use_ema=not args.no_ema, progress=not args.no_progress, num_frames=args.frames,
-                           sampling=args.sampling, frame_stride=args.frame_stride, augment=augment_overrides(args),
-                           save_views=args.save_views, twice=args.twice, protocol=args.protocol)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"eval: error: {e}", file=sys.stderr)
-        return 2
+    summary = evaluate(args.ckpt, d, data=args.data, split=args.split, clips=args.clips, crops=args.crops,
+                       batch_size=args.batch_size, out_dir=args.out, amp=args.amp, py_workers=args.py_workers,
+                       use_ema=not args.no_ema, progress=not args.no_progress, num_frames=args.frames,
+                       sampling=args.sampling, frame_stride=args.frame_stride, augment=augment_overrides(args),
+                       save_views=args.save_views, twice=args.twice, protocol=args.protocol)
     if d.main:
         damaged = f", {len(summary['damaged'])} damaged videos left out" if summary["damaged"] else ""
         views = views_label(summary)

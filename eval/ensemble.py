@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import torch
 
+from prep.cli import NON_NEGATIVE_FLOAT, add_debug_option, run_main
 from prep.outputs import check_writable, refuse_input_as_output
 from train.printing import printable
 
@@ -22,8 +23,9 @@ from .metrics import accuracy_report
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval ensemble", description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="+", help="eval output folders (or their scores.npy)")
-    p.add_argument("--weights", type=float, nargs="+", default=None, help="one per input (default: equal)")
+    p.add_argument("--weights", type=NON_NEGATIVE_FLOAT, nargs="+", default=None, help="one per input (default: equal)")
     p.add_argument("--out", default="", help="report folder (default: ensemble_<n> beside the first input)")
+    add_debug_option(p)
     return p
 
 
@@ -80,12 +82,12 @@ def _name(path: str) -> str:
 
 
 def main(argv=None) -> int:
+    return run_main("eval ensemble", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        summary = ensemble(args.inputs, args.weights, args.out)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"eval ensemble: error: {e}", file=sys.stderr)
-        return 2
+    summary = ensemble(args.inputs, args.weights, args.out)
     if summary["top1"] is None:
         print(f"{summary['model']}: no labels, no accuracy: predictions of {summary['videos']} videos -> "
               f"{summary['submission']['csv']}, {summary['submission']['ssv2']}")

@@ -19,8 +19,9 @@ import sys
 import torch
 
 import pipelines
+from prep.cli import run_main
 
-from .__main__ import add_view_args, augment_overrides, views_label
+from .__main__ import EXPECTED, add_view_args, augment_overrides, views_label
 from .dump import FEATURES, FEATURES_INDEX, save_features
 from .plan import ViewOptions, plan_frames, settle
 from .run import _damaged_rows, _loader, check_out_dir, default_out_dir, evaluated_set, load_model, open_with_data
@@ -96,23 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    return run_main("eval features", _main, argv, expected=EXPECTED)
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if (args.clips is not None and args.clips < 1) or args.frame_stride < 0:
-        print("eval features: error: --clips must be at least 1 and --frame-stride at least 0", file=sys.stderr)
-        return 2
     from train.setup import setup_distributed
 
     d = setup_distributed(args.device)
-    try:
-        index = extract_features(
-            args.ckpt, d, data=args.data, split=args.split, clips=args.clips, crops=args.crops,
-            batch_size=args.batch_size, out_dir=args.out, amp=args.amp, py_workers=args.py_workers,
-            use_ema=not args.no_ema, progress=not args.no_progress, num_frames=args.frames, sampling=args.sampling,
-            frame_stride=args.frame_stride, augment=augment_overrides(args), per_view=args.per_view,
-            twice=args.twice, protocol=args.protocol)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"eval features: error: {e}", file=sys.stderr)
-        return 2
+    index = extract_features(
+        args.ckpt, d, data=args.data, split=args.split, clips=args.clips, crops=args.crops,
+        batch_size=args.batch_size, out_dir=args.out, amp=args.amp, py_workers=args.py_workers,
+        use_ema=not args.no_ema, progress=not args.no_progress, num_frames=args.frames, sampling=args.sampling,
+        frame_stride=args.frame_stride, augment=augment_overrides(args), per_view=args.per_view,
+        twice=args.twice, protocol=args.protocol)
     if d.main:
         damaged = f", {len(index['damaged'])} damaged videos left out" if index["damaged"] else ""
         print(f"{index['model']}: {index['dim']}-d embeddings ({views_label(index)} views{damaged}) -> "

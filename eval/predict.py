@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 
+from prep.cli import COUNT, POSITIVE_INT, run_main
 from prep.decode import DecodeOptions
 from prep.guard import PrepInterrupted, stop_on_signals
 from prep.outputs import check_writable, within
@@ -48,7 +49,7 @@ from prep.runner import JobOptions, NothingStored, read_jsonl, run_prep
 from prep.lists import ListError, looks_like_text, read_class_list, read_video_list
 from prep.tasks import VIDEO_EXTENSIONS, Task, number_tasks
 
-from .__main__ import add_view_args, augment_overrides
+from .__main__ import EXPECTED, add_view_args, augment_overrides
 
 # what a folder is searched for (a file named on the command line is tried whatever its name)
 FOLDER_EXTENSIONS = VIDEO_EXTENSIONS + (".mpg", ".mpeg", ".ts", ".m2ts", ".wmv", ".3gp", ".ogv", ".mjpeg", ".gif")
@@ -378,10 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_view_args(p, data=False)
     p.add_argument("--classes", help="class names, one per line in the model's order, or a classes.json (needed for "
                    "a source project's file the zoo does not list; a zoo file gets its row's shipped list)")
-    p.add_argument("--top", type=int, default=5, help="classes printed per video")
+    p.add_argument("--top", type=POSITIVE_INT, default=5, help="classes printed per video")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
-    p.add_argument("--workers", type=int, default=0, help="prep decoding processes (0: one per core)")
-    p.add_argument("--chunk", type=int, default=0, metavar="N", help="videos prepped and scored at a time; the "
+    p.add_argument("--workers", type=COUNT, default=0, help="prep decoding processes (0: one per core)")
+    p.add_argument("--chunk", type=COUNT, default=0, metavar="N", help="videos prepped and scored at a time; the "
                    f"next chunk is prepped while one is scored (0: on a GPU one chunk up to {MIN_CHUNK} videos, "
                    f"else at most {MAX_CHUNKS} chunks of at least {MIN_CHUNK}; on the CPU one chunk)")
     p.add_argument("--keep", default="", metavar="DIR", help="keep the prepped store and eval report in DIR "
@@ -390,11 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    return run_main("eval predict", _main, argv, expected=EXPECTED)
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if (args.clips is not None and args.clips < 1) or args.frame_stride < 0 or args.top < 1 or args.chunk < 0:
-        print("eval predict: error: --clips and --top must be at least 1, --frame-stride and --chunk at least 0",
-              file=sys.stderr)
-        return 2
     from train.setup import setup_distributed
 
     try:
@@ -405,10 +406,7 @@ def main(argv=None) -> int:
                          py_workers=args.py_workers, use_ema=not args.no_ema, num_frames=args.frames,
                          sampling=args.sampling, frame_stride=args.frame_stride, augment=augment_overrides(args),
                          twice=args.twice, protocol=args.protocol)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:  # PredictError and CheckpointError are ValueErrors
-        print(f"eval predict: error: {e}", file=sys.stderr)
-        return 2
-    except PrepInterrupted as e:  # its background prep stopped
+    except PrepInterrupted as e:  # its background prep stopped: nothing to resume, unlike prep's own message
         print(f"eval predict: interrupted by {signal.Signals(e.signum).name}", file=sys.stderr)
         return e.exit_code
     for reading in result["inputs"]:

@@ -20,6 +20,7 @@ from models import zoo
 from pipelines import protocols
 from pipelines.protocols import ClipRule, ProtocolError
 from pipelines.sampling import sample_rng
+from prep.cli import COUNT, POSITIVE_FLOAT, POSITIVE_INT, add_debug_option, run_main
 
 FIELDS = ("protocol", "phase", "video_frames", "frame_size", "sampling", "frames", "frame_stride", "clips", "crops",
           "twice", "eval_scale", "eval_crop", "draws", "seed")
@@ -181,24 +182,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", default="", help="a JSON-lines file of requests ('-': standard input)")
     p.add_argument("--protocol", default="", help="ibm, sifar, mmaction, ila, vidkit or a zoo key")
     p.add_argument("--phase", choices=("test", "train"), default=None)
-    p.add_argument("--video-frames", type=int, default=None, help="the video's length in frames")
+    p.add_argument("--video-frames", type=POSITIVE_INT, default=None, help="the video's length in frames")
     p.add_argument("--frame-size", default=None, help="WxH of the video's frames")
     p.add_argument("--sampling", choices=protocols.SAMPLINGS, default=None)
-    p.add_argument("--frames", type=int, default=None, help="frames per clip")
-    p.add_argument("--frame-stride", type=int, default=None,
+    p.add_argument("--frames", type=POSITIVE_INT, default=None, help="frames per clip")
+    p.add_argument("--frame-stride", type=POSITIVE_INT, default=None,
                    help="dense: the stride; ibm/sifar uniform: frames_per_group")
-    p.add_argument("--clips", type=int, default=None)
-    p.add_argument("--crops", type=int, default=None, help="1 (centre), 3 or 10 (where the protocol has it)")
+    p.add_argument("--clips", type=POSITIVE_INT, default=None)
+    p.add_argument("--crops", type=POSITIVE_INT, default=None, help="1 (centre), 3 or 10 (where the protocol has it)")
     p.add_argument("--twice", action="store_true", default=None, help="mmaction's twice_sample")
-    p.add_argument("--eval-scale", type=float, default=None, help="short side = crop x this")
+    p.add_argument("--eval-scale", type=POSITIVE_FLOAT, default=None, help="short side = crop x this")
     p.add_argument("--eval-crop", choices=("full",), default=None, help="crops as large as the short side")
-    p.add_argument("--draws", type=int, default=None, help="training draws to print (--phase train)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--draws", type=POSITIVE_INT, default=None, help="training draws to print (--phase train)")
+    p.add_argument("--seed", type=COUNT, default=None)
     p.add_argument("--json", action="store_true", help="print the JSON list instead of a table")
+    add_debug_option(p)
     return p
 
 
 def main(argv=None) -> int:
+    return run_main("eval views", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.batch:
         lines = sys.stdin if args.batch == "-" else _open_batch(args.batch)

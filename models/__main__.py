@@ -10,6 +10,7 @@ import sys
 
 import torch
 
+from prep.cli import POSITIVE_INT, add_debug_option, run_main
 from prep.lists import read_class_list
 from prep.outputs import check_writable, refuse_input_as_output
 
@@ -154,6 +155,11 @@ def cmd_export(args) -> None:
 
 
 def main(argv=None) -> int:
+    # RuntimeError: an export that its checker refuses, a checkpoint torch cannot read
+    return run_main("models", _main, argv, expected=(RuntimeError,))
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_list = sub.add_parser("list", help="registered models and aliases with their input contract")
@@ -164,9 +170,9 @@ def main(argv=None) -> int:
                         "models.from_checkpoint finds in it")
     p_info.add_argument("--classes", default="", help="with --ckpt: class names for origins that need them "
                         "(a prepped dataset, its classes.json, or one name per line)")
-    p_info.add_argument("--num-classes", type=int, default=400)
-    p_info.add_argument("--frames", type=int, default=None, help="default: the model's")
-    p_info.add_argument("--size", type=int, default=None, help="crop size; default: the model's")
+    p_info.add_argument("--num-classes", type=POSITIVE_INT, default=400)
+    p_info.add_argument("--frames", type=POSITIVE_INT, default=None, help="default: the model's")
+    p_info.add_argument("--size", type=POSITIVE_INT, default=None, help="crop size; default: the model's")
     p_info.add_argument("--json", action="store_true", help="print one JSON object")
     p_zoo = sub.add_parser("zoo", help="the released checkpoints of the source projects and how to evaluate them")
     p_zoo.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern on the keys, e.g. 'ila-*'")
@@ -177,14 +183,16 @@ def main(argv=None) -> int:
     p_export.add_argument("--ckpt", required=True)
     p_export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     p_export.add_argument("--out", required=True)
-    p_export.add_argument("--frames", type=int, default=None, help="frames per clip (default: the checkpoint's)")
+    p_export.add_argument("--frames", type=POSITIVE_INT, default=None, help="frames per clip (default: the checkpoint's)")
     p_export.add_argument("--classes", default="", help="class names for origins that need them")
-    args = parser.parse_args(argv)
-    try:
-        {"list": cmd_list, "info": cmd_info, "zoo": cmd_zoo, "export": cmd_export}[args.command](args)
-    except (ValueError, OSError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    for p in sub.choices.values():
+        add_debug_option(p)
+    return parser
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    {"list": cmd_list, "info": cmd_info, "zoo": cmd_zoo, "export": cmd_export}[args.command](args)
     return 0
 
 

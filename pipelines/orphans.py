@@ -9,10 +9,13 @@ none of this: multiprocessing's pool workers exit on their own when the parent's
 Ctrl-C sends SIGINT to the whole foreground process group, workers included. A forked worker inherits the
 trainer's handler (which only records the signal), but a spawned one (the default on a GPU) starts with Python's
 KeyboardInterrupt and dies, and the trainer's graceful stop then fails with "Worker data receiving interrupted"
-instead of checkpointing. The stop is the trainer's decision: workers ignore SIGINT (`ignore_interrupts`).
+instead of checkpointing. The stop is the trainer's decision: workers ignore SIGINT (`ignore_interrupts`). A forked
+worker also ignores it from its first instant (`workers_ignore_interrupts` around their start): one waiting for its
+first task would otherwise print a KeyboardInterrupt traceback of its own when `python -m eval` is interrupted.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -38,3 +41,15 @@ def die_with_parent(parent_pid: int) -> None:
 def ignore_interrupts() -> None:
     """Call in a worker: SIGINT (Ctrl-C reaches the whole process group) is the parent's to act on."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def workers_ignore_interrupts():
+    """Around the start of worker processes: SIGINT is blocked, so that the workers (forked or spawned, both inherit
+    the signal mask) never take it, while one that reaches this process meanwhile stays pending and is delivered to
+    its own handler when the block is lifted."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .augment import AugmentConfig, eval_transform, normalize, output_layout, random_erase, train_transform
+from .orphans import workers_ignore_interrupts
 from .resources import HW_DECODER_LOAD, image_decoder_args
 from .source import ClipSource
 
@@ -107,5 +108,6 @@ def build_pipeline(source: ClipSource, opts: GraphOptions, batch_size: int, num_
 
     pipe = graph(batch_size=batch_size * source.samples_per_clip, num_threads=num_threads, device_id=device_id,
                  seed=seed, py_num_workers=py_workers, py_start_method=py_start_method, prefetch_queue_depth=prefetch)
-    pipe.build()
+    with workers_ignore_interrupts():  # the workers start here
+        pipe.build()
     return pipe

@@ -8,15 +8,14 @@ import json
 import logging
 import os
 import re
-import signal
 import sys
 
+from .cli import COUNT, JPEG_QUALITY, POSITIVE_FLOAT, POSITIVE_INT, add_debug_option, range_checked, run_main
 from .decode import DecodeOptions
 from . import remote
 from .presets import diving48_tasks, hmdb51_tasks, kinetics700_tasks, restrict_to_classes, ucf101_tasks
-from .guard import PrepFailed, PrepInterrupted
 from .runner import JobOptions, check_out, merge, parse_part, part_lock, rejects_report, run_prep
-from .store import DEFAULT_CHUNK_BYTES, DiskFull
+from .store import DEFAULT_CHUNK_BYTES
 from .tasks import kinetics_tasks, number_tasks, parse_video_lists, ssv2_tasks
 
 
@@ -25,11 +24,13 @@ SPLIT_ID_PRESETS = {"ucf101": ucf101_tasks, "hmdb51": hmdb51_tasks}
 DEFAULT_MAX_REJECTED = 5.0  # percent: a few unreadable downloads are normal; more means wrong paths or lists
 
 
+@range_checked
 def parse_size(text: str) -> int:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)B?", text.strip().upper())
-    if not m:
-        raise argparse.ArgumentTypeError(f"size must look like 1G, 500M or 1048576, got {text!r}")
-    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " "))
+    size = int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " ")) if m else 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"size must look like 1G, 500M or 1048576 (at least 1 byte), got {text!r}")
+    return size
 
 
 def _percent(text: str) -> float:
@@ -52,17 +53,17 @@ def _job_args(p: argparse.ArgumentParser, short_side: int = 256) -> None:
                    help="with --store video: re-encode each video once to --short-side with a keyframe every few "
                         "frames and no B-frames, in a codec every NVDEC decodes (h264, the default) or vp9 (DALI's "
                         "CPU video decoder); without it the source bytes are kept")
-    p.add_argument("--short-side", type=int, default=short_side, help="resize the short side to this (0: keep)")
-    p.add_argument("--fps", type=float, default=None, help="keep about this many frames per second (default: all)")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    p.add_argument("--short-side", type=COUNT, default=short_side, help="resize the short side to this (0: keep)")
+    p.add_argument("--fps", type=POSITIVE_FLOAT, default=None, help="keep about this many frames per second (default: all)")
+    p.add_argument("--quality", type=JPEG_QUALITY, default=90, help="JPEG quality")
     p.add_argument("--chroma", choices=("auto", "444", "422", "420"), default="auto",
                    help="JPEG chroma subsampling (auto: 420, or 444 when the short side is under 128 px)")
     p.add_argument("--encoder", choices=("yuv", "pil"), default="yuv",
                    help="yuv: scale the decoded planes and encode them with libjpeg-turbo (exact colours, 1.2-1.9x "
                         "the frames per CPU-second, docs/benchmarks.md); pil: the first encoder (swscale RGB, then "
                         "Pillow), about 6%% fewer bytes with Huffman optimisation")
-    p.add_argument("--min-frames", type=int, default=4, help="reject videos with fewer clean frames")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--min-frames", type=POSITIVE_INT, default=4, help="reject videos with fewer clean frames")
+    p.add_argument("--workers", type=POSITIVE_INT, default=os.cpu_count() or 1)
     p.add_argument("--part", type=parse_part, default=(0, 1), metavar="I/N",
                    help="do only part I of N (0-based): one per machine or Slurm array task")
     p.add_argument("--shard-size", type=parse_size, default=parse_size("1G"), help="cap per shard file")
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="folder the list's paths are relative to")
     p.add_argument("--classes", help="class names, one per line (line = label; no blank, padded or repeated "
                    "line); default: from the lists")
-    p.add_argument("--num-classes", type=int, help="numeric labels run 0..N-1 (default: inferred from the lists)")
+    p.add_argument("--num-classes", type=POSITIVE_INT, help="numeric labels run 0..N-1 (default: inferred from the lists)")
     p.add_argument("--allow-outside-root", action="store_true",
                    help="store list entries that lie outside --root (absolute paths, ../); rejected by default")
     _job_args(p)
@@ -107,26 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
         _job_args(p)
     p = sub.add_parser("synthetic", help="generate the built-in synthetic dataset and prep it")
     p.add_argument("--root", help="where the generated videos go (default OUT/source)")
-    p.add_argument("--videos", type=int, default=400)
-    p.add_argument("--frames", type=int, default=24)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--videos", type=POSITIVE_INT, default=400)
+    p.add_argument("--frames", type=POSITIVE_INT, default=24)
+    p.add_argument("--size", type=POSITIVE_INT, default=64)
     p.add_argument("--codec", choices=("h264", "vp9"), default="h264")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=COUNT, default=0)
     _job_args(p, short_side=0)
     p = sub.add_parser("synthetic-images", help="write a synthetic ImageNet-style folder (one class per shape) "
                        "for image pre-training (`make pretrain-image`); images are read in place, not prepped")
     p.add_argument("--out", required=True)
-    p.add_argument("--per-class", type=int, default=200, help="training images per class")
-    p.add_argument("--val-per-class", type=int, default=40)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-class", type=POSITIVE_INT, default=200, help="training images per class")
+    p.add_argument("--val-per-class", type=COUNT, default=40)
+    p.add_argument("--size", type=POSITIVE_INT, default=64)
+    p.add_argument("--seed", type=COUNT, default=0)
     p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("merge", help="join the manifests of the parts of a --part job")
     p.add_argument("out")
     p = sub.add_parser("verify", help="decode every stored frame and check checksums")
     p.add_argument("out", help="prepped folder, or s3://BUCKET/PREFIX (downloaded into the cache)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--workers", type=POSITIVE_INT, default=os.cpu_count() or 1)
     remote.add_cache_args(p)
+    for p in sub.choices.values():
+        add_debug_option(p)
     return parser
 
 
@@ -184,42 +187,25 @@ def _prep_local(args) -> dict:
 
 
 def main(argv=None) -> int:
+    return run_main("prep", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "merge":
-            summary = merge(args.out)
-        elif args.command == "synthetic-images":
-            from .synthetic_images import generate_image_folder
+    args = build_parser().parse_args(argv)
+    if args.command == "verify":
+        from .verify import report
 
-            summary = generate_image_folder(args.out, args.per_class, args.val_per_class, args.size, args.seed,
-                                            progress=not args.no_progress)
-        elif args.command == "verify":
-            from .verify import verify
+        return report(args.out, workers=args.workers)
+    if args.command == "merge":
+        summary = merge(args.out)
+    elif args.command == "synthetic-images":
+        from .synthetic_images import generate_image_folder
 
-            bad = verify(args.out, workers=args.workers)
-            for vid, shard, reason in bad:
-                print(f"DAMAGED {vid} ({shard}): {reason}")
-            print(f"verify: {len(bad)} damaged entr{'y' if len(bad) == 1 else 'ies'}")
-            return 1 if bad else 0
-        else:
-            summary = _prep(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"prep: error: {e}", file=sys.stderr)
-        return 2
-    except DiskFull as e:
-        print(f"prep: error: {e}: free some space and run the same command again to resume", file=sys.stderr)
-        return 1
-    except PrepFailed as e:
-        print(f"prep: error: {e}", file=sys.stderr)
-        return 1
-    except PrepInterrupted as e:
-        print(f"prep: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:  # before the run proper (reading lists, making synthetic videos): nothing to resume
-        print("prep: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
+        summary = generate_image_folder(args.out, args.per_class, args.val_per_class, args.size, args.seed,
+                                        progress=not args.no_progress)
+    else:
+        summary = _prep(args)
     print(json.dumps(summary))
     return _report_rejects(args, summary) if "max_rejected" in args else 0
 

@@ -87,7 +87,9 @@ class PreppedDataset:
             raise IndexError(f"video {row['id']}: frame indices {bad[:5]} outside 0..{n - 1}")
         data = self.reader.frames(row["shard"], row["key"], indices, row.get("chunk_frames"))
         if verify:
-            crcs = self.reader.meta(row["shard"], row["key"])["frame_crc"]
+            crcs = self.reader.meta(row["shard"], row["key"]).get("frame_crc")
+            if not isinstance(crcs, list) or len(crcs) != n:
+                raise DamagedEntry(f"video {row['id']} ({row['shard']}): its stored meta has no checksum per frame")
             for j, blob in zip(indices, data):
                 if zlib.crc32(blob) != crcs[j]:
                     raise DamagedEntry(f"video {row['id']} ({row['shard']}): frame {j} fails its checksum")

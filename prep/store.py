@@ -238,18 +238,19 @@ def _arrow_chunk_name(key: str, chunk: int) -> str:
 # --------------------------------------------------------------------------- checks before mapping
 
 
-_LMDB_DAMAGE = (lmdb.InvalidError, lmdb.CorruptedError, lmdb.VersionMismatchError, lmdb.PageNotFoundError)
-
-
 def open_lmdb_checked(path: str, **kwargs) -> lmdb.Environment:
     """A read-only environment, refused (DamagedShard) when the file is shorter than its header says."""
     if os.path.getsize(path) == 0:
         raise DamagedShard(f"{path}: truncated shard: 0 bytes on disk")
     try:
         env = lmdb.open(path, subdir=False, readonly=True, lock=False, readahead=False, **kwargs)
-    except _LMDB_DAMAGE as e:
+    except lmdb.Error as e:  # a damaged header: bad magic, version bytes, page numbers...
+        raise DamagedShard(f"{path}: not a readable LMDB shard ({str(e).replace(path + ': ', '')})") from None
+    try:
+        need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    except lmdb.Error as e:
+        env.close()
         raise DamagedShard(f"{path}: not a readable LMDB shard ({e})") from None
-    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
     size = os.path.getsize(path)
     if size < need:
         env.close()
@@ -541,24 +542,62 @@ def _final_name(name: str) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-class _LmdbHandle:
+# what a damaged stored value raises once it is read: bad JSON or UTF-8, bad Arrow offsets, missing fields
+_VALUE_DAMAGE = (lmdb.Error, pa.ArrowException, ValueError, TypeError, KeyError, IndexError, OverflowError)
+
+
+class _Handle:
+    """What both formats' handles share: the size the shard had when it was checked, compared before every read
+    (a file truncated while in use would otherwise kill the reading process with SIGBUS on a mapped page), and
+    damage found in a stored value turned into a DamagedEntry naming the shard and the entry."""
+
     def __init__(self, path: str):
-        self.name = os.path.basename(path)
+        self.path, self.name = path, os.path.basename(path)
+        self.size = os.path.getsize(path)
+
+    def check_size(self) -> None:
+        size = os.path.getsize(self.path)
+        if size < self.size:
+            raise DamagedShard(f"{self.path}: truncated while in use: {size} bytes on disk, {self.size} when opened")
+
+    @contextmanager
+    def reading(self, key: str):
+        self.check_size()
+        try:
+            yield
+        except DamagedEntry:
+            raise
+        except _VALUE_DAMAGE as e:
+            raise DamagedEntry(f"{self.name}: {key}: damaged entry ({type(e).__name__}: {e})") from None
+
+    def keys(self) -> list[str]:
+        """The keys of the whole videos the shard holds (their meta written)."""
+        raise NotImplementedError
+
+
+class _LmdbHandle(_Handle):
+    def __init__(self, path: str):
+        super().__init__(path)
         self.env = open_lmdb_checked(path, max_readers=2048)
-        with self.env.begin() as txn:
-            raw = txn.get(_IDENTITY_KEY)
-        self.identity = raw.decode() if raw else None
+        try:
+            with self.env.begin() as txn:
+                raw = txn.get(_IDENTITY_KEY)
+            self.identity = raw.decode() if raw else None
+        except (lmdb.Error, UnicodeDecodeError) as e:
+            self.env.close()
+            raise DamagedShard(f"{path}: damaged LMDB shard, its identity unreadable ({e})") from None
 
     def meta(self, key: str) -> dict:
-        with self.env.begin(buffers=False) as txn:
+        with self.reading(key), self.env.begin(buffers=False) as txn:
             raw = txn.get(f"{key}/m".encode())
-        if raw is None:
-            raise DamagedEntry(f"{self.name}: no entry {key}")
-        return json.loads(raw)
+            if raw is None:
+                raise DamagedEntry(f"{self.name}: no entry {key}")
+            return _meta_dict(json.loads(raw))
 
     def frames(self, key: str, indices, per: int | None) -> list[bytes]:
         out = []
-        with self.env.begin(buffers=True) as txn:  # zero-copy view of the mapped value; only chosen frames are copied
+        # zero-copy view of the mapped value; only chosen frames are copied
+        with self.reading(key), self.env.begin(buffers=True) as txn:
             for chunk, positions in _by_chunk(indices, per):
                 packed = txn.get(_lmdb_frame_key(key, chunk))
                 if packed is None:
@@ -570,23 +609,32 @@ class _LmdbHandle:
         return out
 
     def video(self, key: str) -> bytes:
-        with self.env.begin() as txn:
+        with self.reading(key), self.env.begin() as txn:
             v = txn.get(f"{key}/v".encode())
         if v is None:
             raise DamagedEntry(f"{self.name}: video bytes of {key} missing")
         return v
 
+    def keys(self) -> list[str]:
+        with self.reading("keys"), self.env.begin() as txn:
+            return [k[:-2].decode() for k in txn.cursor().iternext(values=False) if k.endswith(b"/m")]
 
-class _ArrowHandle:
+
+class _ArrowHandle(_Handle):
     def __init__(self, path: str):
-        self.name = os.path.basename(path)
+        super().__init__(path)
         check_arrow_footer(path)
         try:
             self.reader = pa.ipc.open_file(pa.memory_map(path))
-        except (pa.ArrowException, OSError) as e:
-            raise DamagedShard(f"{path}: not a readable Arrow shard ({e})") from None
-        self.identity = _schema_identity(self.reader.schema)
-        names = [self.reader.get_batch(i).column("key")[0].as_py() for i in range(self.reader.num_record_batches)]
+            self.identity = _schema_identity(self.reader.schema)
+            names = []
+            for i in range(self.reader.num_record_batches):
+                batch = self.reader.get_batch(i)
+                # damaged offsets or lengths would make a later read abort or crash the process: checked once here
+                batch.validate(full=True)
+                names.append(batch.column("key")[0].as_py())
+        except (pa.ArrowException, OSError, ValueError, IndexError) as e:
+            raise DamagedShard(f"{path}: not a readable Arrow shard ({type(e).__name__}: {e})") from None
         self.batch_of = {n: i for i, n in enumerate(names)}  # the latest wins: an earlier one was cut short
 
     def _batch(self, name: str) -> pa.RecordBatch:
@@ -595,20 +643,34 @@ class _ArrowHandle:
         return self.reader.get_batch(self.batch_of[name])
 
     def meta(self, key: str) -> dict:
-        return json.loads(self._batch(key).column("meta")[0].as_py())
+        with self.reading(key):
+            return _meta_dict(json.loads(self._batch(key).column("meta")[0].as_py()))
 
     def frames(self, key: str, indices, per: int | None) -> list[bytes]:
         out = []
-        for chunk, positions in _by_chunk(indices, per):
-            values = self._batch(key if chunk is None else _arrow_chunk_name(key, chunk)).column("frames")[0].values
-            bad = [j for j in positions if not 0 <= j < len(values)]
-            if bad:
-                raise DamagedEntry(f"{self.name}: {key}: {len(values)} frames stored, frame {bad[0]} asked for")
-            out += [values[j].as_py() for j in positions]
+        with self.reading(key):
+            for chunk, positions in _by_chunk(indices, per):
+                values = self._batch(key if chunk is None else _arrow_chunk_name(key, chunk)).column("frames")[0].values
+                bad = [j for j in positions if not 0 <= j < len(values)]
+                if bad:
+                    raise DamagedEntry(f"{self.name}: {key}: {len(values)} frames stored, frame {bad[0]} asked for")
+                out += [values[j].as_py() for j in positions]
         return out
 
     def video(self, key: str) -> bytes:
-        return self._batch(key).column("video")[0].as_py()
+        with self.reading(key):
+            return self._batch(key).column("video")[0].as_py()
+
+    def keys(self) -> list[str]:
+        with self.reading("keys"):
+            return [n for n, i in self.batch_of.items()
+                    if "#" not in n and self.reader.get_batch(i).column("meta").null_count == 0]
+
+
+def _meta_dict(meta) -> dict:
+    if not isinstance(meta, dict):
+        raise ValueError(f"its meta is {type(meta).__name__}, not a JSON object")
+    return meta
 
 
 _HANDLES: dict[str, object] = {}  # one handle per shard file per process: LMDB refuses a second open

@@ -1,4 +1,6 @@
-"""`python -m prep verify OUT`: decode every stored frame, check every checksum, name each damaged entry.
+"""`python -m prep verify OUT`: decode every stored frame, check every checksum, name each damaged entry, and compare
+the manifest with the shards both ways (a video listed that no shard holds, a video stored that the manifest does
+not list).
 
 It always finishes. Shards are checked first (size against header, identity against the manifest) and every video
 of an unusable shard is reported without being read. The rest is read in worker processes; a worker killed while
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import multiprocessing as mp
+import os
 import signal
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -19,7 +22,7 @@ import pyarrow as pa
 from PIL import Image
 from tqdm import tqdm
 
-from .dataset import DamagedEntry, open_dataset
+from .dataset import DamagedEntry, PreppedDataset, open_dataset
 
 _CTX = mp.get_context("fork")
 
@@ -56,6 +59,57 @@ def _check(i):
         return check_entry(_ds, i)
     except Exception as e:  # noqa: BLE001 - whatever a damaged entry raises, it is that entry's finding
         return f"{type(e).__name__}: {e}"
+
+
+def report(root: str, workers: int = 1, progress: bool = True) -> int:
+    """Prints one line per damaged shard, damaged entry, missing and unlisted video, then the counts; returns the
+    exit status (1 if anything was found)."""
+    ds = open_dataset(root)
+    bad_shards = ds.check_shards()
+    missing, unlisted = compare_with_shards(ds, bad_shards)
+    for shard, reason in sorted(bad_shards.items()):
+        print(f"UNREADABLE SHARD {shard}: {reason}")
+    for vid, shard in missing:
+        print(f"MISSING {vid} ({shard}): listed in manifest.jsonl, but its shard does not hold it")
+    for vid, shard in unlisted:
+        print(f"UNLISTED {vid} ({shard}): stored in the shard, but manifest.jsonl does not list it")
+    gone = {vid for vid, _ in missing}
+    bad = [b for b in verify(root, workers=workers, progress=progress) if b[0] not in gone]
+    for vid, shard, reason in bad:
+        print(f"DAMAGED {vid} ({shard}): {reason}")
+    print(f"verify: {len(bad)} damaged entr{'y' if len(bad) == 1 else 'ies'} in {len(bad_shards)} damaged shards, "
+          f"{len(missing)} listed but not stored, {len(unlisted)} stored but not listed")
+    return 1 if bad or missing or unlisted or bad_shards else 0
+
+
+def compare_with_shards(ds: PreppedDataset, bad_shards: dict[str, str]) -> tuple[list, list]:
+    """([(id, shard)] listed in the manifest but held by no readable shard, [(id, shard)] held by a shard but not
+    listed). Damaged shards are left out: their videos are reported as damaged."""
+    listed = {(r["shard"], r["key"]): r["id"] for r in ds.rows}
+    shard_dir = os.path.join(ds.root, "shards")
+    files = {n for n in (os.listdir(shard_dir) if os.path.isdir(shard_dir) else [])
+             if n.endswith((".lmdb", ".arrow", ".arrows"))}
+    held = {}
+    for shard in sorted(files | {shard for shard, _ in listed}):
+        if shard in bad_shards:
+            continue
+        try:
+            handle = ds.reader.open(shard)
+            for key in handle.keys():
+                held[(shard, key)] = handle
+        except (DamagedEntry, OSError) as e:  # a shard no row names, unreadable: its videos are not listed either
+            bad_shards[shard] = str(e)
+    missing = [(vid, shard) for (shard, key), vid in listed.items() if shard not in bad_shards
+               and (shard, key) not in held]
+    unlisted = [(_stored_id(handle, key), shard) for (shard, key), handle in held.items() if (shard, key) not in listed]
+    return sorted(missing), sorted(unlisted)
+
+
+def _stored_id(handle, key: str) -> str:
+    try:
+        return str(handle.meta(key).get("id", key))
+    except DamagedEntry:
+        return f"key {key}"
 
 
 def verify(root: str, workers: int = 1, progress: bool = True) -> list[tuple[str, str, str]]:

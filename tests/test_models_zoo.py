@@ -184,7 +184,7 @@ def test_info_ckpt_refuses_in_one_line(tmp_path, capsys):
     (tmp_path / "notes.pth").write_bytes(b"not a checkpoint")
     assert models_main(["info", "--ckpt", str(tmp_path / "notes.pth")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "notes.pth" in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("models: error: ") and "notes.pth" in err and len(err.strip().splitlines()) == 1
     assert models_main(["info", "--ckpt", str(tmp_path / "gone.pth")]) == 2
     assert "gone.pth" in capsys.readouterr().err
     assert models_main(["info"]) == 2 and "NAME or --ckpt" in capsys.readouterr().err

@@ -12,41 +12,41 @@ import json
 import logging
 import sys
 
+from prep.cli import DEBUG_ENV, DEBUG_FLAG, POSITIVE_INT, add_debug_option, run_main
 from prep.remote import add_cache_args
 
-from .config import ConfigError, load_config
+from .config import load_config
 from .printing import printable
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """Expected failures (a bad config, a damaged input, Ctrl-C before the run's own handling) are one line
+    (prep.cli.run_main)."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "average":
+        return run_main("train average", average, argv[1:])
+    return run_main("train", _train, argv)
+
+
+def _train(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if argv and argv[0] in ("-h", "--help"):
         from .config import help_text
 
         print(__doc__ + help_text())
         print("  --cache-dir, --cache-limit: the node-local cache of an s3:// --data store (README, Data on object "
               "storage)")
+        print(f"  {DEBUG_FLAG}: print the traceback of an expected failure too (or set {DEBUG_ENV}=1)")
         return 0
-    if argv and argv[0] == "average":
-        return average(argv[1:])
-    try:
-        cfg = load_config(_without_cache_options(argv))
-        from .engine import Trainer
-        from .setup import setup_distributed
+    cfg = load_config(_without_cache_options(argv))
+    from .engine import Trainer
+    from .setup import setup_distributed
 
-        trainer = Trainer(cfg, setup_distributed(cfg.device))
-    except (ConfigError, FileNotFoundError, ValueError) as e:  # CheckpointError is a ValueError
-        print(f"train: error: {e}", file=sys.stderr)
-        return 2
+    trainer = Trainer(cfg, setup_distributed(cfg.device))
     from .guard import RunStopped
 
     try:
         row = trainer.fit()
-    except (ConfigError, FileNotFoundError, ValueError) as e:  # refused at resume, before the first step
-        if trainer.d.main:
-            print(f"train: error: {e}", file=sys.stderr)
-        return 2
     except RunStopped as e:  # diverged, interrupted, disk full: the line says what was kept
         if trainer.d.main:
             print(f"train: {'error: ' if e.code == 1 else ''}{e}", file=sys.stderr)
@@ -55,6 +55,7 @@ def main(argv=None) -> int:
         print("train: aborted by a second SIGINT; the last checkpoint written is kept", file=sys.stderr)
         return 130
     if trainer.d.main:
+        _say_damage(trainer)
         print(json.dumps(printable({"run_dir": trainer.run_dir, **row})))
     return 0
 
@@ -67,27 +68,29 @@ def _without_cache_options(argv: list[str]) -> list[str]:
     return p.parse_known_args(argv)[1]
 
 
+def _say_damage(trainer) -> None:
+    """Damaged stored videos were replaced as they were met (each logged then): the end of the run says so again."""
+    stats = getattr(trainer.train_loader, "stats", None) or {}
+    if stats.get("damaged"):
+        rows = trainer.train_loader.dataset.rows
+        named = ", ".join(rows[i]["id"] for i in stats["damaged_videos"][:5])
+        print(f"train: {stats['damaged']} damaged stored videos were replaced by readable ones in "
+              f"{stats['replaced']} samples ({named}{', ...' if stats['damaged'] > 5 else ''}); "
+              f"`python -m prep verify {trainer.cfg.data}` lists them", file=sys.stderr)
+
+
 def average(argv: list[str]) -> int:
     """python -m train average RUNDIR --top K [--out FILE]: the mean of the weights of the run's K best kept
     checkpoints (train with --keep_best K), written as a checkpoint that `python -m eval --ckpt` reads."""
-    import argparse
-
-    from models.checkpoints import CheckpointError
-
     from .checkpoint import average_checkpoints
 
     p = argparse.ArgumentParser(prog="python -m train average", description=average.__doc__)
     p.add_argument("run_dir")
-    p.add_argument("--top", type=int, required=True, help="how many of the best kept checkpoints to average")
+    p.add_argument("--top", type=POSITIVE_INT, required=True, help="how many of the best kept checkpoints to average")
     p.add_argument("--out", default=None, help="output file (default RUNDIR/averaged_topK.pt)")
+    add_debug_option(p)
     args = p.parse_args(argv)
-    if args.top < 1:
-        p.error(f"--top must be >= 1, got {args.top}")
-    try:
-        out = average_checkpoints(args.run_dir, args.top, args.out)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"train average: error: {e}", file=sys.stderr)
-        return 2
+    out = average_checkpoints(args.run_dir, args.top, args.out)  # CheckpointError: a ValueError, one line
     print(out)
     return 0
 

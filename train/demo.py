@@ -18,6 +18,7 @@ import resource
 import sys
 import time
 
+from prep.cli import POSITIVE_FLOAT, POSITIVE_INT, add_debug_option, run_main
 from prep.outputs import write_json
 
 DEMO_MODELS = ("i3d_tiny", "tsn_tiny")  # (temporal, order-blind)
@@ -27,17 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="data/demo", help="where the synthetic dataset is prepped")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--videos", type=int, default=1000)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=24)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=0.003)
+    p.add_argument("--videos", type=POSITIVE_INT, default=1000)
+    p.add_argument("--frames", type=POSITIVE_INT, default=16)
+    p.add_argument("--size", type=POSITIVE_INT, default=64)
+    p.add_argument("--epochs", type=POSITIVE_INT, default=24)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
+    p.add_argument("--lr", type=POSITIVE_FLOAT, default=0.003)
     p.add_argument("--models", nargs="+", default=list(DEMO_MODELS))
-    p.add_argument("--clips", type=int, default=2)
-    p.add_argument("--crops", type=int, default=3)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--clips", type=POSITIVE_INT, default=2)
+    p.add_argument("--crops", type=int, choices=(1, 3, 5, 10), default=3)
+    p.add_argument("--workers", type=POSITIVE_INT, default=os.cpu_count() or 1)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_debug_option(p)
     return p
 
 
@@ -138,4 +140,4 @@ def cpu_minutes() -> float:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main("train.demo", main))

@@ -27,6 +27,7 @@ from pipelines.images import ImageLoader, open_image_folder
 from prep import open_dataset
 from prep.lists import class_order_change
 from prep.outputs import write_text
+from prep.runner import read_jsonl
 
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, check, config_changes, save_config
@@ -515,10 +516,8 @@ def _mean_across(x: torch.Tensor) -> float:
 
 
 def _read_metrics(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """A line torn by a kill mid-write is the last one, of an epoch whose checkpoint never came: left out."""
+    return read_jsonl(path, drop_torn_tail=True)
 
 
 def _truncate_metrics(path: str, epoch: int) -> None:
