@@ -104,14 +104,17 @@ def _evaluate(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from train.setup import setup_distributed
 
-    from .run import evaluate
+    from .run import MissingData, evaluate
 
     d = setup_distributed(args.device)
-    summary = evaluate(args.ckpt, d, data=args.data, split=args.split, clips=args.clips, crops=args.crops,
-                       batch_size=args.batch_size, out_dir=args.out, amp=args.amp, py_workers=args.py_workers,
-                       use_ema=not args.no_ema, progress=not args.no_progress, num_frames=args.frames,
-                       sampling=args.sampling, frame_stride=args.frame_stride, augment=augment_overrides(args),
-                       save_views=args.save_views, twice=args.twice, protocol=args.protocol)
+    try:
+        summary = evaluate(args.ckpt, d, data=args.data, split=args.split, clips=args.clips, crops=args.crops,
+                           batch_size=args.batch_size, out_dir=args.out, amp=args.amp, py_workers=args.py_workers,
+                           use_ema=not args.no_ema, progress=not args.no_progress, num_frames=args.frames,
+                           sampling=args.sampling, frame_stride=args.frame_stride, augment=augment_overrides(args),
+                           save_views=args.save_views, twice=args.twice, protocol=args.protocol)
+    except MissingData as e:
+        raise MissingData(f"{e}: pass --data (a prepped store of the classes it was trained on)") from None
     if d.main:
         damaged = f", {len(summary['damaged'])} damaged videos left out" if summary["damaged"] else ""
         views = views_label(summary)

@@ -24,7 +24,8 @@ from prep.cli import run_main
 from .__main__ import EXPECTED, add_view_args, augment_overrides, views_label
 from .dump import FEATURES, FEATURES_INDEX, save_features
 from .plan import ViewOptions, plan_frames, settle
-from .run import _damaged_rows, _loader, check_out_dir, default_out_dir, evaluated_set, load_model, open_with_data
+from .run import (MissingData, _damaged_rows, _loader, check_out_dir, default_out_dir, evaluated_set, load_model,
+                  open_with_data)
 from .score import autocast, average_views, check_coverage
 
 log = logging.getLogger("eval")
@@ -60,7 +61,7 @@ def extract_features(ckpt_path: str, d, data: str = "", split: str = "val", clip
     model, rec = load_model(ckpt_path, d.device, use_ema, classes, plan_frames(rec, ckpt_path, options), rec)
     plan = settle(rec, ckpt_path, cfg, options, cfg.get("image_size") or model.input_contract.crop_size)
     out_dir = out_dir or default_out_dir(ckpt_path, "features", split, plan)
-    check_out_dir(out_dir, (FEATURES, FEATURES_INDEX), [("--ckpt", ckpt_path)])  # before the embedding, not after
+    check_out_dir(out_dir, (FEATURES, FEATURES_INDEX), [("--ckpt", ckpt_path)], "--out")  # before the embedding, not after
     contract = plan.contract(model.input_contract)
     dataset, short = evaluated_set(dataset, plan.min_frames)
     loader = _loader(cfg, dataset, contract, split, plan, batch_size, d, py_workers,
@@ -105,12 +106,15 @@ def _main(argv: list[str]) -> int:
     from train.setup import setup_distributed
 
     d = setup_distributed(args.device)
-    index = extract_features(
-        args.ckpt, d, data=args.data, split=args.split, clips=args.clips, crops=args.crops,
-        batch_size=args.batch_size, out_dir=args.out, amp=args.amp, py_workers=args.py_workers,
-        use_ema=not args.no_ema, progress=not args.no_progress, num_frames=args.frames, sampling=args.sampling,
-        frame_stride=args.frame_stride, augment=augment_overrides(args), per_view=args.per_view,
-        twice=args.twice, protocol=args.protocol)
+    try:
+        index = extract_features(
+            args.ckpt, d, data=args.data, split=args.split, clips=args.clips, crops=args.crops,
+            batch_size=args.batch_size, out_dir=args.out, amp=args.amp, py_workers=args.py_workers,
+            use_ema=not args.no_ema, progress=not args.no_progress, num_frames=args.frames, sampling=args.sampling,
+            frame_stride=args.frame_stride, augment=augment_overrides(args), per_view=args.per_view,
+            twice=args.twice, protocol=args.protocol)
+    except MissingData as e:
+        raise MissingData(f"{e}: pass --data (a prepped store to embed)") from None
     if d.main:
         damaged = f", {len(index['damaged'])} damaged videos left out" if index["damaged"] else ""
         print(f"{index['model']}: {index['dim']}-d embeddings ({views_label(index)} views{damaged}) -> "

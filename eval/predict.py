@@ -348,7 +348,8 @@ def _score(ckpt: str, d, store: str, out_dir: str, progress: bool, view: dict) -
     from .dump import load_scores
     from .run import evaluate
 
-    summary = evaluate(ckpt, d, data=store, split=SPLIT, out_dir=out_dir, progress=progress, **view)
+    summary = evaluate(ckpt, d, data=store, split=SPLIT, out_dir=out_dir, progress=progress, out_option="--keep",
+                       **view)
     scores, index = load_scores(summary["out_dir"])
     damaged = [{"video": r["id"], "reason": f"damaged in the temporary store: {r['reason']}"}
                for r in summary["damaged"]]

@@ -52,15 +52,19 @@ def open_with_data(ckpt_path: str, use_ema: bool, data: str, split: str, progres
     cfg = _run_config(rec)
     data = data or cfg["data"]
     if not data:
-        raise ValueError(f"{ckpt_path} ({rec.origin}) records no dataset: pass --data")
+        raise MissingData(f"{ckpt_path} ({rec.origin}) records no dataset")
     return rec, cfg, data, _open_split(cfg, data, split, rec.classes, progress)
+
+
+class MissingData(ValueError):
+    """An authors' file records no dataset: the command's own data option must name one."""
 
 
 def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips: int | None = None,
              crops: int | None = None, batch_size: int = 8, out_dir: str = "", amp: str = "bf16", py_workers: int = 2,
              use_ema: bool = True, progress: bool = True, num_frames: int | None = None,
              save_views: bool = False, sampling: str = "", frame_stride: int = 0, augment: dict | None = None,
-             twice: bool = False, protocol: str = "") -> dict:
+             twice: bool = False, protocol: str = "", out_option: str = "--out") -> dict:
     """Score every video over its views: `clips` temporal (x 2 with `twice`: mmaction's twice_sample, the
     segments' starts after their centres) x `crops` spatial, averaged, as the test protocol computes them
     (`protocol`: a pipelines.protocols name or a zoo key; default: eval.plan's order of precedence)."""
@@ -71,7 +75,7 @@ def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips:
     column = _class_columns(ckpt_path, rec.classes, classes, model.num_classes)
     plan = settle(rec, ckpt_path, cfg, options, cfg.get("image_size") or model.input_contract.crop_size)
     out_dir = out_dir or default_out_dir(ckpt_path, "eval", split, plan)
-    check_out_dir(out_dir, REPORT_FILES, [("--ckpt", ckpt_path)])  # before the scoring, not after it
+    check_out_dir(out_dir, REPORT_FILES, [("--ckpt", ckpt_path)], out_option)  # before the scoring, not after it
     contract = plan.contract(model.input_contract)
     dataset, short = evaluated_set(dataset, plan.min_frames)
     loader = _loader(cfg, dataset, contract, split, plan, batch_size, d, py_workers,
@@ -132,11 +136,12 @@ def default_out_dir(ckpt_path: str, kind: str, split: str, plan: TestPlan) -> st
     return os.path.join(os.path.dirname(os.path.abspath(ckpt_path)), name)
 
 
-def check_out_dir(out_dir: str, names: tuple[str, ...], inputs: list[tuple[str, str]]) -> None:
+def check_out_dir(out_dir: str, names: tuple[str, ...], inputs: list[tuple[str, str]], option: str) -> None:
     """Before any work (every rank alike): files can be made in the report folder, and none of the report files
-    `names` there is one of the `inputs` ((option, path) pairs)."""
-    check_writable(out_dir)
-    refuse_input_as_output([("--out", os.path.join(out_dir, name)) for name in names], inputs)
+    `names` there is one of the `inputs` ((option, path) pairs); `option`: the caller's option that chose the
+    folder."""
+    check_writable(out_dir, option)
+    refuse_input_as_output([(option, os.path.join(out_dir, name)) for name in names], inputs)
 
 
 def _split_classes(path: str, rec, dataset, data: str) -> list[str]:
@@ -145,7 +150,8 @@ def _split_classes(path: str, rec, dataset, data: str) -> list[str]:
         return dataset.classes
     if not rec.classes:
         raise CheckpointError(f"{data} records no class names and {path} ({rec.origin}) has none either: prep the "
-                              "split with --classes FILE (the classes the model was trained on, in its order)")
+                              "split with `python -m prep ... --classes FILE` (the classes the model was trained on, "
+                              "in its order)")
     return list(rec.classes)
 
 

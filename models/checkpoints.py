@@ -260,8 +260,9 @@ def _merge_args(path: str, rec: Recognized, overrides: dict, reset_head: bool) -
             if key == "num_classes" and reset_head:
                 pass
             elif key == "num_classes":
-                raise CheckpointError(f"{path}: its classifier has {args[key]} classes, not {value}; pass "
-                                      "reset_head=True (training: --pretrained) for a new classifier")
+                # no hint of another command's option here: eval, models info and train each read this line
+                raise CheckpointError(f"{path}: its classifier has {args[key]} classes, not the {value} asked for "
+                                      "(it scores only the classes it was trained on)")
             else:
                 raise CheckpointError(f"{path}: {rec.origin} has {key}={args[key]!r}, which contradicts the "
                                       f"requested {key}={value!r}")

@@ -71,7 +71,7 @@ def test_toolkit_checkpoint_round_trips_with_contract_and_classes(tmp_path):
     x = model.input_contract.example_input(2)
     assert torch.equal(loaded(x), model(x))
     assert loaded.input_contract == model.input_contract and loaded.checkpoint_classes == list("abcde")
-    with pytest.raises(CheckpointError, match="5 classes, not 7"):
+    with pytest.raises(CheckpointError, match="5 classes, not the 7 asked for"):
         models.from_checkpoint(path, num_classes=7)
     assert models.from_checkpoint(path, num_classes=7, reset_head=True).fc.out_features == 7
 

@@ -549,7 +549,7 @@ def test_ila_ssv2_file_keeps_the_datasets_rows_of_its_400_way_head(tmp_path, mon
     x = full.input_contract.example_input(2)
     with torch.no_grad():
         torch.testing.assert_close(ssv2(x), full(x)[:, :174])
-    with pytest.raises(CheckpointError, match="400 classes, not 10; pass reset_head"):
+    with pytest.raises(CheckpointError, match="400 classes, not the 10 asked for"):
         models.from_checkpoint(path, num_classes=10)  # not the file's dataset: a new head, on request only
     assert models.from_checkpoint(path, num_classes=10, reset_head=True).head[2].out_features == 10
 
