@@ -6,6 +6,7 @@ required, the dataset's classes must match the file's classifier, `--frames` set
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -200,6 +201,9 @@ def _loader(cfg: dict, dataset, contract, split, plan: TestPlan, batch_size, d: 
         if (plan.clips, plan.crops) != (1, 1) or plan.twice:
             raise ValueError(f"an image pre-training checkpoint is evaluated on one centre crop per image, "
                              f"not {plan.clips}{' x 2 (twice)' if plan.twice else ''} clips x {plan.crops} crops")
+        short, side = plan.geometry  # the image loader resizes to crop x eval_scale and crops at the centre
+        augment = dataclasses.replace(augment or pipelines.AugmentConfig(), eval_scale=short / contract.crop_size,
+                                      eval_crop="full" if side == short != contract.crop_size else "contract")
         return ImageLoader(dataset, contract, batch_size, False, device_id=d.device_id, rank=d.rank,
                            world_size=d.world, seed=cfg["seed"], num_threads=cfg["threads"],
                            image_size=cfg.get("image_size", 0), augment=augment)

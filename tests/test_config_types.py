@@ -108,7 +108,7 @@ def test_every_config_key_has_a_group_and_a_one_line_description():
 def test_help_lists_every_key_under_its_group_with_its_description(capsys):
     assert train_main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert out.endswith(help_text() + "\n")
+    assert help_text() in out
     sections = {}
     for group in GROUPS:
         start = out.index(f"\n{group}:\n")

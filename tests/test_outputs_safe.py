@@ -216,14 +216,14 @@ def test_export_refuses_to_write_over_its_checkpoint_and_keeps_a_model_it_cannot
     ckpt_path = _toolkit_checkpoint(tmp_path / "best.pt")
     before = (tmp_path / "best.pt").read_bytes()
     assert models_main(["export", "--ckpt", ckpt_path, "--out", str(tmp_path / "." / "best.pt")]) == 2
-    line = _one_line(capsys.readouterr().err, "error: ")
+    line = _one_line(capsys.readouterr().err, "models: error: ")
     assert "--out" in line and "--ckpt" in line, line
     assert (tmp_path / "best.pt").read_bytes() == before
     # an export that fails its check is not written: the model.onnx the user kept stays
     (tmp_path / "model.onnx").write_bytes(b"the user's kept export")
     monkeypatch.setattr("models.export.TOLERANCE", -1.0)
     assert models_main(["export", "--ckpt", ckpt_path, "--out", str(tmp_path / "model.onnx")]) == 2
-    assert "not written" in _one_line(capsys.readouterr().err, "error: ")
+    assert "not written" in _one_line(capsys.readouterr().err, "models: error: ")
     assert (tmp_path / "model.onnx").read_bytes() == b"the user's kept export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "model.onnx"]
 
@@ -328,7 +328,7 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_the_work(comm
                      "eval ensemble: error: "),
         "predict": (["predict", str(data / "source" / "videos"), "--keep", str(blocked)] + view,
                     "eval predict: error: "),
-        "export": (None, "error: "),
+        "export": (None, "models: error: "),
         "prep": (None, "prep: error: "),
     }[command]
     if command == "ensemble":

@@ -141,7 +141,8 @@ def test_authors_names_are_recognised_as_the_zoo_rows_model(arch):
     assert (rec.model, rec.model_args) == (name, dict(row.args, num_classes=1000))
     assert not row.unsupported and zoo.row(row)["command"].startswith("make eval")
     assert rec.config == {"task": "image", "image_size": 224}  # python -m eval reads an image folder at 224
-    assert zoo.contract(ROWS[name]).crop_size == 224 and "--eval-scale 1.143" in zoo.row(row)["command"]
+    assert zoo.contract(ROWS[name]).crop_size == 224 and f"--protocol {row.key}" in zoo.row(row)["command"]
+    assert (row.protocol.short_side, row.protocol.crop) == (256, 224)  # timm's crop_pct 0.875 at 224
     assert {k: v.shape for k, v in rec.state_dict.items()} == {k: v.shape for k, v in model.state_dict().items()}
     check_same_architecture(model, rec, "model_best.pth.tar")
 

@@ -358,11 +358,11 @@ def _make(*args) -> subprocess.CompletedProcess:
 def test_make_finds_an_alias_recipe_and_runs_one_process_plainly():
     dry = _make("-n", "train", "MODEL=i3d_resnet", "DATASET=ssv2", "DATA=/x").stdout
     assert dry.startswith(".venv/bin/python -m train --config configs/i3d_resnet50_ssv2.yaml --model i3d_resnet ")
-    assert "torchrun" in _make("-n", "train", "MODEL=i3d_resnet", "GPUS=2", "DATA=/x").stdout
+    assert "torchrun" in _make("-n", "train", "MODEL=i3d_resnet", "GPUS=2", "DATASET=ssv2", "DATA=/x").stdout
     assert "--ckpt runs/i3d_resnet50_ssv2/best.pt" in _make("-n", "eval", "MODEL=i3d_resnet", "DATASET=ssv2").stdout
     for target in ("train", "eval"):
-        proc = _make(target, "MODEL=tsn_tiny", "DATA=/nonexistent", "CKPT=/nonexistent.pt", "ARGS=--epochs 0"
-                     if target == "train" else "ARGS=")
+        proc = _make(target, "MODEL=tsn_tiny", "DATASET=synthetic", "DATA=/nonexistent", "CKPT=/nonexistent.pt",
+                     "ARGS=--epochs 0" if target == "train" else "ARGS=")
         assert proc.returncode != 0
         # make's own closing line ("make: ***", or "make[1]: ***" when the suite itself runs under make)
         lines = [x for x in proc.stderr.splitlines() if not re.match(r"make(\[\d+\])?: \*\*\*", x)]
