@@ -62,6 +62,9 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+PROBE_BUCKET = "vidkit-ready"  # where readiness is probed: an object written and read back
+
+
 class LocalS3:
     """One `weed server -s3` (master, volume, filer, S3 gateway) in its own process group."""
 
@@ -105,20 +108,47 @@ class LocalS3:
         return self
 
     def _wait_ready(self) -> None:
-        """Until the S3 gateway answers a request (an unsigned one: 403 is an answer) and a bucket can be made."""
+        """Until the S3 gateway answers a request (an unsigned one: 403 is an answer), then until an object can be
+        written and read back: after a restart the gateway answers before the volume server has registered its
+        volumes, and reads of stored objects fail with INTERNAL_FAILURE until it has."""
         deadline = time.time() + self.start_timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.proc.returncode} at start: {self.log_tail()}")
-            try:
-                urllib.request.urlopen(self.endpoint, timeout=1)
-                return
-            except urllib.error.HTTPError:
-                return
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.2)
-        raise RuntimeError(f"weed did not answer on {self.endpoint} within {self.start_timeout:.0f} s: "
-                           f"{self.log_tail()}")
+        while not self._answers():
+            self._check_alive(deadline)
+            time.sleep(0.2)
+        while not self._round_trip():
+            self._check_alive(deadline)
+            time.sleep(0.5)
+
+    def _check_alive(self, deadline: float) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"weed exited with {self.proc.returncode} at start: {self.log_tail()}")
+        if time.time() > deadline:
+            raise RuntimeError(f"weed did not serve S3 on {self.endpoint} within {self.start_timeout:.0f} s: "
+                               f"{self.log_tail()}")
+
+    def _answers(self) -> bool:
+        try:
+            urllib.request.urlopen(self.endpoint, timeout=1)
+        except urllib.error.HTTPError:
+            pass
+        except (urllib.error.URLError, OSError):
+            return False
+        return True
+
+    def _round_trip(self) -> bool:
+        from pyarrow import fs
+
+        s3 = fs.S3FileSystem(access_key=ACCESS_KEY, secret_key=SECRET_KEY, endpoint_override=self.endpoint,
+                             scheme="http", region="us-east-1", retry_strategy=fs.AwsStandardS3RetryStrategy(1),
+                             allow_bucket_creation=True)
+        try:
+            s3.create_dir(PROBE_BUCKET)
+            with s3.open_output_stream(f"{PROBE_BUCKET}/ready") as f:
+                f.write(b"ready")
+            with s3.open_input_stream(f"{PROBE_BUCKET}/ready") as f:
+                return f.read() == b"ready"
+        except OSError:
+            return False
 
     def log_tail(self, n: int = 5) -> str:
         try:

@@ -201,8 +201,11 @@ def test_stopped_server_gives_one_line_naming_the_object_then_works_again(s3_env
 
 def _open_in_child(url: str, env: dict, queue) -> None:
     os.environ.update(env)
-    cache = remote.Cache(url)
-    queue.put(cache.ensure(cache.wanted(cache.fetch_metadata()))["downloaded"])
+    try:
+        cache = remote.Cache(url)
+        queue.put(cache.ensure(cache.wanted(cache.fetch_metadata()))["downloaded"])
+    except Exception as e:  # the parent fails with the child's reason instead of waiting for it
+        queue.put(f"{type(e).__name__}: {e}")
 
 
 def test_concurrent_processes_download_each_shard_once(s3_env, store):
@@ -215,6 +218,7 @@ def test_concurrent_processes_download_each_shard_once(s3_env, store):
     counts = [queue.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(60)
+    assert all(isinstance(c, int) for c in counts), counts
     shards = len({r["shard"] for r in open_dataset(store["staging"]).rows})
     assert sum(counts) == shards
 
