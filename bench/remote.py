@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from bench.s3server import LocalS3
-from prep import PreppedDataset, open_dataset, remote
+from prep import PreppedDataset, open_dataset, remote, remote_upload
 from prep.__main__ import main as prep_main
 from prep.cli import POSITIVE_INT, add_debug_option, run_main
 from prep.store import pack_frames, unpack_frames
@@ -152,11 +152,11 @@ def measure(videos: int, frames: int, size: int, shard_size: str) -> list[dict]:
             assert prep_main(["synthetic", "--out", url, "--videos", str(videos), "--frames", str(frames),
                               "--size", str(size), "--format", "arrow", "--shard-size", shard_size,
                               "--no-progress"]) == 0
-        local = open_dataset(remote.staging_dir(url))
+        local = open_dataset(remote_upload.staging_dir(url))
         order = random.Random(0).sample(range(len(local)), len(local))
         wds = write_tars(local, os.path.join(tmp, "wds"))
         for path in wds:
-            remote.upload_file(path, f"{BUCKET}/store/wds/{os.path.basename(path)}", path)
+            remote_upload.upload_file(path, f"{BUCKET}/store/wds/{os.path.basename(path)}", path)
         results = []
         engines = {"local": lambda: (read_local(local, order), {"requests": 0}),
                    "cache": lambda: read_cache(url, order),

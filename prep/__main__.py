@@ -12,7 +12,7 @@ import sys
 
 from .cli import COUNT, JPEG_QUALITY, POSITIVE_FLOAT, POSITIVE_INT, add_debug_option, range_checked, run_main
 from .decode import DecodeOptions
-from . import remote
+from . import remote, remote_upload
 from .presets import diving48_tasks, hmdb51_tasks, kinetics700_tasks, restrict_to_classes, ucf101_tasks
 from .runner import JobOptions, check_out, merge, parse_part, part_lock, rejects_report, run_prep
 from .store import DEFAULT_CHUNK_BYTES
@@ -163,10 +163,10 @@ def _inputs(args) -> list[tuple[str, str]]:
 def _prep(args) -> dict:
     destination = args.out if remote.is_remote(args.out) else None
     if destination:  # checked before any work; prep runs in a local staging folder, then uploads
-        args.out = remote.prepare_destination(destination, args.part)
+        args.out = remote_upload.prepare_destination(destination, args.part)
     summary = _prep_local(args)
     if destination:
-        summary["upload"] = remote.upload_store(args.out, destination)
+        summary["upload"] = remote_upload.upload_store(args.out, destination)
     return summary
 
 

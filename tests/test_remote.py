@@ -15,7 +15,7 @@ from contextlib import redirect_stdout
 import pyarrow.fs as pafs
 import pytest
 
-from prep import open_dataset, remote
+from prep import open_dataset, remote, remote_upload
 from prep.__main__ import main as prep_main
 from prep.remote import RemoteStoreError
 from procs import alive
@@ -52,7 +52,7 @@ def store(s3):
         for k, v in env.items():
             mp_.setenv(k, v)
         summary = _prep(f"s3://{BUCKET}/store")
-        staging = remote.staging_dir(f"s3://{BUCKET}/store")
+        staging = remote_upload.staging_dir(f"s3://{BUCKET}/store")
     return {"url": f"s3://{BUCKET}/store", "staging": staging, "summary": summary}
 
 
@@ -86,7 +86,7 @@ def test_second_open_reads_the_cache_and_a_rerun_sends_nothing(s3_env, store, mo
 def test_interrupted_upload_resumes_without_resending(s3_env, monkeypatch, capsys):
     url = f"s3://{BUCKET}/resume"
     sent = []
-    real = remote.upload_file
+    real = remote_upload.upload_file
 
     def fail_on_manifest(path, key, what):
         if key.endswith("manifest.jsonl"):
@@ -94,7 +94,7 @@ def test_interrupted_upload_resumes_without_resending(s3_env, monkeypatch, capsy
         sent.append(key)
         real(path, key, what)
 
-    monkeypatch.setattr(remote, "upload_file", fail_on_manifest)
+    monkeypatch.setattr(remote_upload, "upload_file", fail_on_manifest)
     _prep(url, rc=130)
     said = capsys.readouterr().err.strip().splitlines()
     assert said[-1].startswith("prep: interrupted by SIGINT while uploading to s3://vidkit/resume") and \
@@ -102,7 +102,7 @@ def test_interrupted_upload_resumes_without_resending(s3_env, monkeypatch, capsy
     assert _fs(s3_env).get_file_info(f"{BUCKET}/resume/manifest.jsonl").type == pafs.FileType.NotFound
     with pytest.raises(RemoteStoreError, match="no manifest.jsonl"):  # a reader sees no store yet
         open_dataset(url)
-    monkeypatch.setattr(remote, "upload_file", real)
+    monkeypatch.setattr(remote_upload, "upload_file", real)
     summary = _prep(url)
     assert summary["upload"]["uploaded"] == 1 and summary["upload"]["skipped"] == len(sent)  # the manifest only
     assert len(open_dataset(url)) == 20
