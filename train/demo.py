@@ -27,18 +27,22 @@ DEMO_MODELS = ("i3d_tiny", "tsn_tiny")  # (temporal, order-blind)
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="data/demo", help="where the synthetic dataset is prepped")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--videos", type=POSITIVE_INT, default=1000)
-    p.add_argument("--frames", type=POSITIVE_INT, default=16)
-    p.add_argument("--size", type=POSITIVE_INT, default=64)
-    p.add_argument("--epochs", type=POSITIVE_INT, default=24)
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
-    p.add_argument("--lr", type=POSITIVE_FLOAT, default=0.003)
-    p.add_argument("--models", nargs="+", default=list(DEMO_MODELS))
-    p.add_argument("--clips", type=POSITIVE_INT, default=2)
-    p.add_argument("--crops", type=int, choices=(1, 3, 5, 10), default=3)
-    p.add_argument("--workers", type=POSITIVE_INT, default=os.cpu_count() or 1)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--out", default="runs/demo", help="run folders, summary.json and top1.png go here")
+    p.add_argument("--videos", type=POSITIVE_INT, default=1000,
+                   help="synthetic videos to generate (80%% train, 20%% val); fewer make a shorter demo")
+    p.add_argument("--frames", type=POSITIVE_INT, default=16, help="frames per synthetic video")
+    p.add_argument("--size", type=POSITIVE_INT, default=64, help="synthetic frame side in pixels")
+    p.add_argument("--epochs", type=POSITIVE_INT, default=24,
+                   help="training epochs of each model")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16, help="clips per training batch")
+    p.add_argument("--lr", type=POSITIVE_FLOAT, default=0.003, help="AdamW learning rate (cosine schedule)")
+    p.add_argument("--models", nargs="+", default=list(DEMO_MODELS), help="registered models to train and compare")
+    p.add_argument("--clips", type=POSITIVE_INT, default=2, help="evaluation clips per video")
+    p.add_argument("--crops", type=int, choices=(1, 3, 5, 10), default=3, help="evaluation crops per clip")
+    p.add_argument("--workers", type=POSITIVE_INT, default=os.cpu_count() or 1,
+                   help="prep and data-loading worker processes (default: the CPU count)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: the GPU when there is one")
     add_debug_option(p)
     return p
 
