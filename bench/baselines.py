@@ -38,6 +38,7 @@ from PIL import Image
 from models.registry import InputContract
 from pipelines import AugmentConfig
 from pipelines.augment import train_params
+from pipelines.augment_units import Flip, TrainCrop
 from pipelines.sampling import ClipSpec, clip_indices, sample_rng
 
 CONTRACT = InputContract("NCTHW", num_frames=8, crop_size=224)
@@ -52,9 +53,19 @@ def clip_plan(row: dict, index: int, seed: int = 0, epoch: int = 0) -> tuple[np.
     return indices, train_params(rng, *row["size"], AUGMENT)
 
 
+def crop_box(params: np.ndarray) -> np.ndarray:
+    """The relative crop box (x0, y0, x1, y1) of a clip's train_params vector."""
+    return AUGMENT.layout.values(params, TrainCrop.slot).span()
+
+
+def mirrored(params: np.ndarray) -> bool:
+    """Whether a clip's train_params vector mirrors it."""
+    return bool(AUGMENT.layout.values(params, Flip.slot).at())
+
+
 def pixel_box(params: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
     """The relative crop box of `params` in whole pixels of a width x height frame (the seeds crop integers)."""
-    x0, y0, x1, y1 = (int(round(float(v) * s)) for v, s in zip(params[:4], (width, height, width, height)))
+    x0, y0, x1, y1 = (int(round(float(v) * s)) for v, s in zip(crop_box(params), (width, height, width, height)))
     return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
 
 
@@ -76,12 +87,12 @@ def normalized(loader, device: torch.device):
 def augment_frames(images: list[Image.Image], params: np.ndarray) -> torch.Tensor:
     """The DALI training transform in PIL: crop box resized to 224 (antialiased bilinear), flip; uint8 CTHW."""
     width, height = images[0].size
-    box = tuple(float(v) for v in params[:4] * [width, height, width, height])
+    box = tuple(float(v) for v in crop_box(params) * [width, height, width, height])
     size = CONTRACT.crop_size
     arrays = []
     for image in images:
         image = image.resize((size, size), Image.BILINEAR, box=box)
-        if params[4]:
+        if mirrored(params):
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         arrays.append(np.asarray(image))
     return torch.from_numpy(np.stack(arrays)).permute(3, 0, 1, 2)  # C, T, H, W
@@ -165,7 +176,7 @@ class IBMClips(torch.utils.data.Dataset):
         size = (CONTRACT.crop_size, CONTRACT.crop_size)
         images = [image.crop(box) for image in images]
         images = [image.resize(size, Image.BILINEAR) for image in images]
-        if params[4]:  # GroupRandomHorizontalFlip
+        if mirrored(params):  # GroupRandomHorizontalFlip
             images = [image.transpose(Image.FLIP_LEFT_RIGHT) for image in images]
         stacked = np.stack(images, axis=0)  # Stack(threed_data=True): T, H, W, C
         clip = torch.from_numpy(stacked).permute(3, 0, 1, 2).contiguous().float().div(255)  # ToTorchFormatTensor
@@ -229,7 +240,7 @@ def mmaction_transform(frames: list[np.ndarray], params: np.ndarray) -> np.ndarr
     for frame in frames:
         frame = cv2.resize(frame, new_size, interpolation=cv2.INTER_LINEAR)
         frame = cv2.resize(frame[y0:y1, x0:x1], (side, side), interpolation=cv2.INTER_LINEAR)
-        if params[4]:
+        if mirrored(params):
             frame = cv2.flip(frame, 1)  # mmcv.imflip_, horizontal
         out.append(frame)
     return np.ascontiguousarray(np.stack(out).transpose(3, 0, 1, 2))

@@ -39,7 +39,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from bench.baselines import AUGMENT, BASELINES, CONTRACT, SEEDS, BaselineClips, clip_plan, missing, normalized
+from bench.baselines import (AUGMENT, BASELINES, CONTRACT, SEEDS, BaselineClips, clip_plan, crop_box, missing,
+                             normalized)
 from pipelines import build_loader
 from pipelines.resources import HW_DECODER_LOAD, host_threads, image_decoder_args, largest_frame
 from pipelines.sampling import ClipSpec
@@ -198,10 +199,11 @@ def run_bare_decode(ds, args, device: str = "mixed") -> Rate:
     from nvidia.dali import fn, pipeline_def, types
 
     from pipelines.sampling import EpochPlan
+    from pipelines.readers import reader_of
     from pipelines.source import ClipSource, DamageLog
 
     plan = EpochPlan(len(ds), args.batch_size, True)
-    source = ClipSource(ds, plan, ClipSpec.of(CONTRACT), AUGMENT, "frames", DamageLog(os.devnull))
+    source = ClipSource(ds, plan, ClipSpec.of(CONTRACT), AUGMENT, reader_of("frames"), DamageLog(os.devnull))
     threads, py_workers = host_threads(cores=args.workers, local_ranks=1)
     decoder = image_decoder_args(device, HW_DECODER_LOAD, largest_frame(ds.rows))
     on_gpu = device == "mixed"
@@ -239,7 +241,7 @@ def bound_frames(ds, clips: int) -> tuple[list[bytes], np.ndarray]:
         indices, params = clip_plan(ds.rows[i], i)
         frames = ds.frames(i, indices)
         jpegs += frames
-        boxes += [params[:4]] * len(frames)
+        boxes += [crop_box(params)] * len(frames)
     return jpegs, np.asarray(boxes, dtype=np.float32)
 
 

@@ -73,20 +73,20 @@ def pyav_ms_per_clip(ds, sample) -> float:
 def dali_ms_per_clip(ds, path: str, batch: int, batches: int) -> float:
     """DALI's CPU decoder alone (one thread, one source worker), on the pipeline's own source."""
     from bench.data import time_batches
-    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import fn, pipeline_def
 
+    from pipelines.readers import reader_of
     from pipelines.sampling import EpochPlan
     from pipelines.source import ClipSource, DamageLog
 
-    source = ClipSource(ds, EpochPlan(len(ds), batch, True), ClipSpec.of(CONTRACT), AugmentConfig(), path,
+    reader = reader_of(path)
+    source = ClipSource(ds, EpochPlan(len(ds), batch, True), ClipSpec.of(CONTRACT), AugmentConfig(), reader,
                         DamageLog(os.devnull))
 
     @pipeline_def(batch_size=batch * source.samples_per_clip, num_threads=1, device_id=None, py_num_workers=1)
     def decode_only():
         outputs = fn.external_source(source=source, num_outputs=source.num_outputs, batch=False, parallel=True)
-        if path == "frames":
-            return fn.decoders.image(outputs[0], device="cpu", output_type=types.RGB)
-        return fn.decoders.video(outputs[0], frames=outputs[1], device="cpu", pad_mode="edge")
+        return reader.decode(reader.split(outputs)[0], "cpu", {})
 
     pipe = decode_only()
     pipe.build()

@@ -25,13 +25,13 @@ from prep import PreppedDataset, open_dataset
 from . import protocols
 from .augment import EVAL_CROPS, AugmentConfig
 from .pipeline import GraphOptions, build_pipeline
+from .readers import READERS, ClipReader, reader_of
 from .resources import HW_DECODER_LOAD, image_decoder_args, largest_frame, resolve_threads
 from .sampling import ClipSpec, EpochPlan
 from .source import ClipSource, DamageLog
 
 log = logging.getLogger("pipelines")
-PATHS = ("auto", "frames", "video")
-CPU_VIDEO_CODECS = ("vp8", "vp9", "mjpeg")  # all the PyPI DALI build's CPU video decoder handles
+PATHS = ("auto", *READERS)
 _DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -54,24 +54,16 @@ def _open(data, split: str) -> PreppedDataset:
     return data
 
 
-def _choose_path(ds: PreppedDataset, path: str, device_id: int | None) -> str:
+def _choose_reader(ds: PreppedDataset, path: str, device_id: int | None) -> ClipReader:
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     store = ds.store
     path = store if path == "auto" else path
     if path != store:
         raise ValueError(f"path {path!r} needs a dataset prepped with --store {path}, but {ds.root} stores {store}")
-    if path == "video" and device_id is None:
-        codecs = sorted({str(r.get("codec")) for r in ds.rows} - set(CPU_VIDEO_CODECS))
-        if codecs:
-            raise ValueError(f"{ds.root} holds {'/'.join(codecs)} videos, which DALI decodes only on a GPU (its CPU "
-                             f"video decoder handles {', '.join(CPU_VIDEO_CODECS)}): pass device_id, or prep with "
-                             "--store frames")
-    if path == "video" and device_id is not None:
-        from prep.nvdec import check_store
-
-        check_store(ds.root, ds.rows)  # NVDEC fails a whole run on a stream it cannot decode: refuse up front
-    return path
+    reader = reader_of(path)
+    reader.check(ds, device_id)
+    return reader
 
 
 def _check_counts(batch_size, clips, crops, training, num_threads, py_workers, world_size) -> None:
@@ -122,7 +114,7 @@ class VideoLoader:
         self.spec = ClipSpec.of(contract, int(frames_per_group), protocol)
         _check_sampling(bool(training), int(repeats), bool(same_frames), bool(twice), self.spec)
         self.dataset = _open(data, split)
-        self.path = _choose_path(self.dataset, path, device_id)
+        self.reader = _choose_reader(self.dataset, path, device_id)
         self.contract, self.training, self.dtype = contract, bool(training), dtype
         self.clips, self.crops, self.device_id = int(clips), int(crops), device_id
         self.twice, self.same_frames = bool(twice), bool(same_frames)
@@ -175,6 +167,11 @@ class VideoLoader:
         return protocols.get(self.spec.protocol).view_count(rule) * self.crops
 
     @property
+    def path(self) -> str:
+        """The store kind read: "frames" | "video"."""
+        return self.reader.name
+
+    @property
     def repeats(self) -> int:
         return self.plan.repeats
 
@@ -208,7 +205,7 @@ class VideoLoader:
     # ------------------------------------------------------------------ internals
 
     def _source(self, first_epoch: int) -> ClipSource:
-        return ClipSource(self.dataset, self.plan, self.spec, self.augment, self.path, self.damage_log,
+        return ClipSource(self.dataset, self.plan, self.spec, self.augment, self.reader, self.damage_log,
                           first_epoch, self.clips, self.crops, self.verify, int(self.contract.crop_size),
                           self.twice, self.same_frames, self.geometry)
 

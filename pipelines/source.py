@@ -4,8 +4,8 @@
 function of the source's fixed fields, so it can run in any worker process, in any order, forked or
 spawned (it pickles). Its only mutable fields are per-process caches: the epoch's shuffle and the last clip.
 
-Frame path: one sample per frame (sample s of the epoch is frame s mod T of clip s // T, see pipeline.py). The
-clip is read once per process: consecutive samples go to the same worker (DALI hands each worker a contiguous
+The clip reader of the store kind (`readers`) reads a clip and says how many samples it is. Frame path: one sample
+per frame (sample s of the epoch is frame s mod T of clip s // T, see readers.py). The clip is read once per process: consecutive samples go to the same worker (DALI hands each worker a contiguous
 range of the batch), so a one-clip cache serves the other T - 1 frames, and every frame of a clip comes from the
 same read, damaged-video replacement included.
 
@@ -35,8 +35,9 @@ from prep.dataset import UNLABELLED
 
 from . import protocols
 from .augment import AugmentConfig, flip_label_pairs, train_params, view_params
-from .gops import CONTAINERS, cut_stream
+from .augment_units import Flip
 from .orphans import die_with_parent, ignore_interrupts
+from .readers import ClipReader
 from .sampling import ClipSpec, EpochPlan, sample_rng, view_of
 
 log = logging.getLogger("pipelines")
@@ -76,9 +77,8 @@ class DamageLog:
 class ClipSource:
     """Callable for `fn.external_source(batch=False, parallel=True)`.
 
-    Returns, per sample, for path "frames": one frame's JPEG buffer, meta, params (samples_per_clip = T samples
-    per clip); for path "video": the encoded video, the T frame indices (int32), meta, params (one sample per
-    clip). meta = int64 [label (UNLABELLED for an unlabelled video), video index, view (training: the copy)];
+    Returns, per sample, the `reader`'s payload (readers.FrameReader: one frame's JPEG buffer, T samples per clip;
+    readers.VideoReader: the encoded video and the T frame indices, int32, one sample per clip), meta, params. meta = int64 [label (UNLABELLED for an unlabelled video), video index, view (training: the copy)];
     params = the clip's augmentation vector (`augment.param_count` floats). `clips` x (2 with `twice`) x `crops`
     evaluation views per video."""
 
@@ -86,7 +86,7 @@ class ClipSource:
     plan: EpochPlan
     spec: ClipSpec
     augment: AugmentConfig
-    path: str
+    reader: ClipReader
     damage_log: DamageLog
     first_epoch: int = 0
     clips: int = 1
@@ -109,11 +109,11 @@ class ClipSource:
 
     @property
     def num_outputs(self) -> int:
-        return 3 if self.path == "frames" else 4
+        return self.reader.num_outputs
 
     @property
     def samples_per_clip(self) -> int:
-        return self.spec.num_frames if self.path == "frames" else 1
+        return self.reader.samples_per_clip(self.spec.num_frames)
 
     def __call__(self, sample_info):
         if os.getpid() != self._owner:  # in a DALI worker: do not outlive a trainer killed with SIGKILL
@@ -128,10 +128,7 @@ class ClipSource:
         out, replaced = self._last[1]
         if replaced and frame == 0:
             self._report(video, *replaced)
-        if self.path == "video":
-            return out
-        *jpegs, meta, params = out
-        return jpegs[frame], meta, params
+        return self.reader.sample(out, frame)
 
     def _order(self, epoch: int):
         if not self.plan.training:
@@ -142,8 +139,8 @@ class ClipSource:
         return self._orders[epoch]
 
     def sample(self, video: int, view: int, epoch: int) -> tuple:
-        """The whole clip of (video, view), or of the next readable video if that one is damaged: for path
-        "frames" the T JPEG buffers, meta, params; for path "video" as one sample."""
+        """The whole clip of (video, view), or of the next readable video if that one is damaged: the reader's
+        payload (the T JPEG buffers; the encoded video and its frame indices), meta, params."""
         out, replaced = self._resolve(video, view, epoch)
         if replaced:
             self._report(video, *replaced)
@@ -192,17 +189,10 @@ class ClipSource:
         else:
             frames, params = self._test_view(row, view, protocol, rule)
         label = _label(row)
-        if self.plan.training and params[4]:  # a mirrored clip: left <-> right classes swap
-            label = self._flip_labels().get(label, label)
+        if self.plan.training and self.augment.layout.values(params, Flip.slot).at():
+            label = self._flip_labels().get(label, label)  # a mirrored clip: left <-> right classes swap
         meta = np.array([label, index, view], dtype=np.int64)
-        if self.path == "frames":
-            jpegs = self.data.frames(index, frames, verify=self.verify)
-            return (*[np.frombuffer(j, dtype=np.uint8) for j in jpegs], meta, params)
-        encoded, frames = self.data.video(index, verify=self.verify), frames.astype(np.int32)
-        if row.get("gop") and row.get("codec") in CONTAINERS:  # re-encoded: hand the decoder only what it needs
-            encoded, frames = cut_stream(encoded, frames, row["gop"], row["codec"])
-        return np.frombuffer(encoded, dtype=np.uint8), frames, meta, params
-
+        return (*self.reader.read(self.data, index, row, frames, self.verify), meta, params)
 
     def _test_view(self, row: dict, view: int, protocol, rule) -> tuple:
         """(frame indices, parameter vector) of evaluation view `view`: temporal view clip x crop. The protocol's

@@ -11,6 +11,7 @@ from PIL import Image
 from pipelines import AugmentConfig, build_loader
 from pipelines.augment import PARAMS, WARP_MIN_SCALE, normalize
 from pipelines.pipeline import GraphOptions, crop_on_decode
+from pipelines.readers import READERS
 
 from test_pipelines import NCTHW, NTCHW, run_epoch
 from test_pipelines import base, frames_data  # noqa: F401  (shared fixtures)
@@ -141,6 +142,7 @@ def test_only_the_cpu_frame_path_decodes_the_window():
     def opts(device, training=True):
         return GraphOptions(CROP, MEAN, STD, "NCTHW", training, AugmentConfig(), types.FLOAT, device)
 
-    assert crop_on_decode(opts("cpu"), "frames")
-    assert not crop_on_decode(opts("mixed"), "frames")
-    assert not crop_on_decode(opts("cpu"), "video") and not crop_on_decode(opts("cpu", training=False), "frames")
+    frames, video = READERS["frames"], READERS["video"]
+    assert crop_on_decode(opts("cpu"), frames)
+    assert not crop_on_decode(opts("mixed"), frames)
+    assert not crop_on_decode(opts("cpu"), video) and not crop_on_decode(opts("cpu", training=False), frames)

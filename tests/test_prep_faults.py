@@ -85,12 +85,13 @@ def _damaged_lines(proc) -> list[str]:
 def _clip_source(ds):
     from models.registry import InputContract
     from pipelines.augment import AugmentConfig
+    from pipelines.readers import reader_of
     from pipelines.sampling import ClipSpec, EpochPlan
     from pipelines.source import ClipSource, DamageLog
 
     plan = EpochPlan(len(ds), 2, True)
     log = DamageLog(os.path.join(ds.root, "damage.jsonl"))
-    return ClipSource(ds, plan, ClipSpec.of(InputContract("NCTHW", 4, 32)), AugmentConfig(), "frames", log)
+    return ClipSource(ds, plan, ClipSpec.of(InputContract("NCTHW", 4, 32)), AugmentConfig(), reader_of("frames"), log)
 
 
 # --------------------------------------------------------------------------- 1: truncated shards
