@@ -51,12 +51,12 @@ PARAMS = EVAL_LAYOUT.size  # the training vector without RandAugment's 2n, and e
 # dataclasses take the fields of the last base first: these list the keys as TRAIN_UNITS, then EvalView's
 @dataclass(frozen=True)
 class AugmentConfig(EvalView, RandAugment, RandomErase, ColourJitter, Flip, TrainCrop):
-    """The `augment` config: every unit's fields, one flat set of keys (`augment.flip`, `augment.erase`, ...).
-    Each unit checks its own fields when `units` builds it from these values; nothing else reads them by unit."""
+    """The `augment` config: every unit's fields, one flat set of keys (`augment.flip`, `augment.erase`, ...). It
+    inherits the units for their fields only: their checks, draws and operators are called on `units`, the units
+    built from this config's values, never on the config itself."""
 
     def __post_init__(self):
-        for _ in self.units:  # each unit checks its fields as it is built
-            pass
+        _ = self.units  # building the units runs each one's check of its own keys, in TRAIN_UNITS order
         EvalView.check(self)
 
     @cached_property

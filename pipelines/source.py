@@ -4,10 +4,11 @@
 function of the source's fixed fields, so it can run in any worker process, in any order, forked or
 spawned (it pickles). Its only mutable fields are per-process caches: the epoch's shuffle and the last clip.
 
-The clip reader of the store kind (`readers`) reads a clip and says how many samples it is. Frame path: one sample
-per frame (sample s of the epoch is frame s mod T of clip s // T, see readers.py). The clip is read once per process: consecutive samples go to the same worker (DALI hands each worker a contiguous
-range of the batch), so a one-clip cache serves the other T - 1 frames, and every frame of a clip comes from the
-same read, damaged-video replacement included.
+The clip reader of the store kind (`readers`) reads a clip and says how many samples it makes. Frame path: one
+sample per frame (sample s of the epoch is frame s mod T of clip s // T, see readers.py). The clip is read once per
+process: consecutive samples go to the same worker (DALI hands each worker a contiguous range of the batch), so a
+one-clip cache serves the other T - 1 frames, and every frame of a clip comes from the same read, damaged-video
+replacement included.
 
 Repeated augmentation (training, `plan.repeats` R > 1): the R copies of a video are R positions in a row; copy c
 draws its frames and augmentation from `sample_rng(seed, epoch, video, c)` (copy 0's stream is the one without
@@ -78,7 +79,8 @@ class ClipSource:
     """Callable for `fn.external_source(batch=False, parallel=True)`.
 
     Returns, per sample, the `reader`'s payload (readers.FrameReader: one frame's JPEG buffer, T samples per clip;
-    readers.VideoReader: the encoded video and the T frame indices, int32, one sample per clip), meta, params. meta = int64 [label (UNLABELLED for an unlabelled video), video index, view (training: the copy)];
+    readers.VideoReader: the encoded video and the T frame indices, int32, one sample per clip), meta, params.
+    meta = int64 [label (UNLABELLED for an unlabelled video), video index, view (training: the copy)];
     params = the clip's augmentation vector (`augment.param_count` floats). `clips` x (2 with `twice`) x `crops`
     evaluation views per video."""
 
