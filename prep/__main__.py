@@ -65,7 +65,9 @@ def _job_args(p: argparse.ArgumentParser, short_side: int = 256) -> None:
     p.add_argument("--min-frames", type=POSITIVE_INT, default=4, help="reject videos with fewer clean frames")
     p.add_argument("--workers", type=POSITIVE_INT, default=os.cpu_count() or 1)
     p.add_argument("--part", type=parse_part, default=(0, 1), metavar="I/N",
-                   help="do only part I of N (0-based): one per machine or Slurm array task")
+                   help="do only part I of N (0-based): one per machine or Slurm array task; then `merge` OUT")
+    p.add_argument("--take-over", action="store_true", help="with an s3:// --out: take over the claim of a part "
+                   "whose writer is gone (killed, its machine lost); the refusal names the holder")
     p.add_argument("--shard-size", type=parse_size, default=parse_size("1G"), help="cap per shard file")
     p.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK_BYTES,
                    help="a longer video's frames are written in pieces of about this size (bounds memory)")
@@ -123,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=COUNT, default=0)
     p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("merge", help="join the manifests of the parts of a --part job")
-    p.add_argument("out")
+    p.add_argument("out", help="the parts' --out: a folder, or s3://BUCKET/PREFIX (the store appears on the server "
+                   "with its manifest, written last)")
     p = sub.add_parser("verify", help="decode every stored frame and check checksums")
     p.add_argument("out", help="prepped folder, or s3://BUCKET/PREFIX (downloaded into the cache)")
     p.add_argument("--workers", type=POSITIVE_INT, default=os.cpu_count() or 1)
@@ -161,12 +164,12 @@ def _inputs(args) -> list[tuple[str, str]]:
 
 
 def _prep(args) -> dict:
-    destination = args.out if remote.is_remote(args.out) else None
-    if destination:  # checked before any work; prep runs in a local staging folder, then uploads
-        args.out = remote_upload.prepare_destination(destination, args.part)
-    summary = _prep_local(args)
-    if destination:
-        summary["upload"] = remote_upload.upload_store(args.out, destination)
+    if not remote.is_remote(args.out):
+        return _prep_local(args)
+    url = args.out  # checked and this part claimed before any work; prep runs in a local staging folder, then uploads
+    with remote_upload.destination(url, args.part, args.take_over) as (args.out, args.run):
+        summary = _prep_local(args)
+        summary["upload"] = remote_upload.upload_store(args.out, url, args.part)
     return summary
 
 
@@ -182,7 +185,7 @@ def _prep_local(args) -> dict:
                                encoder=args.encoder, store=args.store, min_frames=args.min_frames, reencode=args.reencode)
         job = JobOptions(fmt=args.format, shard_bytes=args.shard_size, workers=args.workers, part=args.part,
                          progress=not args.no_progress, chunk_bytes=args.chunk_size,
-                         dataset="" if args.command == "videos" else args.command)
+                         dataset="" if args.command == "videos" else args.command, run=getattr(args, "run", ""))
         return run_prep(number_tasks(tasks), classes, args.out, decode, job)
 
 
@@ -198,7 +201,7 @@ def _main(argv: list[str]) -> int:
 
         return report(args.out, workers=args.workers)
     if args.command == "merge":
-        summary = merge(args.out)
+        summary = remote_upload.merge_remote(args.out) if remote.is_remote(args.out) else merge(args.out)
     elif args.command == "synthetic-images":
         from .synthetic_images import generate_image_folder
 

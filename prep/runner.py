@@ -62,6 +62,7 @@ class JobOptions:
     progress: bool = True
     chunk_bytes: int = DEFAULT_CHUNK_BYTES  # a longer video's frames are committed in pieces of about this size
     dataset: str = ""  # the preset's name (ssv2, kinetics400, ...): prep.json records it for `make train DATA=...`
+    run: str = ""  # the run identity a new prep.json takes (parts on several machines agree on one); "": a new one
 
 
 def parse_part(text: str) -> tuple[int, int]:
@@ -289,7 +290,7 @@ def _check_or_write_job(out, tasks, classes, decode, job) -> str | None:
     if not os.path.exists(path):
         _write_json_atomic(os.path.join(out, "classes.json"), classes)
         # the dataset's name is no argument of the job: a store resumes whichever preset named it
-        ident = {"run": uuid.uuid4().hex[:12], **({"dataset": job.dataset} if job.dataset else {})}
+        ident = {"run": job.run or uuid.uuid4().hex[:12], **({"dataset": job.dataset} if job.dataset else {})}
         _write_atomic(path, json.dumps({**sig, **ident}, indent=1), exclusive=True)
     with open(path) as f:
         old = json.load(f)
