@@ -379,14 +379,27 @@ class Cache:
                     filesystem().open_input_stream(self.key(f"shards/{w.name}")) as src:
                 while block := src.read(_BLOCK):
                     digest.update(block)
-                    f.write(block)
+                    with self._cache_write(what):  # a full disk is this node's, not the server's: said so
+                        f.write(block)
                     size += len(block)
-                f.truncate(size)
-                f.flush()
-                os.fsync(f.fileno())
+                with self._cache_write(what):
+                    f.truncate(size)
+                    f.flush()
+                    os.fsync(f.fileno())
         except FileNotFoundError:
             raise RemoteStoreError(f"{what} is missing: the store is incomplete") from None
         return size, digest.hexdigest()
+
+    @contextmanager
+    def _cache_write(self, what: str):
+        """Writing the cache file failed (the disk full, over quota): one line naming the cache, not the server.
+        The caller removes the partial file: it is never read."""
+        try:
+            yield
+        except OSError as e:
+            why = os.strerror(e.errno) if e.errno else str(e)
+            raise RemoteStoreError(f"cannot cache {what} in {self.top}: {why}: free some space, or lower "
+                                   "--cache-limit below what the disk holds") from None
 
     def _check(self, tmp: str, w: Wanted, size: int, sha256: str) -> None:
         """Identity first (the clearest word for another run's shard), then the bytes."""
