@@ -43,13 +43,14 @@ CONFIG ?= $(wildcard configs/$(MODEL_NAME)_$(DATASET).yaml)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-quick demo prep train pretrain-image eval predict bench-prep bench-data bench-stages bench-models bench-images bench-memory gpu-check clean
+.PHONY: help install test test-quick demo prep prep-merge train pretrain-image eval predict bench-prep bench-data bench-stages bench-models bench-images bench-memory gpu-check clean
 
 help:
 	@echo "make install                       create .venv with the pinned versions of requirements.txt"
 	@echo "make demo                          synthetic dataset -> prep -> train -> eval, on whatever device is present"
 	@echo "make test | test-quick             the whole suite on the CPU | without the slow end-to-end tests"
-	@echo "make prep DATASET=ssv2|kinetics400|synthetic SRC=... OUT=..."
+	@echo "make prep DATASET=ssv2|kinetics400|synthetic SRC=... OUT=...   (OUT=s3://BUCKET/PREFIX: prepped to object storage)"
+	@echo "make prep ... PART=I/N  then  make prep-merge OUT=...   one part per machine, joined when all are done"
 	@echo "make train MODEL=i3d_resnet50 DATA=... [GPUS=8 NODES=1 NODE_RANK=0 MASTER=host:port ARGS=...]"
 	@echo "make pretrain-image MODEL=ircsn_50 DATA=IMAGENET_DIR [GPUS=8 ARGS=...]   image pre-training (STS recipe)"
 	@echo "make eval CKPT=... [DATA=...] CLIPS=3 CROPS=3 [ARGS=\"--protocol ibm|sifar|mmaction|ila|vidkit|ZOO_KEY\"]"
@@ -98,7 +99,11 @@ demo: install
 	$(PYTHON) -m train.demo $(ARGS)
 
 prep: install
-	$(PYTHON) -m prep $(DATASET) $(if $(SRC),--root $(SRC)) --out $(OUT) $(ARGS)
+	$(PYTHON) -m prep $(DATASET) $(if $(SRC),--root $(SRC)) --out $(OUT) $(if $(PART),--part $(PART)) $(ARGS)
+
+# after every PART=I/N job of a prep (each on its own machine, OUT a folder or s3://BUCKET/PREFIX)
+prep-merge: install
+	$(PYTHON) -m prep merge $(OUT)
 
 TORCHRUN = $(BIN)/torchrun --nnodes $(NODES) --node-rank $(NODE_RANK) --nproc-per-node $(GPUS) \
 	  $(if $(filter 1,$(NODES)),--standalone,--rdzv-backend c10d --rdzv-endpoint $(MASTER))

@@ -6,7 +6,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import redirect_stdout
@@ -20,6 +23,7 @@ from prep.remote import RemoteStoreError
 from prep.verify import report
 from s3fixture import BUCKET, s3, s3_env  # noqa: F401
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTH = ["--videos", "20", "--frames", "8", "--size", "32", "--workers", "1", "--no-progress"]
 
 
@@ -159,3 +163,25 @@ def test_writers_starting_at_the_same_moment_get_one_claim(s3_env, monkeypatch):
         assert [c["key"] for c in remote_claim.current_claims(url, "part000of001")] == [held[0].key]
         held[0].release()
     assert remote_claim.current_claims(url, "part000of001") == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+def test_make_prep_with_parts_and_merge_writes_an_s3_store(s3_env, tmp_path, monkeypatch):
+    """`make prep OUT=s3://... PART=I/N` on each machine, then `make prep-merge OUT=s3://...` (install taken as
+    done: -o install)."""
+    url, src = f"s3://{BUCKET}/made", tmp_path / "videos"
+    args = f"ARGS=--root {src} {' '.join(SYNTH)}"
+    for i, machine in enumerate(("machine0", "machine1")):
+        env = {**os.environ, "VIDKIT_CACHE_DIR": str(tmp_path / machine), "PYTHONPATH": ROOT}
+        r = subprocess.run(["make", "-o", "install", "--no-print-directory", "prep", f"PYTHON={sys.executable}",
+                            "DATASET=synthetic", f"OUT={url}", f"PART={i}/2", args], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run(["make", "-o", "install", "--no-print-directory", "prep-merge", f"PYTHON={sys.executable}",
+                        f"OUT={url}"], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["videos"] == 20
+    _on(monkeypatch, tmp_path, "reader")
+    assert len(open_dataset(url)) == 20
