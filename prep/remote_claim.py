@@ -71,15 +71,28 @@ def current_claims(url: str, name: str) -> list[dict]:
         for info in infos:
             if info.type != pafs.FileType.File:
                 continue
-            try:
-                with fs.open_input_stream(info.path) as f:
-                    record = json.loads(f.read())
-            except FileNotFoundError:
-                continue  # withdrawn between the list and the read
-            except ValueError:
-                record = {}
-            found.append({**record, "key": info.path})
+            record = _read_claim(fs, info.path)
+            if record is not None:
+                found.append({**record, "key": info.path})
     return sorted(found, key=lambda r: (r.get("time", 0), r["key"]))
+
+
+def _read_claim(fs: pafs.S3FileSystem, key: str, tries: int = 3) -> dict | None:
+    """A claim's record; None when it was withdrawn meanwhile (a server may answer a read of an object being deleted
+    with an error rather than 404: then it is looked up again); {} when it stays unreadable."""
+    for attempt in range(tries):
+        try:
+            with fs.open_input_stream(key) as f:
+                return json.loads(f.read())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}
+        except OSError:
+            if fs.get_file_info(key).type != pafs.FileType.File:
+                return None
+            time.sleep(0.1 * (attempt + 1))
+    return {}
 
 
 def acquire(url: str, name: str, what: str, take_over: bool = False) -> Claim:
