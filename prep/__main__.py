@@ -165,6 +165,8 @@ def _inputs(args) -> list[tuple[str, str]]:
 
 def _prep(args) -> dict:
     if not remote.is_remote(args.out):
+        if args.take_over:
+            raise ValueError("--take-over is for an s3:// --out: a local part's lock ends with its process")
         return _prep_local(args)
     url = args.out  # checked and this part claimed before any work; prep runs in a local staging folder, then uploads
     with remote_upload.destination(url, args.part, args.take_over) as (args.out, args.run):

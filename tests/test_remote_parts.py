@@ -208,3 +208,9 @@ def test_make_prep_with_parts_and_merge_writes_an_s3_store(s3_env, tmp_path, mon
     assert json.loads(r.stdout.strip().splitlines()[-1])["videos"] == 20
     _on(monkeypatch, tmp_path, "reader")
     assert len(open_dataset(url)) == 20
+
+
+def test_take_over_is_refused_for_a_local_out(tmp_path, capsys):
+    said = _prep(["synthetic", "--out", str(tmp_path / "local"), *SYNTH, "--take-over"], capsys, rc=2)
+    assert said == "prep: error: --take-over is for an s3:// --out: a local part's lock ends with its process"
+    assert not (tmp_path / "local").exists()
