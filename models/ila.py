@@ -10,12 +10,16 @@ maximises): `forward_with_aux` returns it next to the logits; plain `forward` gi
 The class tokens are projected by CLIP's frozen `proj` and mixed over time by a one-layer
 transformer (X-CLIP's "MIT").
 
-The official repo (Francis-Rings/ILA) has two architectures, one per branch, chosen here by `arch`:
-  'ssv2' (branch SSV2): a full 3x3 conv opens the interactive block; a linear head classifies.
-  'k400' (branch master): a depthwise-separable conv opens it; classification is X-CLIP's: cosine
-         similarity between the video and CLIP-text embeddings of the class names (`class_names`),
-         each shifted by a video-specific prompt (cross-attention to the frames' patch tokens),
-         times exp(logit_scale).
+The official repo (Francis-Rings/ILA) has two architectures, one per branch; the builders' `arch` picks one:
+  'ssv2' (branch SSV2): a full 3x3 conv opens the interactive block; a linear head classifies
+         (`LinearClassifier`).
+  'k400' (branch master): a depthwise-separable conv opens it; classification is X-CLIP's
+         (`TextClassifier`): cosine similarity between the video and CLIP-text embeddings of the class
+         names (`class_names`), each shifted by a video-specific prompt (cross-attention to the frames'
+         patch tokens), times exp(logit_scale).
+The model is handed its classifier (`ILA(classifier=...)`: the module's class or a partial, as timm hands
+`block_fn`, built on the embedding width and kept as `head`): the model computes the video embedding and the
+last block's patch tokens, the classifier turns them into logits.
 Trainable, as the repo optimises (`utils/optimizer.py`): the alignment modules of every block, the
 MIT and the linear head. Frozen: the CLIP towers, and for 'k400' the prompt generator and logit
 scale too, which the repo's optimiser leaves out.
@@ -25,6 +29,7 @@ from __future__ import annotations
 import math
 import re
 from functools import partial
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -62,8 +67,8 @@ def _conv_bn_relu(c_in: int, c_out: int, kernel: int, groups: int = 1) -> Conv2d
     return Conv2dNormActivation(c_in, c_out, kernel, groups=groups, bias=True)  # the repo's convs keep a bias
 
 
-def _interactive_block(channels: int, hidden: int, arch: str) -> nn.Sequential:
-    if arch == "k400":  # depthwise-separable opening
+def _interactive_block(channels: int, hidden: int, separable: bool) -> nn.Sequential:
+    if separable:  # depthwise-separable opening (branch master)
         first = [_conv_bn_relu(channels, channels, 3, groups=channels), _conv_bn_relu(channels, hidden, 1)]
     else:
         first = [_conv_bn_relu(channels, hidden, 3)]
@@ -73,11 +78,11 @@ def _interactive_block(channels: int, hidden: int, arch: str) -> nn.Sequential:
 class LearnableAlignment(nn.Module):
     """ILA's alignment of neighbouring frames (the repo's `ILA` module)."""
 
-    def __init__(self, dim: int, grid_size: int, hidden: int = 256, jitter: float = 0.2, arch: str = "ssv2"):
+    def __init__(self, dim: int, grid_size: int, hidden: int = 256, jitter: float = 0.2, separable: bool = False):
         super().__init__()
         self.grid_size = grid_size
         half = hidden // 2
-        self.interact = _interactive_block(2 * dim, hidden, arch)
+        self.interact = _interactive_block(2 * dim, hidden, separable)
         self.predict = nn.Sequential(  # the repo pools before its ReLU: the same, as max and ReLU commute
             _conv_bn_relu(hidden, half, 3), nn.MaxPool2d(2),
             _conv_bn_relu(half, half, 3), nn.MaxPool2d(2),
@@ -133,13 +138,13 @@ def _merge_pairs(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
 class ILABlock(Block):
     """timm ViT block preceded by ILA's alignment, joined through zero-initialised linear layers."""
 
-    def __init__(self, dim: int, *, num_frames: int, grid_size: int, align_hidden: int = 256, arch: str = "ssv2",
-                 **block_kwargs):
+    def __init__(self, dim: int, *, num_frames: int, grid_size: int, align_hidden: int = 256,
+                 separable: bool = False, **block_kwargs):
         super().__init__(dim, **block_kwargs)
         self.num_frames = num_frames
         self.align_fc = nn.Linear(dim, dim)
         self.align_norm = LayerNorm(dim)
-        self.align = LearnableAlignment(dim, grid_size, align_hidden, arch=arch)
+        self.align = LearnableAlignment(dim, grid_size, align_hidden, separable=separable)
         self.skip_aligned = nn.Linear(dim, dim)
         self.skip_interact = nn.Linear(dim, dim)
 
@@ -224,83 +229,53 @@ class VideoPrompt(nn.Module):
         return self.alpha * text
 
 
-class ILA(VideoViT):
-    def __init__(self, num_classes: int = 400, num_frames: int = 8, img_size: int = 224, patch_size: int = 16,
-                 proj_dim: int = 512, mit_depth: int = 1, align_hidden: int = 256, drop_rate: float = 0.5,
-                 freeze_backbone: bool = True, arch: str = "ssv2", class_names: list[str] | None = None,
-                 text_width: int = 512, text_depth: int = 12, text_heads: int = 8, context_length: int = 77,
-                 vocab_size: int = 49408, prompt_depth: int = 2, prompt_alpha: float = 0.1, **vit_kwargs):
-        if arch not in ARCHS:
-            raise ValueError(f"ILA arch must be one of {ARCHS}, got {arch!r}")
-        _check_class_names(num_classes, class_names)
-        block_fn = partial(ILABlock, num_frames=num_frames, grid_size=img_size // patch_size,
-                           align_hidden=align_hidden, arch=arch)
-        super().__init__(num_frames, freeze_backbone, block_fn=block_fn, img_size=img_size, patch_size=patch_size,
-                         num_classes=0, **vit_kwargs)
-        self.arch, self.num_classes, self.class_names = arch, num_classes, class_names
-        self.num_features = proj_dim  # the clip embedding is the MIT's, not the ViT's width
-        self.proj = nn.Linear(self.embed_dim, proj_dim, bias=False)  # CLIP's visual.proj
-        self.mit = FrameIntegration(proj_dim, num_frames, mit_depth)
-        self.mit.apply(init_weights_vit_timm)  # as the repo: truncated normal (0.02) linears
-        self.text = None
-        if arch == "k400":
-            self._build_text_classifier(class_names, proj_dim, dict(
-                width=text_width, depth=text_depth, num_heads=text_heads, context_length=context_length,
-                vocab_size=vocab_size), prompt_depth, prompt_alpha)
-        else:
-            self.head = nn.Sequential(nn.LayerNorm(proj_dim), nn.Dropout(drop_rate),
-                                      nn.Linear(proj_dim, num_classes))
-            self.head.apply(init_weights_vit_timm)
-        trained = r"mit\.|blocks\.\d+\.(align|skip_)"
-        self.trainable_keys = trained + (r"|head\." if arch == "ssv2" else "")
-        # no image file has these; 'k400' takes its text tower and logit scale from CLIP in load_pretrained
-        self.video_keys = self.trainable_keys + (r"|prompt|text\.|logit_scale" if arch == "k400" else "")
-        for block in self.blocks:
-            block.init_skips()
-        self.freeze()
+class LinearClassifier(nn.Sequential):
+    """Branch SSV2's classifier: LayerNorm, dropout and a linear layer on the video embedding."""
 
-    def _build_text_classifier(self, class_names: list[str], proj_dim: int, text_args: dict, prompt_depth: int,
-                               prompt_alpha: float) -> None:
-        self.head_names = ()  # no linear classifier: the classes are the text embeddings
-        self.text = CLIPTextEncoder(proj_dim, **text_args)
-        # without names the model still builds (to load or check a file) but cannot classify
-        tokens = tokenize(class_names, text_args["context_length"]) if class_names else None
+    per_class_params = True  # a row per class: the model's head_names, re-initialised for other classes
+    trainable = True  # the repo's optimiser trains it
+
+    def __init__(self, dim: int, num_classes: int, class_names: list[str] | None = None, drop_rate: float = 0.5):
+        _check_class_names(num_classes, class_names)
+        super().__init__(nn.LayerNorm(dim), nn.Dropout(drop_rate), nn.Linear(dim, num_classes))
+        self.num_classes, self.class_names = num_classes, class_names  # the names only label the rows here
+        self.apply(init_weights_vit_timm)
+
+    def forward(self, video: torch.Tensor, patches: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """video (B, E) embeddings -> (B, K) logits; `pre_logits`: what the linear layer takes. `patches` unused."""
+        video = self[1](self[0](video))  # by index: a slice would build another LinearClassifier
+        return video if pre_logits else self[2](video)
+
+    def take_clip_weights(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Nothing of an image CLIP file is this classifier's."""
+        return state_dict
+
+
+class TextClassifier(nn.Module):
+    """Branch master's (X-CLIP's) classifier: the class names' CLIP-text embeddings, each shifted by a prompt
+    that attends to the video's patch tokens, against the video embedding: exp(logit_scale) x cosine.
+    Without `class_names` it still builds (to load or check a file) but cannot classify."""
+
+    per_class_params = False  # the classes are the names' text embeddings: other names need no new weights
+    trainable = False  # the repo's optimiser leaves the text tower, prompt generator and logit scale out
+
+    def __init__(self, vision_width: int, dim: int, num_classes: int, class_names: list[str] | None = None,
+                 width: int = 512, depth: int = 12, num_heads: int = 8, context_length: int = 77,
+                 vocab_size: int = 49408, prompt_depth: int = 2, prompt_alpha: float = 0.1):
+        _check_class_names(num_classes, class_names)
+        super().__init__()
+        self.num_classes, self.class_names = num_classes, class_names
+        self.text = CLIPTextEncoder(dim, width=width, depth=depth, num_heads=num_heads,
+                                    context_length=context_length, vocab_size=vocab_size)
+        tokens = tokenize(class_names, context_length) if class_names else None
         self.register_buffer("class_tokens", tokens, persistent=False)
-        self.prompt_norm = LayerNorm(self.embed_dim, eps=1e-5)
-        self.prompt_proj = nn.Linear(self.embed_dim, proj_dim, bias=False)
+        self.prompt_norm = LayerNorm(vision_width, eps=1e-5)
+        self.prompt_proj = nn.Linear(vision_width, dim, bias=False)
         nn.init.normal_(self.prompt_proj.weight)  # the repo: torch.randn, never trained
-        self.prompt = VideoPrompt(proj_dim, prompt_depth, prompt_alpha)
+        self.prompt = VideoPrompt(dim, prompt_depth, prompt_alpha)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self._class_cache = None
         self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_class_cache", None))
-
-    def image_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """timm names CLIP's projection `head.weight`; here it is the frozen `proj`."""
-        sd = dict(sd)
-        if "head.weight" in sd:
-            sd["proj.weight"] = sd.pop("head.weight")
-        return {k: v for k, v in sd.items() if not k.startswith("head.")}
-
-    def load_pretrained(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """As VideoViT's; for 'k400' an OpenAI CLIP file also gives the text tower and the logit scale."""
-        own_file = any(k.startswith(("mit.", "text.")) for k in state_dict)
-        if self.text is not None and not own_file:
-            if "token_embedding.weight" not in state_dict:
-                raise ValueError("ILA arch='k400' needs CLIP's text tower too: load an OpenAI CLIP state dict")
-            load_state_dict_checked(self.text, convert_clip_text(state_dict), source="OpenAI CLIP text tower")
-            self._class_cache = None
-            with torch.no_grad():
-                self.logit_scale.copy_(state_dict["logit_scale"])
-            state_dict = {k: v for k, v in state_dict.items() if k != "logit_scale"}  # not an own-file key here
-        super().load_pretrained(state_dict)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Training hook (called by train before each 0-based epoch): the repo halves the alignment jitter
-        once per epoch from its epoch 30 on; recomputed from the epoch so a resumed run gets the same."""
-        for block in self.blocks:
-            align = block.align
-            align.jitter.copy_(torch.tensor(_JITTER, dtype=torch.float32, device=align.jitter.device)
-                               * align.base_jitter * 0.5 ** max(0, epoch - 29))
 
     def class_embeddings(self) -> torch.Tensor:
         """(K, E) CLIP-text embeddings of the class names. With the text tower frozen (the repo's FIX_TEXT)
@@ -319,12 +294,75 @@ class ILA(VideoViT):
                 self._class_cache = (key, self.text(self.class_tokens))
         return self._class_cache[1]
 
-    def text_logits(self, video: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        """Normalised video embeddings (B, E) and the last block's patch tokens (B, T, HW, D) -> (B, K)."""
+    def forward(self, video: torch.Tensor, patches: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Normalised video embeddings (B, E) and the last block's patch tokens (B, T, HW, D) -> (B, K);
+        `pre_logits`: the video embedding (the text side also sees the patch tokens, through the prompt, so
+        the logits are not a function of this embedding alone)."""
+        if pre_logits:
+            return video
         patches = self.prompt_proj(self.prompt_norm(patches)).mean(1)
         text = self.class_embeddings().expand(video.shape[0], -1, -1)
         text = F.normalize(text + self.prompt(text, patches), dim=-1)
         return self.logit_scale.exp() * torch.einsum("bd,bkd->bk", video, text)
+
+    def take_clip_weights(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Load the text tower and logit scale of an OpenAI CLIP state dict; the rest is the image tower's."""
+        if "token_embedding.weight" not in state_dict:
+            raise ValueError("ILA arch='k400' needs CLIP's text tower too: load an OpenAI CLIP state dict")
+        load_state_dict_checked(self.text, convert_clip_text(state_dict), source="OpenAI CLIP text tower")
+        with torch.no_grad():
+            self.logit_scale.copy_(state_dict["logit_scale"])
+        self._class_cache = None
+        return {k: v for k, v in state_dict.items() if k != "logit_scale"}
+
+
+class ILA(VideoViT):
+    """ILA's video ViT. `classifier(proj_dim)` builds the classifier, kept as `head`: `LinearClassifier` or
+    `TextClassifier` with its other arguments bound (`make_classifier`), or any module with their interface;
+    built where the model built its head before, so a seeded model initialises as it did.
+    `separable_interaction`: branch master's opening of the interactive block."""
+
+    def __init__(self, classifier: Callable[[int], nn.Module], num_frames: int = 8, img_size: int = 224, patch_size: int = 16,
+                 proj_dim: int = 512, mit_depth: int = 1, align_hidden: int = 256,
+                 separable_interaction: bool = False, freeze_backbone: bool = True, **vit_kwargs):
+        block_fn = partial(ILABlock, num_frames=num_frames, grid_size=img_size // patch_size,
+                           align_hidden=align_hidden, separable=separable_interaction)
+        super().__init__(num_frames, freeze_backbone, block_fn=block_fn, img_size=img_size, patch_size=patch_size,
+                         num_classes=0, **vit_kwargs)
+        self.num_features = proj_dim  # the clip embedding is the MIT's, not the ViT's width
+        self.proj = nn.Linear(self.embed_dim, proj_dim, bias=False)  # CLIP's visual.proj
+        self.mit = FrameIntegration(proj_dim, num_frames, mit_depth)
+        self.mit.apply(init_weights_vit_timm)  # as the repo: truncated normal (0.02) linears
+        self.head = classifier = classifier(proj_dim)
+        self.num_classes, self.class_names = classifier.num_classes, classifier.class_names
+        self.head_names = ("head.",) if classifier.per_class_params else ()
+        trained = r"mit\.|blocks\.\d+\.(align|skip_)"
+        self.trainable_keys = trained + (r"|head\." if classifier.trainable else "")
+        self.video_keys = trained + r"|head\."  # no image file has these: the classifier comes from CLIP or init
+        for block in self.blocks:
+            block.init_skips()
+        self.freeze()
+
+    def image_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """timm names CLIP's projection `head.weight`; here it is the frozen `proj`."""
+        sd = dict(sd)
+        if "head.weight" in sd:
+            sd["proj.weight"] = sd.pop("head.weight")
+        return {k: v for k, v in sd.items() if not k.startswith("head.")}
+
+    def load_pretrained(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """As VideoViT's; the classifier takes what it needs of an image CLIP file first (the text tower)."""
+        if not any(k.startswith("mit.") for k in state_dict):  # an image file, not one of this model
+            state_dict = self.head.take_clip_weights(state_dict)
+        super().load_pretrained(state_dict)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training hook (called by train before each 0-based epoch): the repo halves the alignment jitter
+        once per epoch from its epoch 30 on; recomputed from the epoch so a resumed run gets the same."""
+        for block in self.blocks:
+            align = block.align
+            align.jitter.copy_(torch.tensor(_JITTER, dtype=torch.float32, device=align.jitter.device)
+                               * align.base_jitter * 0.5 ** max(0, epoch - 29))
 
     def _features_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = x.shape[0]  # the input's, and view, not unflatten: an ONNX export would bake in the traced batch size
@@ -340,16 +378,11 @@ class ILA(VideoViT):
         return self._features_with_aux(x)[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Class tokens projected and mixed over time by the MIT, then classified. `pre_logits` gives the
-        (B, num_features) clip embedding: for 'ssv2' what its linear classifier takes (after the head's
-        LayerNorm and dropout); for 'k400', which classifies by cosine similarity to the class names' text
-        embeddings, the L2-normalised video embedding they are compared with (the text side also sees the
-        patch tokens, through the video prompt, so its logits are not a function of this embedding alone)."""
+        """Class tokens projected and mixed over time by the MIT into the L2-normalised video embedding, then
+        classified by `head` with the patch tokens. `pre_logits` gives the (B, num_features) clip embedding
+        the classifier's last step takes (see the classifier's `forward`)."""
         video = self.mit(self.proj(self.norm(x[:, :, 0])))
-        if self.text is not None:
-            return video if pre_logits else self.text_logits(video, x[:, :, 1:])
-        video = self.head[:-1](video)
-        return video if pre_logits else self.head[-1](video)
+        return self.head(video, x[:, :, 1:], pre_logits=pre_logits)
 
     def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the summed alignment (cosine) loss of all blocks, which the repo adds to the loss."""
@@ -392,8 +425,9 @@ _RENAMES = (
     (r"\.temporal_skip_align_fc\.", ".skip_aligned."),
     (r"^mit\.positional_embedding$", "mit.pos_embed"), (r"^mit\.resblocks\.", "mit.blocks."),
     (r"^mit\.classify_head\.", "head."),
-    (r"^prompts_visual_ln\.", "prompt_norm."), (r"^prompts_visual_proj$", "prompt_proj.weight"),
-    (r"^prompts_generator\.decoder\.", "prompt.blocks."), (r"^prompts_generator\.", "prompt."),
+    (r"^prompts_visual_ln\.", "head.prompt_norm."), (r"^prompts_visual_proj$", "head.prompt_proj.weight"),
+    (r"^prompts_generator\.decoder\.", "head.prompt.blocks."), (r"^prompts_generator\.", "head.prompt."),
+    (r"^logit_scale$", "head.logit_scale"),
     (r"\.cross_attn\.(q|k|v)_proj\.", r".attn.\1."), (r"\.cross_attn\.proj\.", ".attn.proj."),
     (r"(prompt\.blocks\.\d+)\.norm3\.", r"\1.norm2."), (r"(prompt\.blocks\.\d+)\.mlp\.0\.", r"\1.mlp.fc1."),
     (r"(prompt\.blocks\.\d+)\.mlp\.3\.", r"\1.mlp.fc2."),
@@ -414,7 +448,7 @@ def _align_key(key: str, arch: str) -> str:
 
 def convert_ila(sd: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
     """A state dict of the repo's XCLIP model (either branch) in this ILA's keys."""
-    out = {f"text.{k}": v for k, v in convert_clip_text(sd).items()}
+    out = {f"head.text.{k}": v for k, v in convert_clip_text(sd).items()}
     for key, value in sd.items():
         if key.startswith(_TEXT_KEYS):
             continue
@@ -531,9 +565,33 @@ _VARIANTS = {
 }
 
 
-def _create_ila(name: str, num_classes: int, num_frames: int, **kwargs) -> ILA:
+_TEXT_ARGS = dict(text_width="width", text_depth="depth", text_heads="num_heads", context_length="context_length",
+                  vocab_size="vocab_size", prompt_depth="prompt_depth", prompt_alpha="prompt_alpha")
+
+
+def make_classifier(arch: str, num_classes: int, class_names: list[str] | None, vision_width: int,
+                    drop_rate: float = 0.5, **text_args) -> Callable[[int], nn.Module]:
+    """The builder of the repo's `arch` classifier ('ssv2': linear; 'k400': text, taking the `_TEXT_ARGS`), to
+    be called on the embedding width."""
+    if arch == "k400":
+        return partial(TextClassifier, vision_width, num_classes=num_classes, class_names=class_names,
+                       **{_TEXT_ARGS[k]: v for k, v in text_args.items()})
+    if text_args:
+        raise ValueError(f"ILA arch='ssv2' has a linear classifier: {', '.join(text_args)} apply to arch='k400' only")
+    return partial(LinearClassifier, num_classes=num_classes, class_names=class_names, drop_rate=drop_rate)
+
+
+def _create_ila(name: str, num_classes: int, num_frames: int, arch: str, class_names: list[str] | None,
+                drop_rate: float, **kwargs) -> ILA:
+    if arch not in ARCHS:
+        raise ValueError(f"ILA arch must be one of {ARCHS}, got {arch!r}")
     args = {**_VARIANTS[name], **kwargs}
-    model = ILA(num_frames=num_frames, num_classes=num_classes, **args)
+    text_args = {k: args.pop(k) for k in _TEXT_ARGS if k in args}
+    if arch == "ssv2":  # the variants' text tower sizes: for 'k400' only
+        text_args = {k: v for k, v in text_args.items() if k in kwargs}
+    classifier = make_classifier(arch, num_classes, class_names, args["embed_dim"], drop_rate, **text_args)
+    model = ILA(classifier, num_frames=num_frames, separable_interaction=arch == "k400", **args)
+    model.arch = arch
     # the repo normalises with ImageNet statistics (X-CLIP's pipeline) and samples one frame per segment
     crop = args.get("img_size", _DEFAULTS["img_size"])
     model.input_contract = video_contract(num_frames, crop, IMAGENET_MEAN, IMAGENET_STD, "tsn")
@@ -541,22 +599,26 @@ def _create_ila(name: str, num_classes: int, num_frames: int, **kwargs) -> ILA:
 
 
 @register_model
-def ila_vit_base_patch16(num_classes: int = 400, num_frames: int = 8, **kwargs) -> ILA:
+def ila_vit_base_patch16(num_classes: int = 400, num_frames: int = 8, arch: str = "ssv2",
+                         class_names: list[str] | None = None, drop_rate: float = 0.5, **kwargs) -> ILA:
     """arch='ssv2' (linear head, default) or 'k400' (video-text classifier: pass class_names)."""
-    return _create_ila("ila_vit_base_patch16", num_classes, num_frames, **kwargs)
+    return _create_ila("ila_vit_base_patch16", num_classes, num_frames, arch, class_names, drop_rate, **kwargs)
 
 
 @register_model
-def ila_vit_base_patch32(num_classes: int = 400, num_frames: int = 8, **kwargs) -> ILA:
-    return _create_ila("ila_vit_base_patch32", num_classes, num_frames, **kwargs)
+def ila_vit_base_patch32(num_classes: int = 400, num_frames: int = 8, arch: str = "ssv2",
+                         class_names: list[str] | None = None, drop_rate: float = 0.5, **kwargs) -> ILA:
+    return _create_ila("ila_vit_base_patch32", num_classes, num_frames, arch, class_names, drop_rate, **kwargs)
 
 
 @register_model
-def ila_vit_large_patch14(num_classes: int = 400, num_frames: int = 8, **kwargs) -> ILA:
+def ila_vit_large_patch14(num_classes: int = 400, num_frames: int = 8, arch: str = "ssv2",
+                          class_names: list[str] | None = None, drop_rate: float = 0.5, **kwargs) -> ILA:
     """img_size=336 for the repo's ViT-L/14@336px files."""
-    return _create_ila("ila_vit_large_patch14", num_classes, num_frames, **kwargs)
+    return _create_ila("ila_vit_large_patch14", num_classes, num_frames, arch, class_names, drop_rate, **kwargs)
 
 
 @register_model
-def ila_tiny(num_classes: int = 400, num_frames: int = 4, **kwargs) -> ILA:
-    return _create_ila("ila_tiny", num_classes, num_frames, **kwargs)
+def ila_tiny(num_classes: int = 400, num_frames: int = 4, arch: str = "ssv2", class_names: list[str] | None = None,
+             drop_rate: float = 0.5, **kwargs) -> ILA:
+    return _create_ila("ila_tiny", num_classes, num_frames, arch, class_names, drop_rate, **kwargs)

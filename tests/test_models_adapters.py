@@ -531,9 +531,9 @@ def test_ila_authors_file_is_recognised_and_placed(arch, tmp_path):
         assert torch.equal(align.interact[2][0].weight, sd[f"{b}.interactive_block.1.weight"])
         pointwise_bn = sd[f"{b}.interactive_block.0.pointwise_conv.1.running_mean"]
         assert torch.equal(align.interact[1][1].running_mean, pointwise_bn)
-        assert torch.equal(model.prompt_proj.weight, sd["prompts_visual_proj"].t())
-        assert torch.equal(model.text.proj.weight, sd["text_projection"].t())
-        assert torch.equal(model.prompt.blocks[1].mlp.fc2.bias, sd["prompts_generator.decoder.1.mlp.3.bias"])
+        assert torch.equal(model.head.prompt_proj.weight, sd["prompts_visual_proj"].t())
+        assert torch.equal(model.head.text.proj.weight, sd["text_projection"].t())
+        assert torch.equal(model.head.prompt.blocks[1].mlp.fc2.bias, sd["prompts_generator.decoder.1.mlp.3.bias"])
         assert model(model.input_contract.example_input(1)).shape == (1, len(CLASSES))
 
 
@@ -591,7 +591,7 @@ def test_ila_k400_classifies_by_class_name_text():
     with torch.no_grad():
         logits = model(x)
         torch.testing.assert_close(reordered(x), logits.flip(1))
-    assert logits.abs().max() <= model.logit_scale.exp() + 1e-5
+    assert logits.abs().max() <= model.head.logit_scale.exp() + 1e-5
     assert logits.std() > 1e-3
     with pytest.raises(ValueError, match="3 class names for num_classes=5"):
         create_model("ila_tiny", num_classes=5, arch="k400", class_names=CLASSES[:3])
@@ -601,14 +601,14 @@ def test_ila_k400_caches_the_class_embeddings_until_the_weights_change():
     torch.manual_seed(0)
     model = create_model("ila_tiny", num_classes=5, arch="k400", class_names=CLASSES).eval()
     calls = []
-    model.text.register_forward_hook(lambda *_: calls.append(1))
+    model.head.text.register_forward_hook(lambda *_: calls.append(1))
     x = model.input_contract.example_input(1)
     with torch.no_grad():
         first = model(x)
         torch.testing.assert_close(model(x), first)
         assert len(calls) == 1  # the frozen text tower ran once
         sd = model.state_dict()
-        sd["text.proj.weight"] = torch.randn_like(sd["text.proj.weight"])
+        sd["head.text.proj.weight"] = torch.randn_like(sd["head.text.proj.weight"])
         model.load_state_dict(sd)
         assert not torch.allclose(model(x), first) and len(calls) == 2
 
@@ -618,7 +618,7 @@ def test_ila_k400_trains_the_alignment_and_mit_only():
     model = create_model("ila_tiny", num_classes=5, arch="k400", class_names=CLASSES)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(re.match(r"mit\.|blocks\.\d+\.(align|skip_)", n) for n in trainable)
-    assert not model.text.token_embedding.weight.requires_grad and not model.prompt.alpha.requires_grad
+    assert not model.head.text.token_embedding.weight.requires_grad and not model.head.prompt.alpha.requires_grad
     logits, loss = model.forward_with_aux(model.input_contract.example_input(2))
     (F.cross_entropy(logits, torch.tensor([0, 3])) + loss).backward()
     assert model.blocks[0].align_fc.weight.grad.abs().sum() > 0
@@ -635,9 +635,9 @@ def test_ila_k400_takes_text_tower_and_logit_scale_from_a_clip_file():
     del sd["token_embedding.weight"]
     sd.update(text.state_dict(), logit_scale=torch.tensor(3.0))
     model.load_pretrained(sd)
-    assert model.logit_scale.item() == 3.0
+    assert model.head.logit_scale.item() == 3.0
     with torch.no_grad():
-        torch.testing.assert_close(model.eval().class_embeddings(), text(tokenize(CLASSES)))
+        torch.testing.assert_close(model.eval().head.class_embeddings(), text(tokenize(CLASSES)))
     image_only = _clip_state_dict(model)
     with pytest.raises(ValueError, match="needs CLIP's text tower"):
         model.load_pretrained({k: v for k, v in image_only.items() if k.startswith("visual.")})
