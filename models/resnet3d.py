@@ -265,9 +265,11 @@ class ResNet3d(nn.Module):
     def res_stages(self) -> tuple[nn.Module, ...]:
         return self.layer1, self.layer2, self.layer3, self.layer4
 
-    def stage_modules(self) -> list[tuple[nn.Module, ...]]:
-        """The stem, then each residual stage (models/tuning.py's freeze_stages)."""
-        return [(self.stem,), *((stage,) for stage in self.res_stages())]
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's description of the stages (layer_decay; frozen_stages counts its stem and coarse groups): the
+        stem, then each residual stage (`coarse`) or block; the classifier matches nothing (timm: the head)."""
+        return dict(stem=r"^stem", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

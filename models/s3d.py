@@ -85,15 +85,24 @@ class S3D(TorchvisionS3D):
         self.head_names = ("classifier.",)
         self.grad_checkpointing = False
 
-    def stage_modules(self) -> list[tuple[nn.Module, ...]]:
-        """The stem, then each inception group (Mixed_3, Mixed_4, Mixed_5, each opened by its max-pool), for
-        models/tuning.py's freeze_stages."""
-        groups = [tuple(self.features[:_STEM_LAYERS])]
-        for layer in self.features[_STEM_LAYERS:]:
-            if isinstance(layer, nn.MaxPool3d) or len(groups) == 1:
-                groups.append(())
-            groups[-1] += (layer,)
+    def _stage_layers(self) -> list[list[int]]:
+        """Indices in `features` of the stem, then of each inception group (Mixed_3, Mixed_4, Mixed_5, each
+        opened by its max-pool)."""
+        groups = [list(range(_STEM_LAYERS))]
+        for i in range(_STEM_LAYERS, len(self.features)):
+            if isinstance(self.features[i], nn.MaxPool3d) or len(groups) == 1:
+                groups.append([])
+            groups[-1].append(i)
         return groups
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's description of the stages (layer_decay; frozen_stages counts its stem and coarse groups): the
+        stem, then each inception group (`coarse`) or block; the classifier matches nothing (timm: the head)."""
+        layers = lambda indices: rf"^features\.(?:{'|'.join(map(str, indices))})\b"  # noqa: E731
+        stem, *stages = self._stage_layers()
+        blocks = [(layers(group), (i,)) for i, group in enumerate(stages)] if coarse else r"^features\.(\d+)"
+        return dict(stem=layers(stem), blocks=blocks)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 
 import torch
+from timm.models._manipulate import MATCH_PREV_GROUP
 from torch import nn
 from torchvision.models.video.resnet import Conv3DNoTemporal
 
@@ -95,12 +96,18 @@ class SlowFast(nn.Module):
     def res_stages(self) -> tuple[nn.Module, ...]:
         return (*self.slow_layers, *self.fast_layers)
 
-    def stage_modules(self) -> list[tuple[nn.Module, ...]]:
-        """The stems, then each stage of both pathways with the lateral connection that reads its output, as
-        mmaction freezes them (its lateral after the stem, `fusions.0`, stays out of the stem's group)."""
-        stages = zip(self.slow_layers, self.fast_layers)
-        return [(self.slow_stem, self.fast_stem),
-                *((slow, fast, *self.fusions[i + 1:i + 2]) for i, (slow, fast) in enumerate(stages))]
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's description of the stages (layer_decay; frozen_stages counts its stem and coarse groups): the
+        stems, then stage (`coarse`) or block i of both pathways, each with the lateral connection that reads
+        its output (fusions.i+1, sorted just before stage i+1 and merged into the group before it). The lateral
+        after the stems, `fusions.0`, goes with the stems' rate but in an entry of its own: mmaction's
+        frozen_stages leaves it trainable."""
+        stage = r"^(?:slow|fast)_layers\.(\d+)"
+        merged = (-1, *MATCH_PREV_GROUP)
+        return dict(stem=r"^(?:slow|fast)_stem", stem_lateral=[(r"^fusions\.0\b", MATCH_PREV_GROUP)],
+                    blocks=[(stage, (0,)) if coarse else (stage + r"\.(\d+)", None),
+                            (r"^fusions\.([1-9]\d*)\b", merged)])
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -211,10 +211,6 @@ class TemporalSegmentResNet(ResNet):
     def res_stages(self) -> tuple[nn.Module, ...]:
         return self.layer1, self.layer2, self.layer3, self.layer4
 
-    def stage_modules(self) -> list[tuple[nn.Module, ...]]:
-        """The stem, then each residual stage (models/tuning.py's freeze_stages)."""
-        return [(self.conv1, self.bn1), *((stage,) for stage in self.res_stages())]
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, T, C, H, W) clips -> (N, T', C', H', W') feature maps of the T' frames left."""
         n, t = x.shape[:2]

@@ -24,17 +24,22 @@ training flag off before each call (`keep_eval`), so the trainer need not re-app
 than swapped for timm's FrozenBatchNorm2d: that one is 2-D only, and keeping the modules keeps the
 state-dict keys and module types that checkpoints and `check_same_architecture` rely on.
 
-The CNN families name their stages with a `stage_modules()` method (the stem, then each stage with what
-belongs to it); the families' `set_grad_checkpointing` (timm's for the Swin and ViT ones) run their
-blocks through `checkpoint_seq` here, whose recomputation leaves BatchNorm running statistics alone.
+Every family describes its stages once, with timm's `group_matcher(coarse)`: regexes over parameter (and
+module) names for the stem and the stages (`coarse`) or blocks. timm's layer-wise lr decay reads the fine
+groups; `frozen_stages` freezes the first coarse groups of the 'stem' and 'blocks' entries (`stage_names`).
+The families' `set_grad_checkpointing` (timm's for the Swin and ViT ones) run their blocks through
+`checkpoint_seq` here, whose recomputation leaves BatchNorm running statistics alone.
 """
 from __future__ import annotations
 
 import contextlib
+import re
 from functools import partial
+from itertools import chain
 from typing import Iterable
 
 import torch
+from timm.models._manipulate import group_with_matcher  # the grouping timm's param_groups_layer_decay uses
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
@@ -118,22 +123,46 @@ def freeze_(module: nn.Module) -> None:
         keep_eval(m)
 
 
+STAGE_ENTRIES = ("stem", "blocks")  # the group_matcher entries that name stages (others: in no stage)
+
+
+def _patterns(matcher: dict) -> list[re.Pattern]:
+    """Every regex of a timm group_matcher dict (an entry is a regex, or a list of (regex, suffix) pairs)."""
+    specs = chain.from_iterable([s[0] for s in spec] if isinstance(spec, (list, tuple)) else [spec]
+                                for spec in matcher.values() if spec)
+    return [re.compile(spec) for spec in specs]
+
+
+def stage_names(model: nn.Module) -> list[list[str]]:
+    """The model's stages as its `group_matcher(coarse=True)` describes them: the stem, then each group of
+    its 'blocks' entry in timm's order, each as the names of the modules and parameters it holds. What only
+    another entry (SlowFast's lateral after the stems) or no pattern (the head) matches is in no stage."""
+    if not hasattr(model, "group_matcher"):
+        raise ValueError(f"{type(model).__name__} has no stages to freeze (frozen_stages needs the model's "
+                         "group_matcher)")
+    matcher = {k: v for k, v in model.group_matcher(coarse=True).items() if k in STAGE_ENTRIES}
+    patterns = _patterns(matcher)
+    names = [n for n, _ in model.named_modules() if n] + [n for n, _ in model.named_parameters()]
+    staged = [(n, n) for n in names if any(p.match(n) for p in patterns)]
+    groups = group_with_matcher(staged, matcher)  # {stage index: names}
+    return [groups[i] for i in sorted(groups)]
+
+
 def freeze_stages(model: nn.Module, num_stages: int) -> None:
     """Config key `frozen_stages`, mmaction's meaning: -1 freezes nothing, 0 the stem, n the stem and
-    the first n stages (parameters and statistics, see `freeze_`)."""
+    the first n stages (parameters and statistics, see `freeze_`), as `stage_names` reads them."""
     if num_stages < 0:
         return
-    stages = getattr(model, "stage_modules", None)
-    if stages is None:
-        raise ValueError(f"{type(model).__name__} has no stages to freeze (frozen_stages is an option of "
-                         "the CNN families)")
-    groups = stages()
-    if num_stages >= len(groups):
+    stages = stage_names(model)
+    if num_stages >= len(stages):
         raise ValueError(f"frozen_stages={num_stages}: {type(model).__name__} has a stem and "
-                         f"{len(groups) - 1} stages")
-    for group in groups[:num_stages + 1]:
-        for module in group:
-            freeze_(module)
+                         f"{len(stages) - 1} stages")
+    modules, params = dict(model.named_modules()), dict(model.named_parameters())
+    for name in chain.from_iterable(stages[:num_stages + 1]):
+        if name in modules:
+            freeze_(modules[name])
+        else:  # a parameter of a module outside the stage (a ViT's position table)
+            params[name].requires_grad_(False)
 
 
 def batch_norms(model: nn.Module) -> list[_BatchNorm]:

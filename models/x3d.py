@@ -148,9 +148,11 @@ class X3D(nn.Module):
         self.head_names = ("head.fc.",)
         self.grad_checkpointing = False
 
-    def stage_modules(self) -> list[tuple[nn.Module, ...]]:
-        """The stem, then each stage (models/tuning.py's freeze_stages); conv_5 belongs to the head."""
-        return [(self.stem,), *((stage,) for stage in self.stages)]
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's description of the stages (layer_decay; frozen_stages counts its stem and coarse groups): the
+        stem, then each stage (`coarse`) or block; the head (conv_5 included) matches nothing (timm: the head)."""
+        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)")
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

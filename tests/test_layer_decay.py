@@ -95,3 +95,34 @@ def test_group_matchers_leave_nothing_trainable_in_the_head_group_but_the_head_a
         _, scales = _scales(name, freeze_backbone=False) if name != "sifar_tiny" else _scales(name)
         top = [n for n, s in scales.items() if s == pytest.approx(1.0)]
         assert top and all(re.match(allowed, n) for n in top), (name, top)
+
+
+# ------------------------------------------------------------------ the 3D CNNs (their group_matcher)
+
+# each parameter's exponent of DECAY (timm: layer i of L gets DECAY ** (L - 1 - i)): one layer per block (the
+# tiny variants have one block per stage), the stem first, the classifier (what no pattern matches) last at 1
+_CNN_EXPONENTS = {
+    "i3d_tiny": {r"stem\.": 5, r"layer1\.": 4, r"layer2\.": 3, r"layer3\.": 2, r"layer4\.": 1, r"fc\.": 0},
+    # a lateral goes with the stage whose output it reads; the one after the stems (fusions.0) with the stems
+    "slowfast_tiny": {r"(slow|fast)_stem\.|fusions\.0\.": 5, r"(slow|fast)_layers\.0\.|fusions\.1\.": 4,
+                      r"(slow|fast)_layers\.1\.|fusions\.2\.": 3, r"(slow|fast)_layers\.2\.|fusions\.3\.": 2,
+                      r"(slow|fast)_layers\.3\.": 1, r"fc\.": 0},
+    "x3d_tiny": {r"stem\.": 5, r"stages\.0\.": 4, r"stages\.1\.": 3, r"stages\.2\.": 2, r"stages\.3\.": 1,
+                 r"head\.": 0},  # conv_5 is the head's
+    # the stem's five layers, then one layer per inception block (the max-pools between them have no weights)
+    "s3d_tiny": {r"features\.[0-4]\.": 10, **{rf"features\.{i}\.": 9 - j for j, i in enumerate((5, 6, 8, 9, 10, 11,
+                                                                                               12, 14, 15))},
+                 r"classifier\.": 0},
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CNN_EXPONENTS))
+def test_3d_cnns_decay_by_stem_stage_and_block(name):
+    """layer_decay on a 3D CNN (refused before they had a group_matcher): every parameter at its block's rate."""
+    _, scales = _scales(name)
+    exponents = _CNN_EXPONENTS[name]
+    for param, scale in scales.items():
+        found = [e for pattern, e in exponents.items() if re.match(pattern, param)]
+        assert len(found) == 1, (param, found)
+        assert scale == pytest.approx(DECAY ** found[0]), param
+    assert {e for pattern, e in exponents.items() for p in scales if re.match(pattern, p)} == set(exponents.values())

@@ -91,9 +91,8 @@ def test_layer_decay_scales_swin_stages_from_the_head_down():
 
 
 def test_layer_decay_refused_for_a_model_without_blocks_to_group():
-    model = models.create_model("i3d_tiny", num_classes=5)
-    assert not hasattr(model, "group_matcher"), "i3d_tiny now groups its stages: test layer_decay on it instead"
-    with pytest.raises(ConfigError, match="layer_decay"):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5))  # every registered family has a group_matcher now
+    with pytest.raises(ConfigError, match="layer_decay.*no group_matcher"):
         build_optimizer(_cfg(model="i3d_tiny", layer_decay=0.7), model, CPU)
 
 

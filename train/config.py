@@ -103,8 +103,8 @@ class TrainConfig:
     lr_mult: list = _key([], "optimizer", "[[pattern, mult], ...] or {pattern: mult}: lr x mult for the parameters "
                          "whose name matches the fnmatch pattern (first match wins), e.g. {\"fc.*\": 10} (TSM's "
                          "fc_lr5)")
-    layer_decay: float = _key(0.0, "optimizer", "ViT/Swin: block i's lr x layer_decay**(depth - i) (BEiT/mmaction); "
-                              "0: off")
+    layer_decay: float = _key(0.0, "optimizer", "block i's lr x layer_decay**(depth - i), the stem first, the head "
+                              "at lr (BEiT/mmaction; the model's group_matcher); 0: off")
     sched: str = _key("cosine", "schedule", "cosine | step (every decay_epochs) | multistep (at lr_steps) | none")
     sched_per_epoch: bool = _key(False, "schedule", "the schedule, warmup included, moves at epoch starts only "
                                  "(timm's t_in_epochs, as IBM's train.py, SIFAR's main.py and timm's train.py step "

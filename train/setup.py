@@ -225,8 +225,8 @@ def param_groups(cfg: TrainConfig, model: torch.nn.Module) -> list[dict]:
     exclude_1d = not cfg.decay_norm_bias
     if cfg.layer_decay:
         if not hasattr(model, "group_matcher"):
-            raise ConfigError(f"config key 'layer_decay': {cfg.model} has no blocks to decay over (it is an "
-                              f"option of the ViT and Swin models, which have a group_matcher)")
+            raise ConfigError(f"config key 'layer_decay': {cfg.model} has no blocks to decay over (no "
+                              f"group_matcher describes its stages)")
         groups = param_groups_layer_decay(model, cfg.weight_decay, no_decay, layer_decay=cfg.layer_decay,
                                           weight_decay_exclude_1d=exclude_1d)
     else:
