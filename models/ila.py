@@ -27,7 +27,6 @@ scale too, which the repo's optimiser leaves out.
 from __future__ import annotations
 
 import math
-import re
 from functools import partial
 from typing import Callable
 
@@ -322,8 +321,8 @@ class ILA(VideoViT):
     built where the model built its head before, so a seeded model initialises as it did.
     `separable_interaction`: branch master's opening of the interactive block."""
 
-    def __init__(self, classifier: Callable[[int], nn.Module], num_frames: int = 8, img_size: int = 224, patch_size: int = 16,
-                 proj_dim: int = 512, mit_depth: int = 1, align_hidden: int = 256,
+    def __init__(self, classifier: Callable[[int], nn.Module], num_frames: int = 8, img_size: int = 224,
+                 patch_size: int = 16, proj_dim: int = 512, mit_depth: int = 1, align_hidden: int = 256,
                  separable_interaction: bool = False, freeze_backbone: bool = True, **vit_kwargs):
         block_fn = partial(ILABlock, num_frames=num_frames, grid_size=img_size // patch_size,
                            align_hidden=align_hidden, separable=separable_interaction)

@@ -7,7 +7,6 @@ and on a Swin (SIFAR) the stem and stages mmaction's Swin freezes.
 from __future__ import annotations
 
 import pytest
-import torch
 from timm.layers import DropPath
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -52,7 +51,8 @@ def test_frozen_stages_freeze_what_the_old_stage_lists_froze(name):
         freeze_stages(model, n)
         params, modules = _frozen(model)
         assert params == {p for p, _ in model.named_parameters() if _under(p, prefixes)}, (name, n)
-        expected = {m for m, module in model.named_modules() if isinstance(module, _MODE_DEPENDENT) and _under(m, prefixes)}
+        expected = {m for m, module in model.named_modules()
+                    if isinstance(module, _MODE_DEPENDENT) and _under(m, prefixes)}
         assert expected and modules == expected, (name, n)
     with pytest.raises(ValueError, match=f"a stem and {len(old) - 1} stages"):
         freeze_stages(create_model(name, num_classes=5), len(old))
@@ -63,5 +63,6 @@ def test_frozen_stages_of_a_swin_are_mmaction_swins():
     model = create_model("sifar_tiny", num_classes=5)
     freeze_stages(model, 1)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert frozen == {n for n, _ in model.named_parameters() if _under(n, ("patch_embed", "frame_pos_embed", "layers.0"))}
+    stem_and_first = ("patch_embed", "frame_pos_embed", "layers.0")
+    assert frozen == {n for n, _ in model.named_parameters() if _under(n, stem_and_first)}
     assert "frame_pos_embed" in frozen
