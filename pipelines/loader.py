@@ -27,7 +27,8 @@ from .augment import EVAL_CROPS, AugmentConfig
 from .pipeline import GraphOptions, build_pipeline
 from .readers import READERS, ClipReader, reader_of
 from .resources import HW_DECODER_LOAD, image_decoder_args, largest_frame, resolve_threads
-from .sampling import ClipSpec, EpochPlan
+from .sampling import ClipSpec
+from .shard_plan import ShardFeed, ShardPlan, plan_for
 from .source import ClipSource, DamageLog
 
 log = logging.getLogger("pipelines")
@@ -128,8 +129,8 @@ class VideoLoader:
                             self.training)
         except protocols.ProtocolError as e:
             raise ValueError(f"protocol {protocol}: {e}") from None
-        self.plan = EpochPlan(len(self.dataset), int(batch_size), self.training, self.num_views,
-                              int(rank), int(world_size), int(seed), int(repeats))
+        self.plan = plan_for(self.dataset, int(batch_size), self.training, self.num_views, int(rank),
+                             int(world_size), int(seed), int(repeats))
         largest = largest_frame(self.dataset.rows)  # per side, 0 or None: the dataset's largest stored frame
         preallocate = tuple(int(p or d) for p, d in zip(preallocate or (0, 0), largest))
         self.graph = GraphOptions(int(contract.crop_size), tuple(contract.mean), tuple(contract.std),
@@ -148,6 +149,9 @@ class VideoLoader:
         self._pipe = self._iterator = None
         self._pipe_epoch = 0  # the epoch the pipeline's next DALI epoch will read
         self._mid_epoch = self._ended = False
+        # a streamed s3:// split: its shards are fetched ahead of the batches; DALI's queues read ahead this far
+        self._feed = ShardFeed(self.dataset, self.plan, (2 * prefetch + 2) * self.plan.clips_per_batch) \
+            if isinstance(self.plan, ShardPlan) else None
 
     # ------------------------------------------------------------------ public
 
@@ -197,6 +201,8 @@ class VideoLoader:
 
     def __del__(self):
         self.close()
+        if getattr(self, "_feed", None) is not None:
+            self._feed.close()
 
     def __repr__(self) -> str:
         return (f"VideoLoader({self.dataset.root!r}, split={self.dataset.split!r}, path={self.path}, "
@@ -232,16 +238,30 @@ class VideoLoader:
         if len(self) == 0:
             return
         epoch = self.epoch
+        if self._feed is not None:  # before the pipeline: DALI reads its first batches when it is built
+            self._feed.start(epoch)
         self._ensure_pipeline(epoch)
         self._mid_epoch = True
         left = self.plan.num_samples
         for number in range(len(self)):
-            out = next(self._iterator)[0]
+            out = self._next_batch(number)
             if number == len(self) - 1:
                 self._finish_epoch(epoch)
             batch = self._to_batch(out["clips"], out["meta"], min(left, self.plan.clips_per_batch))
             left -= self.plan.clips_per_batch
             yield batch
+
+    def _next_batch(self, number: int):
+        if self._feed is None:
+            return next(self._iterator)[0]
+        self._feed.advance(number * self.plan.clips_per_batch)
+        try:
+            return next(self._iterator)[0]
+        except Exception:
+            if self._feed.error() is not None:  # a worker waited for a shard the prefetcher could not fetch
+                self.close()
+                raise self._feed.error() from None
+            raise
 
     def _finish_epoch(self, epoch: int) -> None:
         """Called on the last batch: DALI must now end the epoch."""

@@ -8,6 +8,7 @@ import os
 import zlib
 
 from .remote import is_remote, materialize
+from .remote_stream import stream as stream_remote
 from .runner import read_jsonl
 from .store import DamagedEntry, DamagedShard, ShardReader
 
@@ -36,6 +37,7 @@ class PreppedDataset:
         # each shard's identity as prep recorded it: a shard file from another prep run is refused
         identities = {r["shard"]: r["shard_id"] for r in rows if r.get("shard_id")}
         self.reader = ShardReader(os.path.join(root, "shards"), identities)
+        self.gate = None  # a streamed s3:// split: every read waits for its shard (prep/remote_stream.py)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -85,6 +87,8 @@ class PreppedDataset:
         bad = [j for j in indices if not 0 <= j < n]
         if bad:
             raise IndexError(f"video {row['id']}: frame indices {bad[:5]} outside 0..{n - 1}")
+        if self.gate is not None:
+            self.gate.ready(row["shard"])
         data = self.reader.frames(row["shard"], row["key"], indices, row.get("chunk_frames"))
         if verify:
             crcs = self.reader.meta(row["shard"], row["key"]).get("frame_crc")
@@ -100,6 +104,8 @@ class PreppedDataset:
         row = self.rows[i]
         if row["store"] != "video":
             raise ValueError(f"{self.root} stores JPEG frames, not videos (prep with --store video)")
+        if self.gate is not None:
+            self.gate.ready(row["shard"])
         data = self.reader.video(row["shard"], row["key"])
         if verify:
             if hashlib.sha1(data).hexdigest() != row["checksum"]:
@@ -107,8 +113,15 @@ class PreppedDataset:
         return data
 
 
-def open_dataset(root: str, split: str | None = None) -> PreppedDataset:
-    """A prepped folder, or an s3://BUCKET/PREFIX store read through the node's cache (prep/remote.py)."""
+def open_dataset(root: str, split: str | None = None, stream: bool = False) -> PreppedDataset:
+    """A prepped folder, or an s3://BUCKET/PREFIX store read through the node's cache (prep/remote.py): the split's
+    shards downloaded now, or with `stream` (training) each shard as the loader's plan reaches it
+    (prep/remote_stream.py). `stream` changes nothing for a local folder."""
+    if is_remote(root) and stream:
+        root, gate = stream_remote(root, split)
+        data = PreppedDataset(root, split)
+        data.gate = gate
+        return data
     if is_remote(root):
         root = materialize(root, split)
     return PreppedDataset(root, split)

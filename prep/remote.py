@@ -227,6 +227,17 @@ def _hold_in_use(path: str) -> None:
         _IN_USE[path] = _lock(path, fcntl.LOCK_SH)
 
 
+def hold_in_use(cache: "Cache", shard: str) -> None:
+    """Marks a shard as read by this process: no eviction removes it until release_in_use."""
+    _hold_in_use(os.path.join(cache.locks, shard + ".use"))
+
+
+def release_in_use(cache: "Cache", shard: str) -> None:
+    fd = _IN_USE.pop(os.path.join(cache.locks, shard + ".use"), None)
+    if fd is not None:
+        _unlock(fd)  # LOCK_UN: also for forked children sharing the descriptor
+
+
 # --------------------------------------------------------------------------- the cache
 
 
@@ -305,10 +316,12 @@ class Cache:
                                    "named by the manifest are): the store is incomplete")
         return [Wanted(n, index[f"shards/{n}"]["size"], index[f"shards/{n}"].get("sha256"), ids[n]) for n in names]
 
-    def ensure(self, wanted: list[Wanted]) -> dict:
-        """Every wanted shard in the cache, checked; held in use by this process so that no eviction removes it."""
+    def ensure(self, wanted: list[Wanted], check_limit: bool = True, announce: bool = True) -> dict:
+        """Every wanted shard in the cache, checked; held in use by this process so that no eviction removes it.
+        `check_limit`: refuse up front a set of shards larger than the cache limit (a streamed split checks its
+        windows instead, prep/remote_stream.py)."""
         need = sum(w.size for w in wanted)
-        if need > self.limit:
+        if check_limit and need > self.limit:
             raise RemoteStoreError(f"{self.url}: the shards of this split take {need / 2**30:.2f} GiB, more than the "
                                    f"cache limit of {self.limit / 2**30:.2f} GiB: raise --cache-limit")
         for w in wanted:
@@ -317,7 +330,7 @@ class Cache:
         random.Random(os.getpid()).shuffle(todo)  # the ranks of a node start on different shards, in parallel
         start, fetched = time.time(), 0
         if todo:
-            log.warning("%s: downloading %d of %d shards (%.2f GiB) into %s", self.url, len(todo), len(wanted),
+            (log.warning if announce else log.debug)("%s: downloading %d of %d shards (%.2f GiB) into %s", self.url, len(todo), len(wanted),
                         sum(w.size for w in todo) / 2**30, self.root)
             with ThreadPoolExecutor(min(_DOWNLOAD_THREADS, len(todo))) as pool:
                 fetched = sum(pool.map(self._fetch, todo))

@@ -470,7 +470,7 @@ class ShardWriter:
             if path.endswith(".arrows") and os.path.exists(path[:-1]):
                 os.remove(path)  # killed after the closed copy was renamed into place: it is whole
                 continue
-            _forget_handle(path)  # this process may have read it; LMDB refuses a second open, and it will change
+            forget_handle(path)  # this process may have read it; LMDB refuses a second open, and it will change
             try:
                 metas, closed, identity = self.kind.scan(path)
             except DamagedShard as e:
@@ -677,7 +677,8 @@ _HANDLES: dict[str, object] = {}  # one handle per shard file per process: LMDB 
 _HANDLES_PID = [None]
 
 
-def _forget_handle(path: str) -> None:
+def forget_handle(path: str) -> None:
+    """Closes this process's handle of a shard file (one evicted from a cache: frees its disk space)."""
     h = _HANDLES.pop(os.path.realpath(path), None)
     if isinstance(h, _LmdbHandle):
         h.env.close()

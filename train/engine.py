@@ -109,7 +109,7 @@ class Trainer:
         if self.cfg.task == "image":  # evaluation splits take the training split's class list
             return open_image_folder(self.cfg.data, split, classes=getattr(self, "classes", None),
                                      progress=self.cfg.progress and self.d.main)
-        data = open_dataset(self.cfg.data, split)
+        data = open_dataset(self.cfg.data, split, stream=split == self.cfg.train_split)  # s3://: shards as read
         if not data.labelled:  # a test split prepped without labels: nothing to learn or measure
             raise ConfigError(f"split {split!r} of {self.cfg.data} has no labels (an unlabelled test split): train "
                               f"and validate on labelled splits; score it with `python -m eval --split {split}`")

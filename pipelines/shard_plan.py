@@ -1,0 +1,189 @@
+"""Node-disjoint training epochs for a store read from object storage: each node reads only its own shards.
+
+`EpochPlan` (sampling.py) shuffles the videos freely and deals every world_size-th to each rank, so every node needs
+every shard. `ShardPlan` keeps its arithmetic (the same per-rank count, wrap-around and dropped partial batch) but
+shuffles in two levels, as WebDataset, LitData and MosaicML Streaming do:
+
+1. the shards are permuted by (seed, epoch); their videos, shard after shard, are padded by wrap-around to
+   per_rank x world_size (EpochPlan's padding: the first videos of the epoch repeat) and cut into one contiguous
+   span per node (node = rank // local_world_size), per_rank x local_world_size videos each. A node therefore reads
+   its own shards, plus at most the one shard its span shares with the next node's (and the wrapped shards);
+2. inside a node's span, the videos of every `window` consecutive shards are shuffled together by (seed, epoch,
+   node, window), and dealt to the node's ranks, every local_world_size-th from its local rank.
+
+Every rank reads per_rank videos and runs per_rank // batch_size full batches, exactly as with EpochPlan, so
+per_rank x world_size - num_videos videos are read twice in an epoch and per_rank % batch_size per rank are dropped.
+Like EpochPlan this is a pure function of (videos' shards, seed, epoch, rank, layout): any DALI worker computes the
+same items, and a mid-epoch checkpoint's batch count reproduces the remaining items exactly. The layout (nodes x
+ranks per node) is part of the function: a run resumed on another layout recomputes the epoch for it (loader.py
+says so in one line). docs/object-storage.md compares the shuffle with EpochPlan's.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from prep.remote_stream import Prefetcher
+
+from .sampling import EpochPlan
+
+log = logging.getLogger("pipelines")
+DEFAULT_WINDOW = 4  # shards shuffled together inside a node; the cache holds about two windows per node
+WINDOW_ENV = "VIDKIT_SHUFFLE_WINDOW"
+
+
+def local_world_size(world_size: int) -> int:
+    """Ranks per node: torchrun's LOCAL_WORLD_SIZE, else every rank on one node."""
+    value = int(os.environ.get("LOCAL_WORLD_SIZE", world_size) or world_size)
+    if value < 1 or world_size % value:
+        raise ValueError(f"LOCAL_WORLD_SIZE {value} does not divide the world size {world_size}: every node must "
+                         "run the same number of ranks")
+    return value
+
+
+def shuffle_window() -> int:
+    value = int(os.environ.get(WINDOW_ENV, DEFAULT_WINDOW))
+    if value < 1:
+        raise ValueError(f"{WINDOW_ENV} must be >= 1 (shards shuffled together), got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class ShardPlan(EpochPlan):
+    """Training only. `shard_of[v]` is the shard (an int) holding video v."""
+
+    shard_of: tuple = ()
+    local_world_size: int = 1
+    window: int = DEFAULT_WINDOW
+    _runs: tuple = field(default=(), repr=False, compare=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.training:
+            raise ValueError("a shard plan is for training; evaluation reads every view of every video")
+        if len(self.shard_of) != self.num_videos:
+            raise ValueError(f"shard_of names {len(self.shard_of)} videos, the plan has {self.num_videos}")
+        if self.local_world_size < 1 or self.world_size % self.local_world_size:
+            raise ValueError(f"{self.local_world_size} ranks per node do not divide the world size {self.world_size}")
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
+        shard = np.asarray(self.shard_of, dtype=np.int64)
+        order = np.argsort(shard, kind="stable")  # videos grouped by shard, in index order inside a shard
+        starts = np.flatnonzero(np.r_[True, shard[order][1:] != shard[order][:-1]]) if len(order) else []
+        object.__setattr__(self, "_runs", tuple(order[a:b] for a, b in zip(starts, [*starts[1:], len(order)])))
+
+    @property
+    def nodes(self) -> int:
+        return self.world_size // self.local_world_size
+
+    @property
+    def node(self) -> int:
+        return self.rank // self.local_world_size
+
+    @property
+    def local_rank(self) -> int:
+        return self.rank % self.local_world_size
+
+    @property
+    def repeated(self) -> int:
+        """Videos read twice per epoch (the wrap-around that gives every rank per_rank videos)."""
+        return self.per_rank * self.world_size - self.num_videos
+
+    @property
+    def dropped(self) -> int:
+        """Videos per rank left out of the epoch's last, partial batch."""
+        return self.per_rank % self.batch_size
+
+    def node_stream(self, epoch: int, node: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(videos, window number of each) of a node's epoch, in the node's read order (all its ranks together)."""
+        node = self.node if node is None else node
+        perm = np.random.default_rng([int(self.seed) & 0xFFFFFFFF, int(epoch), 1]).permutation(len(self._runs))
+        flat = np.concatenate([self._runs[s] for s in perm]) if len(perm) else np.zeros(0, np.int64)
+        span = self.per_rank * self.local_world_size
+        mine = np.resize(flat, self.per_rank * self.world_size)[node * span:(node + 1) * span]
+        shard = np.asarray(self.shard_of, dtype=np.int64)[mine]
+        run = np.cumsum(np.r_[0, shard[1:] != shard[:-1]])  # consecutive videos of one shard form one run
+        windows = run // self.window
+        out = mine.copy()
+        for w in range(int(windows[-1]) + 1 if len(windows) else 0):
+            at = np.flatnonzero(windows == w)
+            rng = np.random.default_rng([int(self.seed) & 0xFFFFFFFF, int(epoch), 2, node, w])
+            out[at] = mine[at][rng.permutation(len(at))]
+        return out, windows
+
+    def order(self, epoch: int) -> np.ndarray:
+        """This rank's video indices for the epoch (length per_rank)."""
+        return self.node_stream(epoch)[0][self.local_rank::self.local_world_size]
+
+    def windows(self, epoch: int) -> list[tuple[int, list[int]]]:
+        """This rank's read windows: (first position, shards of the node's window) in read order; the node's ranks
+        go through the same windows at the same pace."""
+        videos, windows = self.node_stream(epoch)
+        shard = np.asarray(self.shard_of, dtype=np.int64)
+        mine = windows[self.local_rank::self.local_world_size]
+        out = []
+        for w in np.unique(windows):
+            at = np.flatnonzero(mine == w)
+            if len(at):
+                out.append((int(at[0]) * self.repeats, sorted({int(s) for s in shard[videos[windows == w]]})))
+        return out
+
+    def node_shards(self, epoch: int, node: int | None = None) -> set[int]:
+        """Every shard a node reads in the epoch."""
+        videos, _ = self.node_stream(epoch, node)
+        return {int(s) for s in np.asarray(self.shard_of, dtype=np.int64)[videos]}
+
+
+def layout_line(plan: ShardPlan) -> str:
+    return (f"{plan.nodes} node(s) x {plan.local_world_size} rank(s), shuffle window {plan.window} shards, "
+            f"{plan.repeated} video(s) read twice and {plan.dropped} per rank dropped per epoch")
+
+
+def plan_for(dataset, batch_size: int, training: bool, views: int, rank: int, world_size: int, seed: int,
+             repeats: int) -> EpochPlan:
+    """The loader's plan: a ShardPlan for training from a streamed s3:// split, else EpochPlan (local stores are
+    read exactly as before)."""
+    if not (training and getattr(dataset, "gate", None) is not None):
+        return EpochPlan(len(dataset), batch_size, training, views, rank, world_size, seed, repeats)
+    number = {name: i for i, name in enumerate(sorted({r["shard"] for r in dataset.rows}))}
+    plan = ShardPlan(len(dataset), batch_size, True, 1, rank, world_size, seed, repeats,
+                     shard_of=tuple(number[r["shard"]] for r in dataset.rows),
+                     local_world_size=local_world_size(world_size), window=shuffle_window())
+    if rank == 0:
+        log.info("streaming %s: %s", dataset.gate.url, layout_line(plan))
+    return plan
+
+
+class ShardFeed:
+    """A ShardPlan's windows handed to its dataset's prefetcher (prep/remote_stream.py) as the loader moves on.
+    `lookahead`: positions DALI may read ahead of the batch the loader hands out (its queues), whose window must be
+    on its way too."""
+
+    def __init__(self, dataset, plan: ShardPlan, lookahead: int):
+        self.plan, self.lookahead = plan, lookahead
+        self.names = sorted({r["shard"] for r in dataset.rows})
+        self.prefetcher = Prefetcher(dataset.gate, ahead=1)
+        dataset.gate.prefetcher = self.prefetcher
+        self.starts: list[int] = []
+
+    def start(self, epoch: int, position: int = 0) -> None:
+        windows = self.plan.windows(epoch)
+        self.starts = [w[0] for w in windows]
+        self.prefetcher.start([[self.names[s] for s in w[1]] for w in windows], self._window(position),
+                              self._window(position + self.lookahead))
+
+    def advance(self, position: int) -> None:
+        self.prefetcher.advance(self._window(position), self._window(position + self.lookahead))
+
+    def _window(self, position: int) -> int:
+        return max(0, bisect.bisect_right(self.starts, position) - 1)
+
+    def error(self):
+        return self.prefetcher.error
+
+    def close(self) -> None:
+        self.prefetcher.close()

@@ -1,0 +1,145 @@
+"""Streaming a split from the real S3 server (tests/s3fixture.py): only the shards read, fetched ahead of the loader,
+evicted after, so a split larger than the cache limit trains with the cache never above its limit; and the server
+stopped mid-epoch (retried; down for good: one line naming the object, then an exact resume)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import time
+from contextlib import redirect_stdout
+
+import pytest
+
+from models.registry import InputContract
+from pipelines import build_loader
+from prep import open_dataset
+from prep.__main__ import main as prep_main
+from prep.remote import RemoteStoreError
+from s3fixture import BUCKET, s3, s3_env  # noqa: F401
+
+CONTRACT = InputContract("NCTHW", num_frames=4, crop_size=32)
+SYNTH = ["--videos", "60", "--frames", "8", "--size", "32", "--workers", "1", "--no-progress", "--shard-size", "12K"]
+
+
+@pytest.fixture(scope="module")
+def small_shards(s3):
+    """60 synthetic videos in shards of about two videos each."""
+    url = f"s3://{BUCKET}/stream"
+    with pytest.MonkeyPatch.context() as mp_:
+        for k, v in {**s3.env, "VIDKIT_CACHE_DIR": os.path.join(s3.root, "stream-prep")}.items():
+            mp_.setenv(k, v)
+        with redirect_stdout(io.StringIO()):
+            assert prep_main(["synthetic", "--out", url, *SYNTH]) == 0
+    return url
+
+
+def _shard_bytes(cache: str) -> int:
+    """As the cache counts them (prep/remote.make_room): a shard at its size, a download at its reserved blocks."""
+    total = 0
+    for root, _, names in os.walk(os.path.join(cache, "stores")):
+        if os.path.basename(root) == "shards":
+            for n in names:
+                if not n.endswith(".ok"):
+                    try:
+                        st = os.stat(os.path.join(root, n))
+                        total += st.st_blocks * 512 if n.endswith(".part") else st.st_size
+                    except FileNotFoundError:
+                        pass
+    return total
+
+
+class Watch:
+    """The cache's largest size on disk while it runs (sampled every few ms)."""
+
+    def __init__(self, cache: str):
+        self.cache, self.most, self._stop = cache, 0, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.most = max(self.most, _shard_bytes(self.cache))
+            time.sleep(0.003)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def _loader(ds, **kw):
+    return build_loader(ds, "train", CONTRACT, batch_size=2, training=True, py_workers=1, num_threads=1,
+                        seed=5, prefetch=1, **kw)
+
+
+def _split_bytes(ds) -> int:
+    return sum(w.size for w in ds.gate.wanted.values())
+
+
+def test_split_larger_than_the_cache_trains_and_the_cache_stays_under_its_limit(s3_env, small_shards, monkeypatch):
+    monkeypatch.setenv("VIDKIT_SHUFFLE_WINDOW", "2")
+    ds = open_dataset(small_shards, "train", stream=True)
+    shards = len(ds.gate.wanted)
+    assert shards >= 16
+    limit = _split_bytes(ds) * 2 // 3  # the split does not fit
+    monkeypatch.setenv("VIDKIT_CACHE_LIMIT", str(limit))
+    with pytest.raises(RemoteStoreError, match="more than the cache limit"):  # download-everything refuses it
+        open_dataset(small_shards, "train")
+    loader = _loader(ds)
+    with Watch(os.environ["VIDKIT_CACHE_DIR"]) as watch:
+        for epoch in range(2):
+            seen = [int(i) for batch in loader for i in batch["index"]]
+            assert sorted(seen) == sorted(int(v) for v in loader.plan.order(epoch)[:len(seen)])
+            assert len(seen) == loader.plan.num_batches * 2 >= len(ds) - 1
+    assert 0 < watch.most <= limit
+    assert loader._feed.prefetcher.fetched > shards  # evicted shards came back in the second epoch
+    loader._feed.close()
+
+
+def test_a_window_larger_than_the_cache_is_one_line_before_any_work(s3_env, small_shards, monkeypatch):
+    ds = open_dataset(small_shards, "train", stream=True)
+    monkeypatch.setenv("VIDKIT_CACHE_LIMIT", str(max(w.size for w in ds.gate.wanted.values()) * 3))
+    loader = _loader(ds)
+    with pytest.raises(RemoteStoreError, match="windows of shards .* more than its limit .* raise --cache-limit"):
+        next(iter(loader))
+    loader._feed.close()
+
+
+def test_server_stopped_mid_epoch_is_retried_and_down_for_good_resumes_exactly(s3_env, small_shards, monkeypatch):
+    monkeypatch.setenv("VIDKIT_SHUFFLE_WINDOW", "1")
+    monkeypatch.setenv("VIDKIT_S3_ATTEMPTS", "12")
+    ds = open_dataset(small_shards, "train", stream=True)
+    loader = _loader(ds)
+    expected = [int(v) for v in loader.plan.order(0)[:loader.plan.num_batches * 2]]
+    seen = []
+    for number, batch in enumerate(loader):  # a short stop: the SDK's retries with backoff carry the epoch
+        seen += [int(i) for i in batch["index"]]
+        if number == 2:
+            s3_env.stop()
+            threading.Timer(1.0, s3_env.start).start()
+    assert seen == expected
+    loader._feed.close()
+
+    monkeypatch.setenv("VIDKIT_S3_ATTEMPTS", "2")
+    monkeypatch.setenv("VIDKIT_CACHE_DIR", os.environ["VIDKIT_CACHE_DIR"] + "-2")  # nothing cached: every read fetches
+    ds = open_dataset(small_shards, "train", stream=True)
+    loader, seen = _loader(ds), []
+    with pytest.raises(RemoteStoreError) as failed:
+        for number, batch in enumerate(loader):
+            seen += [int(i) for i in batch["index"]]
+            if number == 2:
+                s3_env.stop()
+    line = str(failed.value)
+    assert "\n" not in line and f"{small_shards}/shards/" in line and "no answer from" in line
+    assert "run the same command again" in line
+    loader._feed.close()
+    s3_env.start()
+    done = len(seen) // 2  # the batches trained before the stop: a resumed run skips them, as train/engine.py does
+    loader = _loader(open_dataset(small_shards, "train", stream=True))
+    rest = [int(i) for n, batch in enumerate(loader) if n >= done for i in batch["index"]]
+    assert seen + rest == expected
+    loader._feed.close()
