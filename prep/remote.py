@@ -61,6 +61,10 @@ class RemoteStoreError(ValueError):
     ValueError so that every entry point reports it as its one-line error."""
 
 
+class TransientError(RemoteStoreError):
+    """No answer from the server: worth trying again later (prep/remote_stream.py does, for a while)."""
+
+
 def is_remote(path) -> bool:
     return isinstance(path, str) and path.startswith(SCHEME)
 
@@ -162,9 +166,12 @@ def explain(e: BaseException, what: str) -> RemoteStoreError:
     if re.search(r"NETWORK_CONNECTION|curlCode|Couldn't connect|Could not resolve|timed out|SERVICE_UNAVAILABLE",
                  text):
         n = attempts()
-        return RemoteStoreError(f"{what}: no answer from {endpoint} after {n} attempt{'s' * (n != 1)} with backoff "
+        return TransientError(f"{what}: no answer from {endpoint} after {n} attempt{'s' * (n != 1)} with backoff "
                                 f"({text.split(';')[0].split(': ')[-1]}): run the same command again once the "
                                 "server is back")
+    if re.search(r"HTTP status 5\d\d|INTERNAL_FAILURE|SLOW_DOWN", text):  # a server starting up or overloaded
+        return TransientError(f"{what}: {endpoint} answers with a server error ({text.splitlines()[0][-120:]}): "
+                              "run the same command again once the server is back")
     if re.search(r"NO_SUCH_BUCKET|NoSuchBucket", text):
         return RemoteStoreError(f"{what}: no such bucket on {endpoint}")
     return RemoteStoreError(f"{what}: {text.splitlines()[0]}")

@@ -22,10 +22,11 @@ import os
 import threading
 import time
 
-from .remote import Cache, RemoteStoreError, Wanted, attempts, hold_in_use, release_in_use
+from .remote import Cache, RemoteStoreError, TransientError, Wanted, attempts, hold_in_use, release_in_use
 from .store import forget_handle
 
 log = logging.getLogger("prep.remote")
+DOWN_LIMIT_ENV = "VIDKIT_S3_DOWN_LIMIT"  # seconds a server may stay silent before a streamed run stops
 WAIT_S = 1800.0  # a worker's longest wait for one shard: past the SDK's retries of a download gone wrong
 _POLL_S = 0.02
 
@@ -153,7 +154,7 @@ class Prefetcher:
                         break  # the reader moved on: recompute what to hold
                     hold_in_use(self.cache, shard)
                     self._held.add(shard)
-                    self.fetched += self.cache.ensure([self.gate.wanted[shard]], check_limit=False, announce=False)["downloaded"]
+                    self.fetched += self._fetch(shard)
                 else:
                     with self._changed:
                         while not self._closed and self._wanted_locked() == state:
@@ -163,6 +164,21 @@ class Prefetcher:
         except Exception as e:  # noqa: BLE001 - a reader must not wait for ever on a thread that died
             self._fail(RemoteStoreError(f"{self.gate.url}: prefetching shards failed: {type(e).__name__}: {e}"))
 
+    def _fetch(self, shard: str) -> int:
+        """Downloads one shard unless cached (1 if this process did); a silent server is tried again with a
+        doubling pause (from 0.5 s to 30 s) until VIDKIT_S3_DOWN_LIMIT seconds have passed (default 600)."""
+        delay, deadline = 0.5, time.monotonic() + down_limit()
+        while True:
+            try:
+                return self.cache.ensure([self.gate.wanted[shard]], check_limit=False, announce=False)["downloaded"]
+            except TransientError as e:
+                if time.monotonic() + delay > deadline or self._closed:
+                    raise TransientError(f"{e} (down for over {down_limit():g} s, {DOWN_LIMIT_ENV})") from None
+                log.warning("%s: no answer from the server; trying again in %.1f s", self.cache.obj(f"shards/{shard}"),
+                            delay)
+                time.sleep(delay)
+                delay = min(2 * delay, 30.0)
+
     def _fail(self, e: RemoteStoreError) -> None:
         self.error = e
         log.error("%s", e)
@@ -170,6 +186,10 @@ class Prefetcher:
         with open(tmp, "w") as f:
             f.write(f"{e} (then resume: the run continues exactly from its last checkpoint)\n")
         os.replace(tmp, self.gate.error_file)
+
+
+def down_limit() -> float:
+    return float(os.environ.get(DOWN_LIMIT_ENV, "600"))
 
 
 def stream(url: str, split: str | None) -> tuple[str, ShardGate]:

@@ -109,22 +109,25 @@ def test_a_window_larger_than_the_cache_is_one_line_before_any_work(s3_env, smal
     loader._feed.close()
 
 
+@pytest.mark.slow
 def test_server_stopped_mid_epoch_is_retried_and_down_for_good_resumes_exactly(s3_env, small_shards, monkeypatch):
     monkeypatch.setenv("VIDKIT_SHUFFLE_WINDOW", "1")
-    monkeypatch.setenv("VIDKIT_S3_ATTEMPTS", "12")
+    monkeypatch.setenv("VIDKIT_S3_ATTEMPTS", "2")
+    monkeypatch.setenv("VIDKIT_S3_DOWN_LIMIT", "120")
     ds = open_dataset(small_shards, "train", stream=True)
     loader = _loader(ds)
     expected = [int(v) for v in loader.plan.order(0)[:loader.plan.num_batches * 2]]
     seen = []
     for number, batch in enumerate(loader):  # a short stop: the SDK's retries with backoff carry the epoch
         seen += [int(i) for i in batch["index"]]
-        if number == 2:
+        if number == 2:  # the prefetcher meets a stopped, then a starting server meanwhile
             s3_env.stop()
-            threading.Timer(1.0, s3_env.start).start()
+            time.sleep(1.0)
+            s3_env.start()  # from this thread: the server dies with the thread that starts it
     assert seen == expected
     loader._feed.close()
 
-    monkeypatch.setenv("VIDKIT_S3_ATTEMPTS", "2")
+    monkeypatch.setenv("VIDKIT_S3_DOWN_LIMIT", "2")
     monkeypatch.setenv("VIDKIT_CACHE_DIR", os.environ["VIDKIT_CACHE_DIR"] + "-2")  # nothing cached: every read fetches
     ds = open_dataset(small_shards, "train", stream=True)
     loader, seen = _loader(ds), []
@@ -134,8 +137,9 @@ def test_server_stopped_mid_epoch_is_retried_and_down_for_good_resumes_exactly(s
             if number == 2:
                 s3_env.stop()
     line = str(failed.value)
-    assert "\n" not in line and f"{small_shards}/shards/" in line and "no answer from" in line
-    assert "run the same command again" in line
+    assert "\n" not in line.strip(), repr(line)
+    assert f"{small_shards}/shards/" in line and ("no answer from" in line or "server error" in line)
+    assert "run the same command again" in line and "down for over 2 s" in line
     loader._feed.close()
     s3_env.start()
     done = len(seen) // 2  # the batches trained before the stop: a resumed run skips them, as train/engine.py does
