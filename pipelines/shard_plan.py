@@ -4,12 +4,15 @@
 every shard. `ShardPlan` keeps its arithmetic (the same per-rank count, wrap-around and dropped partial batch) but
 shuffles in two levels, as WebDataset, LitData and MosaicML Streaming do:
 
-1. the shards are permuted by (seed, epoch); their videos, shard after shard, are padded by wrap-around to
-   per_rank x world_size (EpochPlan's padding: the first videos of the epoch repeat) and cut into one contiguous
-   span per node (node = rank // local_world_size), per_rank x local_world_size videos each. A node therefore reads
-   its own shards, plus at most the one shard its span shares with the next node's (and the wrapped shards);
-2. inside a node's span, the videos of every `window` consecutive shards are shuffled together by (seed, epoch,
-   node, window), and dealt to the node's ranks, every local_world_size-th from its local rank.
+1. the shards are permuted by the seed; their videos, shard after shard, are padded by wrap-around to
+   per_rank x world_size (EpochPlan's padding: the first videos repeat) and cut into one contiguous span per node
+   (node = rank // local_world_size). A node therefore reads its own shards, plus at most the one shard its span
+   shares with the next node's (and the wrapped shards), and the same ones every epoch: a node cache that holds its
+   share serves the later epochs without a download (which node computes a sample does not matter to the gradient,
+   which all ranks average);
+2. every epoch, a node's shards are permuted by (seed, epoch, node), the videos of every `window` consecutive shards
+   are shuffled together by (seed, epoch, node, window), and dealt to the node's ranks, every local_world_size-th
+   from its local rank.
 
 Every rank reads per_rank videos and runs per_rank // batch_size full batches, exactly as with EpochPlan, so
 per_rank x world_size - num_videos videos are read twice in an epoch and per_rank % batch_size per rank are dropped.
@@ -101,19 +104,23 @@ class ShardPlan(EpochPlan):
     def node_stream(self, epoch: int, node: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(videos, window number of each) of a node's epoch, in the node's read order (all its ranks together)."""
         node = self.node if node is None else node
-        perm = np.random.default_rng([int(self.seed) & 0xFFFFFFFF, int(epoch), 1]).permutation(len(self._runs))
-        flat = np.concatenate([self._runs[s] for s in perm]) if len(perm) else np.zeros(0, np.int64)
+        seed = int(self.seed) & 0xFFFFFFFF
+        deal = np.random.default_rng([seed, 1]).permutation(len(self._runs))  # shards to nodes: fixed for the run
+        flat = np.concatenate([self._runs[s] for s in deal]) if len(deal) else np.zeros(0, np.int64)
         span = self.per_rank * self.local_world_size
         mine = np.resize(flat, self.per_rank * self.world_size)[node * span:(node + 1) * span]
         shard = np.asarray(self.shard_of, dtype=np.int64)[mine]
-        run = np.cumsum(np.r_[0, shard[1:] != shard[:-1]])  # consecutive videos of one shard form one run
-        windows = run // self.window
-        out = mine.copy()
-        for w in range(int(windows[-1]) + 1 if len(windows) else 0):
-            at = np.flatnonzero(windows == w)
-            rng = np.random.default_rng([int(self.seed) & 0xFFFFFFFF, int(epoch), 2, node, w])
-            out[at] = mine[at][rng.permutation(len(at))]
-        return out, windows
+        starts = np.flatnonzero(np.r_[True, shard[1:] != shard[:-1]]) if len(mine) else np.zeros(0, np.int64)
+        runs = np.split(mine, starts[1:])  # the node's shards (a boundary shard may be partial)
+        runs = [runs[i] for i in np.random.default_rng([seed, int(epoch), 2, node]).permutation(len(runs))]
+        out, windows = [], []
+        for w in range(0, len(runs), self.window):
+            block = np.concatenate(runs[w:w + self.window])
+            out.append(block[np.random.default_rng([seed, int(epoch), 3, node, w]).permutation(len(block))])
+            windows.append(np.full(len(block), w // self.window))
+        if not out:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(out), np.concatenate(windows)
 
     def order(self, epoch: int) -> np.ndarray:
         """This rank's video indices for the epoch (length per_rank)."""

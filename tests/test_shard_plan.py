@@ -27,6 +27,7 @@ def test_every_video_once_per_epoch_on_same_batch_counts_and_nodes_read_disjoint
         assert not node_shards[0] & node_shards[1] and len(node_shards[0]) == len(node_shards[1]) == 6
         assert node_shards[0] == plans[0].node_shards(epoch)
     assert not np.array_equal(plans[0].order(0), plans[0].order(1))  # a new shuffle every epoch
+    assert plans[0].node_shards(0) == plans[0].node_shards(1)  # on the same shards: a node's cache serves it again
 
 
 def test_uneven_split_repeats_and_drops_as_epoch_plan_does():
