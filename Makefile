@@ -43,7 +43,7 @@ CONFIG ?= $(wildcard configs/$(MODEL_NAME)_$(DATASET).yaml)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-quick demo prep prep-merge train pretrain-image eval predict bench-prep bench-data bench-stages bench-models bench-images bench-memory gpu-check clean
+.PHONY: help install test test-quick demo prep prep-merge train pretrain-image eval predict bench-prep bench-data bench-stages bench-models bench-images bench-memory bench-remote gpu-check clean
 
 help:
 	@echo "make install                       create .venv with the pinned versions of requirements.txt"
@@ -152,6 +152,9 @@ bench-images: install
 
 bench-memory: install
 	$(PYTHON) -m bench.memory $(ARGS)
+
+bench-remote: install
+	$(PYTHON) -m bench.remote --epochs --videos 240 --frames 16 --size 128 --shard-size 256K $(ARGS)
 
 # no `install` prerequisite: a GPU machine may run it on its own python3 with the packages bench/gpu_check.py lists
 GPU_CHECK_PY = $(if $(wildcard $(PYTHON)),$(PYTHON),python3)

@@ -27,6 +27,7 @@ from contextlib import redirect_stdout
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from bench import remote_epochs
 from bench.s3server import LocalS3
 from prep import PreppedDataset, open_dataset, remote, remote_upload
 from prep.__main__ import main as prep_main
@@ -179,8 +180,15 @@ def main(argv=None) -> int:
     p.add_argument("--frames", type=POSITIVE_INT, default=16)
     p.add_argument("--size", type=POSITIVE_INT, default=128)
     p.add_argument("--shard-size", default="4M")
+    p.add_argument("--epochs", action="store_true", help="training epochs from S3 (streamed, 2 simulated nodes, "
+                   "20 ms per request through a delaying proxy) against local disk: bench/remote_epochs.py")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=8)
     add_debug_option(p)
     args = p.parse_args(argv)
+    if args.epochs:
+        out = remote_epochs.measure(args.videos, args.frames, args.size, args.shard_size, LATENCY_S, args.batch_size)
+        print(remote_epochs.report(out, LATENCY_S))
+        return 0
     results = measure(args.videos, args.frames, args.size, args.shard_size)
     local = results[0]
     print("| engine | first read s | second read s | GETs first / second | first / local | second / local | "

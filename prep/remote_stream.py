@@ -29,6 +29,7 @@ log = logging.getLogger("prep.remote")
 DOWN_LIMIT_ENV = "VIDKIT_S3_DOWN_LIMIT"  # seconds a server may stay silent before a streamed run stops
 WAIT_S = 1800.0  # a worker's longest wait for one shard: past the SDK's retries of a download gone wrong
 _POLL_S = 0.02
+_PARALLEL = 4  # downloads at once
 
 
 class ShardGate:
@@ -89,7 +90,7 @@ class Prefetcher:
         self.gate, self.ahead = gate, ahead
         self.cache = Cache(gate.url)
         self.error: RemoteStoreError | None = None
-        self.fetched = 0  # downloads this process made
+        self.fetched = self.fetched_bytes = 0  # downloads this process made
         self._windows: list[list[str]] = []
         self._current = self._reach = 0
         self._held: set[str] = set()
@@ -149,12 +150,14 @@ class Prefetcher:
                 for shard in self._held - set(keep):  # read by this rank: the cache may evict it
                     release_in_use(self.cache, shard)
                 self._held &= set(keep)
-                for shard in keep:
+                for at in range(0, len(keep), _PARALLEL):  # a few at once: each request waits for its answer
                     if self._wanted_now() != state:
                         break  # the reader moved on: recompute what to hold
-                    hold_in_use(self.cache, shard)
-                    self._held.add(shard)
-                    self.fetched += self._fetch(shard)
+                    batch = keep[at:at + _PARALLEL]
+                    for shard in batch:
+                        hold_in_use(self.cache, shard)
+                        self._held.add(shard)
+                    self._fetch(batch)
                 else:
                     with self._changed:
                         while not self._closed and self._wanted_locked() == state:
@@ -164,18 +167,22 @@ class Prefetcher:
         except Exception as e:  # noqa: BLE001 - a reader must not wait for ever on a thread that died
             self._fail(RemoteStoreError(f"{self.gate.url}: prefetching shards failed: {type(e).__name__}: {e}"))
 
-    def _fetch(self, shard: str) -> int:
-        """Downloads one shard unless cached (1 if this process did); a silent server is tried again with a
-        doubling pause (from 0.5 s to 30 s) until VIDKIT_S3_DOWN_LIMIT seconds have passed (default 600)."""
+    def _fetch(self, shards: list[str]) -> None:
+        """Downloads the shards not cached yet (counted in fetched, fetched_bytes); a silent server is tried again
+        with a doubling pause (from 0.5 s to 30 s) until VIDKIT_S3_DOWN_LIMIT seconds have passed (default 600)."""
         delay, deadline = 0.5, time.monotonic() + down_limit()
+        wanted = [self.gate.wanted[s] for s in shards]
         while True:
+            missing = [w for w in wanted if not os.path.exists(self.gate.marker(w.name))]
             try:
-                return self.cache.ensure([self.gate.wanted[shard]], check_limit=False, announce=False)["downloaded"]
+                got = self.cache.ensure(wanted, check_limit=False, announce=False)["downloaded"]
+                self.fetched += got
+                self.fetched_bytes += sum(w.size for w in missing if os.path.exists(self.gate.marker(w.name)))
+                return
             except TransientError as e:
                 if time.monotonic() + delay > deadline or self._closed:
                     raise TransientError(f"{e} (down for over {down_limit():g} s, {DOWN_LIMIT_ENV})") from None
-                log.warning("%s: no answer from the server; trying again in %.1f s", self.cache.obj(f"shards/{shard}"),
-                            delay)
+                log.warning("%s: no answer from the server; trying again in %.1f s", self.gate.url, delay)
                 time.sleep(delay)
                 delay = min(2 * delay, 30.0)
 
