@@ -337,8 +337,9 @@ class Cache:
         random.Random(os.getpid()).shuffle(todo)  # the ranks of a node start on different shards, in parallel
         start, fetched = time.time(), 0
         if todo:
-            (log.warning if announce else log.debug)("%s: downloading %d of %d shards (%.2f GiB) into %s", self.url, len(todo), len(wanted),
-                        sum(w.size for w in todo) / 2**30, self.root)
+            (log.warning if announce else log.debug)("%s: downloading %d of %d shards (%.2f GiB) into %s", self.url,
+                                                     len(todo), len(wanted), sum(w.size for w in todo) / 2**30,
+                                                     self.root)
             with ThreadPoolExecutor(min(_DOWNLOAD_THREADS, len(todo))) as pool:
                 fetched = sum(pool.map(self._fetch, todo))
         return {"shards": len(wanted), "downloaded": fetched, "seconds": round(time.time() - start, 3)}

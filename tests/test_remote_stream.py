@@ -4,7 +4,6 @@ stopped mid-epoch (retried; down for good: one line naming the object, then an e
 from __future__ import annotations
 
 import io
-import json
 import os
 import threading
 import time
