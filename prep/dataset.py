@@ -8,7 +8,7 @@ import os
 import zlib
 
 from .remote import is_remote, materialize
-from .runner import read_jsonl
+from .jsonl import read_jsonl
 from .store import DamagedEntry, DamagedShard, ShardReader
 
 __all__ = ["PreppedDataset", "open_dataset", "DamagedEntry", "DamagedShard", "UNLABELLED"]
