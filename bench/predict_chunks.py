@@ -44,7 +44,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     from eval.predict import predict
     from prep.synthetic import generate
-    from train.setup import setup_distributed
+    from runtime.dist import setup_distributed
 
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as root:
         made = generate(os.path.join(root, "data"), videos=args.videos, frames=args.frames, size=args.size, classes=4,

@@ -137,7 +137,7 @@ def table(rows: list[dict]) -> str:
 def seek_probe(source: str, repeats: int = 5) -> list[tuple[int, str, float]]:
     """(keyframe interval, frames asked for, ms) of DALI's CPU video decoder on `source` re-encoded as VP9 with a
     keyframe every 8 frames and with one keyframe only: whether the decoder seeks to the keyframe before a frame."""
-    from prep.nvdec import reencode
+    from prep.video_store import reencode
 
     rows = []
     for gop in (8, 10_000):

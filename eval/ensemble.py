@@ -14,7 +14,7 @@ import torch
 
 from prep.cli import NON_NEGATIVE_FLOAT, add_debug_option, run_main
 from prep.outputs import check_writable, refuse_input_as_output
-from train.printing import printable
+from runtime.printing import printable
 
 from .dump import fuse, load_scores
 from .metrics import accuracy_report

@@ -18,14 +18,14 @@ import sys
 
 import torch
 
-import pipelines
+from pipelines.augment import AugmentConfig
 from prep.cli import run_main
 
-from .__main__ import EXPECTED, add_view_args, augment_overrides, views_label
+from .cli import EXPECTED, add_view_args, augment_overrides, views_label
 from .dump import FEATURES, FEATURES_INDEX, save_features
 from .plan import ViewOptions, plan_frames, settle
-from .run import (MissingData, _damaged_rows, _loader, check_out_dir, default_out_dir, evaluated_set, load_model,
-                  open_with_data)
+from .run import (MissingData, check_out_dir, damaged_rows, default_out_dir, evaluated_set, load_model,
+                  open_with_data, split_loader)
 from .score import autocast, average_views, check_coverage
 
 log = logging.getLogger("eval")
@@ -64,8 +64,8 @@ def extract_features(ckpt_path: str, d, data: str = "", split: str = "val", clip
     check_out_dir(out_dir, (FEATURES, FEATURES_INDEX), [("--ckpt", ckpt_path)], "--out")  # before the embedding, not after
     contract = plan.contract(model.input_contract)
     dataset, short = evaluated_set(dataset, plan.min_frames)
-    loader = _loader(cfg, dataset, contract, split, plan, batch_size, d, py_workers,
-                     pipelines.AugmentConfig(**{**(cfg.get("augment") or {}), **(augment or {})}))
+    loader = split_loader(cfg, dataset, contract, split, plan, batch_size, d, py_workers,
+                     AugmentConfig(**{**(cfg.get("augment") or {}), **(augment or {})}))
     loader.set_epoch(0)
     views = loader.num_views
     result = average_views(embedder(model, d.device, amp), loader, len(dataset), model.num_features, d.device,
@@ -74,7 +74,7 @@ def extract_features(ckpt_path: str, d, data: str = "", split: str = "val", clip
     index = {"model": rec.model, "origin": rec.origin, "checkpoint": ckpt_path, "data": data, "split": split,
              "clips": plan.clips, "crops": plan.crops, "twice_sample": plan.twice, "views": views,
              "per_view": per_view, "dim": model.num_features,
-             "damaged": _damaged_rows(damaged, dataset.rows, loader), "left_out": short,
+             "damaged": damaged_rows(damaged, dataset.rows, loader), "left_out": short,
              "protocol": plan.row(contract)}
     if damaged and d.main:
         log.warning("%d of %d videos could not be read and are left out (listed in features_index.json)",
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
 
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from train.setup import setup_distributed
+    from runtime.dist import setup_distributed
 
     d = setup_distributed(args.device)
     try:

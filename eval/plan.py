@@ -11,9 +11,9 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-import pipelines
 from models import zoo
 from pipelines import protocols
+from pipelines.augment import AugmentConfig
 
 log = logging.getLogger("eval")
 # the authors' files' origins (models.checkpoints.Recognized.origin) -> their project's protocol
@@ -132,7 +132,7 @@ def _geometry(scheme: str, row: dict, run_config: dict, options: ViewOptions, cr
               crops: int) -> tuple[int, int]:
     """(short side, crop side): a zoo row's, else the run's augment config (eval_scale, eval_crop) at the model's
     crop; the command line's eval_scale / eval_crop over either. ILA's code derives its short side from the crop."""
-    augment = pipelines.AugmentConfig(**{**(run_config.get("augment") or {}), **options.augment})
+    augment = AugmentConfig(**{**(run_config.get("augment") or {}), **options.augment})
     protocol = protocols.get(scheme)
     crop = row.get("crop") or crop_size
     if "eval_scale" in options.augment or not row:

@@ -41,15 +41,17 @@ import tempfile
 import time
 
 from prep.cli import COUNT, POSITIVE_INT, run_main
-from prep.decode import DecodeOptions
+from prep.decoded import DecodeOptions
 from prep.guard import PrepInterrupted, stop_on_signals
 from prep.outputs import check_writable, within
 from prep.remote import is_remote, metadata_root
-from prep.runner import JobOptions, NothingStored, read_jsonl, run_prep
+from prep.jsonl import read_jsonl
+from prep.runner import JobOptions, NothingStored, run_prep
 from prep.lists import ListError, looks_like_text, read_class_list, read_video_list
 from prep.tasks import VIDEO_EXTENSIONS, Task, number_tasks
 
-from .__main__ import EXPECTED, add_view_args, augment_overrides
+from .cli import EXPECTED, add_view_args, augment_overrides
+from .run_config import run_config
 
 # what a folder is searched for (a file named on the command line is tried whatever its name)
 FOLDER_EXTENSIONS = VIDEO_EXTENSIONS + (".mpg", ".mpeg", ".ts", ".m2ts", ".wmv", ".3gp", ".ogv", ".mjpeg", ".gif")
@@ -172,14 +174,12 @@ def predict(inputs: list[str], ckpt: str, d, classes_file: str | None = None, wo
     default); `view`: `eval.run.evaluate`'s protocol and view arguments."""
     from models.checkpoints import recognize_file
 
-    from .run import _run_config
-
     if keep:
         check_keep(keep, inputs + ([classes_file] if classes_file else []))
     if not inputs:
         raise PredictError("no video given")
     rec = recognize_file(ckpt, view.get("use_ema", True))
-    cfg = _run_config(rec)
+    cfg = run_config(rec)
     if cfg.get("task", "video") == "image":
         raise PredictError(f"{ckpt} is an image pre-training checkpoint: predict classifies videos")
     classes = model_classes(ckpt, rec, classes_file)
@@ -397,7 +397,7 @@ def main(argv=None) -> int:
 
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from train.setup import setup_distributed
+    from runtime.dist import setup_distributed
 
     try:
         result = predict(args.inputs, args.ckpt, setup_distributed(args.device), classes_file=args.classes,

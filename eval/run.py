@@ -13,19 +13,20 @@ import os
 import torch
 
 import models
-import pipelines
 from models.checkpoints import CheckpointError, build_recognized, recognize_file
+from pipelines.augment import AugmentConfig
 from pipelines.images import ImageLoader, open_image_folder
+from pipelines.loader import build_loader
 from prep import open_dataset
 from prep.outputs import check_writable, refuse_input_as_output, write_json
-from train.config import TrainConfig
-from train.setup import Dist
+from runtime.dist import Dist
 
 from .dump import INDEX, SCORES, VIEWS, save_scores
 from .metrics import (SSV2_SUBMISSION, SUBMISSION, write_confusion_csv, write_per_class_csv, write_predictions,
                       write_submissions)
 from .plan import TestPlan, ViewOptions, plan_frames, settle
 from .plots import plot_confusion
+from .run_config import run_config
 from .score import check_coverage, readable_accuracy, score_videos
 
 log = logging.getLogger("eval")
@@ -50,7 +51,7 @@ def open_with_data(ckpt_path: str, use_ema: bool, data: str, split: str, progres
     """(Recognized, run config, data path, split): a checkpoint and the split it is evaluated on; an authors'
     file records no dataset, so `data` must be given for it."""
     rec = recognize_file(ckpt_path, use_ema)
-    cfg = _run_config(rec)
+    cfg = run_config(rec)
     data = data or cfg["data"]
     if not data:
         raise MissingData(f"{ckpt_path} ({rec.origin}) records no dataset")
@@ -79,8 +80,8 @@ def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips:
     check_out_dir(out_dir, REPORT_FILES, [("--ckpt", ckpt_path)], out_option)  # before the scoring, not after it
     contract = plan.contract(model.input_contract)
     dataset, short = evaluated_set(dataset, plan.min_frames)
-    loader = _loader(cfg, dataset, contract, split, plan, batch_size, d, py_workers,
-                     pipelines.AugmentConfig(**{**(cfg.get("augment") or {}), **(augment or {})}))
+    loader = split_loader(cfg, dataset, contract, split, plan, batch_size, d, py_workers,
+                     AugmentConfig(**{**(cfg.get("augment") or {}), **(augment or {})}))
     loader.set_epoch(0)
     views = loader.num_views
     result = score_videos(model, loader, len(dataset), model.num_classes, d.device, amp,
@@ -93,7 +94,7 @@ def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips:
                "clips": plan.clips, "crops": plan.crops, "twice_sample": plan.twice, "views": views,
                "videos": len(dataset) - len(damaged),
                **{k: report[k] if report else None for k in ("top1", "top5", "mean_class_acc")},
-               "damaged": _damaged_rows(damaged, dataset.rows, loader), "left_out": short,
+               "damaged": damaged_rows(damaged, dataset.rows, loader), "left_out": short,
                "protocol": {**plan.row(contract), "frames_per_group": cfg.get("frames_per_group", 1)}}
     if damaged and d.main:
         log.warning("%d of %d videos could not be read and are left out (listed in metrics.json)",
@@ -163,13 +164,6 @@ def _accuracy(result, dataset, classes: list[str], views: int) -> tuple[dict | N
     return readable_accuracy(result, torch.tensor(dataset.labels), classes, views)
 
 
-def _run_config(rec) -> dict:
-    """The run's resolved config for a toolkit checkpoint; the trainer's defaults for an authors' file."""
-    defaults = TrainConfig().to_dict()
-    defaults["data"] = ""
-    return dict(defaults, **(rec.config or {}))
-
-
 def _class_columns(path: str, ckpt_classes, data_classes: list, num_classes: int):
     """None when the model's classes are the dataset's; the model's column of each dataset class when the
     dataset's classes are a subset of the checkpoint's (by name); otherwise a one-line refusal."""
@@ -194,7 +188,8 @@ def _open_split(cfg: dict, data: str, split: str, classes, progress: bool):
     return open_dataset(data, split)
 
 
-def _loader(cfg: dict, dataset, contract, split, plan: TestPlan, batch_size, d: Dist, py_workers, augment=None):
+def split_loader(cfg: dict, dataset, contract, split, plan: TestPlan, batch_size, d: Dist, py_workers,
+                 augment=None):
     """A prepped video split's loader (frames_per_group: the run's), or for an image pre-training run its image
     folder's."""
     if cfg.get("task", "video") == "image":
@@ -202,12 +197,12 @@ def _loader(cfg: dict, dataset, contract, split, plan: TestPlan, batch_size, d: 
             raise ValueError(f"an image pre-training checkpoint is evaluated on one centre crop per image, "
                              f"not {plan.clips}{' x 2 (twice)' if plan.twice else ''} clips x {plan.crops} crops")
         short, side = plan.geometry  # the image loader resizes to crop x eval_scale and crops at the centre
-        augment = dataclasses.replace(augment or pipelines.AugmentConfig(), eval_scale=short / contract.crop_size,
+        augment = dataclasses.replace(augment or AugmentConfig(), eval_scale=short / contract.crop_size,
                                       eval_crop="full" if side == short != contract.crop_size else "contract")
         return ImageLoader(dataset, contract, batch_size, False, device_id=d.device_id, rank=d.rank,
                            world_size=d.world, seed=cfg["seed"], num_threads=cfg["threads"],
                            image_size=cfg.get("image_size", 0), augment=augment)
-    return pipelines.build_loader(
+    return build_loader(
         dataset, split, contract, batch_size=batch_size, training=False, clips=plan.clips, crops=plan.crops,
         device_id=d.device_id, rank=d.rank, world_size=d.world, seed=cfg["seed"], num_threads=cfg["threads"],
         py_workers=py_workers, path=cfg.get("data_path", "auto"), augment=augment,
@@ -216,7 +211,7 @@ def _loader(cfg: dict, dataset, contract, split, plan: TestPlan, batch_size, d: 
         frames_per_group=cfg.get("frames_per_group", 1), **plan.loader_options())
 
 
-def _damaged_rows(damaged: list[int], rows: list[dict], loader) -> list[dict]:
+def damaged_rows(damaged: list[int], rows: list[dict], loader) -> list[dict]:
     log_entries = loader.damage_log.entries() if hasattr(loader, "damage_log") else []
     reasons = {v: e["reason"] for e in log_entries for v in e["damaged"]}
     return [{"id": rows[i]["id"], "reason": reasons.get(i, "unreadable on another rank")} for i in damaged]

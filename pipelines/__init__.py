@@ -15,10 +15,22 @@ as a channels_last_3d view of DALI's per-frame output (call .contiguous() for th
 Training: reshuffled per (seed, epoch), disjoint slices per rank padded by wrap-around, partial batch
 dropped. Evaluation: every (video, view) pair exactly once across ranks, views = clips x crops, the last
 batch may be smaller. `loader.stats` counts damaged stored videos met and the samples replaced.
+
+`import pipelines` itself loads nothing: a light module (pipelines.protocols, pipelines.sampling) is imported
+without torch or DALI, and each name below is imported from its module on first use. The toolkit's own modules
+import from the defining module (pipelines.loader, pipelines.augment, pipelines.images).
 """
-from . import sampling
-from .augment import AugmentConfig
-from .images import ImageLoader, open_image_folder
-from .loader import VideoLoader, build_loader
+import importlib
+
+_DEFINED_IN = {"build_loader": "loader", "VideoLoader": "loader", "AugmentConfig": "augment",
+               "ImageLoader": "images", "open_image_folder": "images"}
 
 __all__ = ["build_loader", "AugmentConfig", "VideoLoader", "ImageLoader", "open_image_folder", "sampling"]
+
+
+def __getattr__(name: str):
+    if name in _DEFINED_IN:
+        return getattr(importlib.import_module(f"{__name__}.{_DEFINED_IN[name]}"), name)
+    if name == "sampling":
+        return importlib.import_module(f"{__name__}.sampling")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

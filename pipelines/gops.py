@@ -3,7 +3,7 @@
 DALI 2.4's video decoder, handed a whole stream and `frames=`, decodes every frame from the first one up to the
 last index asked for: it does not seek to keyframes (measured on its CPU decoder: frame 290 of a 300-frame
 stream costs as much whatever its keyframe interval, docs/benchmarks.md). A `--store video --reencode` stream
-has a keyframe every `gop` frames and no B-frames (prep.nvdec), so a frame depends only on the frames between it
+has a keyframe every `gop` frames and no B-frames (prep.video_store), so a frame depends only on the frames between it
 and the keyframe before it. The source therefore remuxes (no decoding) a stream of just those frames for each
 sampled index: the decoder then decodes at most `gop` frames per sampled frame, wherever it lies in the video.
 """
@@ -16,7 +16,7 @@ import numpy as np
 
 from prep import DamagedEntry
 
-CONTAINERS = {"h264": "mp4", "vp9": "webm"}  # what prep.nvdec.reencode writes
+CONTAINERS = {"h264": "mp4", "vp9": "webm"}  # what prep.video_store.reencode writes
 
 
 def needed_frames(indices, gop: int) -> np.ndarray:

@@ -76,7 +76,7 @@ class VideoReader:
                                  f"CPU video decoder handles {', '.join(CPU_VIDEO_CODECS)}): pass device_id, or prep "
                                  "with --store frames")
             return
-        from prep.nvdec import check_store
+        from prep.video_store import check_store
 
         check_store(ds.root, ds.rows)  # NVDEC fails a whole run on a stream it cannot decode: refuse up front
 

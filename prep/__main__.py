@@ -11,7 +11,7 @@ import re
 import sys
 
 from .cli import COUNT, JPEG_QUALITY, POSITIVE_FLOAT, POSITIVE_INT, add_debug_option, range_checked, run_main
-from .decode import DecodeOptions
+from .decoded import DecodeOptions
 from . import remote, remote_upload
 from .presets import diving48_tasks, hmdb51_tasks, kinetics700_tasks, restrict_to_classes, ucf101_tasks
 from .runner import JobOptions, check_out, merge, parse_part, part_lock, rejects_report, run_prep

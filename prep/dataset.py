@@ -8,8 +8,8 @@ import os
 import zlib
 
 from .remote import is_remote, materialize
+from .jsonl import read_jsonl
 from .remote_stream import stream as stream_remote
-from .runner import read_jsonl
 from .store import DamagedEntry, DamagedShard, ShardReader
 
 __all__ = ["PreppedDataset", "open_dataset", "DamagedEntry", "DamagedShard", "UNLABELLED"]

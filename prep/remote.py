@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import pyarrow.fs as pafs
 
 from .outputs import atomic_write
-from .runner import read_jsonl
+from .jsonl import read_jsonl
 from .store import read_shard_identity
 
 log = logging.getLogger("prep.remote")

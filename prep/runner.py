@@ -28,8 +28,10 @@ from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
-from .decode import DecodeOptions, Decoded, decode_video, keep_frame_buffers
+from .decode import decode_video, keep_frame_buffers
+from .decoded import DecodeOptions, Decoded
 from .guard import PrepFailed, PrepInterrupted, exclusive, quiet_worker, signals_blocked, stop_on_signals
+from .jsonl import read_jsonl
 from .outputs import atomic_write, check_writable, refuse_input_as_output, write_text
 from .store import DEFAULT_CHUNK_BYTES, ShardWriter, disk_guard
 from .tasks import Task
@@ -325,42 +327,6 @@ def merge(out: str) -> dict:
     sizes = [r["size"] for r in rows if r.get("size")]
     largest = [max((s[0] for s in sizes), default=0), max((s[1] for s in sizes), default=0)]
     return {"videos": len(rows), "rejected": len(rejects), "per_split": counts, "max_size": largest}
-
-
-def read_jsonl(path: str, drop_torn_tail: bool = False) -> list[dict]:
-    """Every row of a JSON-lines file ([] if there is none); a line that is not one JSON object (a file cut short,
-    damaged or edited by hand) is refused naming the file and the line. `drop_torn_tail`: a log appended line by
-    line may end in half a line (its writer was killed mid-write): that one is left out with a warning."""
-    if not os.path.exists(path):
-        return []
-    rows = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if drop_torn_tail and not line.endswith("\n"):
-                try:
-                    rows.append(json_line(line, path, number))
-                except ValueError:
-                    log.warning("%s, line %d: left out, cut short (its writer was stopped mid-line)", path, number)
-                continue
-            rows.append(json_line(line, path, number))
-    return rows
-
-
-def json_line(line: str, path: str, number: int) -> dict:
-    """Line `number` of `path` as a JSON object, or a ValueError naming both."""
-    try:
-        row = json.loads(line)
-    except ValueError as e:
-        why = f"{e.msg}: column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
-        torn = "" if line.endswith("\n") else "; the file ends mid-line"
-        raise ValueError(f"{path}, line {number}: not a whole JSON line ({why}{torn}): the file is damaged; "
-                         "restore it or run the command that wrote it again") from None
-    if not isinstance(row, dict):
-        raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}: the file is "
-                         "damaged; restore it or run the command that wrote it again")
-    return row
 
 
 def _write_jsonl_atomic(path: str, rows: list[dict]) -> None:

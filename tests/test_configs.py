@@ -14,8 +14,8 @@ import models
 from train.config import ConfigError, load_config
 from timm.loss import BinaryCrossEntropy
 
-from train.setup import (Dist, apply_tuning, build_loss, build_mixup, build_optimizer, build_scheduler, check_sampling,
-                         video_loader_options)
+from train.setup import Dist, apply_tuning, build_loss, build_mixup, build_optimizer, build_scheduler, check_sampling
+from train.tasks import video_loader_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "configs", "*.yaml")))

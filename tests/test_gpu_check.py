@@ -27,7 +27,7 @@ def test_without_cuda_it_stops_at_once_with_one_line():
 
 def test_gpu_test_files_and_pytest_summary():
     files = [os.path.basename(f) for f in gpu_test_files(os.path.join(ROOT, "tests"))]
-    assert {"test_pipelines.py", "test_pipelines_frames.py", "test_prep_nvdec.py"} <= set(files)
+    assert {"test_pipelines.py", "test_pipelines_frames.py", "test_prep_video_store.py"} <= set(files)
     assert "test_gpu_check.py" not in files
     assert pytest_counts("3 failed, 10 passed, 2 skipped, 1 error in 4.2s") == {
         "failed": 3, "passed": 10, "skipped": 2, "error": 1}

@@ -17,7 +17,7 @@ OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 OTHER_COMMAND = re.compile(r"python3? -m |make |torchrun")
 EVAL = ["eval/run.py", "eval/plan.py", "models/checkpoints.py"]  # what every command that evaluates prints
 COMMANDS = {
-    "eval": (eval_main.build_parser, ["eval/__main__.py", *EVAL]),
+    "eval": (eval_main.build_parser, ["eval/__main__.py", "eval/cli.py", *EVAL]),
     "eval predict": (predict.build_parser, ["eval/predict.py", *EVAL]),
     "eval features": (features.build_parser, ["eval/features.py", *EVAL]),
     "eval ensemble": (ensemble.build_parser, ["eval/ensemble.py"]),

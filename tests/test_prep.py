@@ -19,7 +19,8 @@ from PIL import Image
 from procs import children, wait_gone
 from prep import open_dataset
 from prep.__main__ import main as prep_main
-from prep.decode import DecodeOptions, Decoded, Rejected, decode_video, keep_by_fps, target_size
+from prep.decode import decode_video
+from prep.decoded import DecodeOptions, Decoded, Rejected, keep_by_fps, target_size
 from prep.synthetic import encode_video, render
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,7 +12,8 @@ from av.video.reformatter import Interpolation
 from PIL import Image, JpegImagePlugin
 
 from prep import open_dataset
-from prep.decode import ENCODERS, DecodeOptions, Decoded, chroma_siting, decode_video
+from prep.decode import chroma_siting, decode_video
+from prep.decoded import ENCODERS, DecodeOptions, Decoded
 from prep.runner import JobOptions, run_prep
 from prep.synthetic import render
 from prep.tasks import number_tasks, parse_video_lists

@@ -19,7 +19,7 @@ from pipelines import AugmentConfig
 from pipelines.images import ImageLoader, open_image_folder, steps_per_epoch, train_order
 from prep.synthetic_images import SHAPES, generate_image_folder
 from train.config import ConfigError, load_config
-from train.setup import check_one_frame
+from train.tasks import check_one_frame
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_MODELS = ("ircsn_tiny", "r2plus1d_tiny", "slowonly_tiny", "slowfast_tiny", "x3d_tiny")

@@ -10,7 +10,7 @@ import torch
 from eval.__main__ import main as eval_main
 from eval.metrics import accuracy_report
 from train.config import TrainConfig
-from train.printing import printable
+from runtime.printing import printable
 from train.setup import build_scheduler
 
 

@@ -20,7 +20,8 @@ from prep.runner import JobOptions, run_prep
 from prep.synthetic import generate
 from prep.tasks import number_tasks, parse_video_lists
 from train.config import ConfigError, TrainConfig, load_config
-from train.setup import check_sampling, video_loader_options
+from train.setup import check_sampling
+from train.tasks import video_loader_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTRACT = InputContract("NCTHW", num_frames=4, crop_size=32)

@@ -14,9 +14,9 @@ import sys
 
 from prep.cli import DEBUG_ENV, DEBUG_FLAG, POSITIVE_INT, add_debug_option, run_main
 from prep.remote import add_cache_args
+from runtime.printing import printable
 
 from .config import load_config
-from .printing import printable
 
 
 def main(argv=None) -> int:
@@ -40,7 +40,7 @@ def _train(argv: list[str]) -> int:
         return 0
     cfg = load_config(_without_cache_options(argv))
     from .engine import Trainer
-    from .setup import setup_distributed
+    from runtime.dist import setup_distributed
 
     trainer = Trainer(cfg, setup_distributed(cfg.device))
     from .guard import RunStopped

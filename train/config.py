@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from eval.run_config import RUN_DEFAULTS
+
 from .config_types import ConfigError, check_finite, check_type, read_text
+from .tasks import TASKS, task_of
 
 
 GROUPS = ("data", "model", "optimizer", "schedule", "augmentation", "evaluation", "runtime")
@@ -27,11 +30,19 @@ def _key(default, group: str, doc: str):
     return field(default=default, metadata=meta)
 
 
+def _run_key(name: str, group: str, doc: str):
+    """A key evaluation reads from a run's config too: its default is evaluation's (eval.run_config), for a file that
+    records none."""
+    return _key(RUN_DEFAULTS[name], group, doc)
+
+
 @dataclass
 class TrainConfig:
-    task: str = _key("video", "data", "video: a prepped dataset | image: an ImageNet-style folder (image pre-training)")
+    task: str = _run_key("task", "data", "video: a prepped dataset | image: an ImageNet-style folder (image "
+                         "pre-training)")
     model: str = _key("i3d_resnet50", "model", "model name or alias (`python -m models list`)")
-    data: str = _key("", "data", "the folder written by `python -m prep` (task image: an ImageNet-style folder)")
+    data: str = _run_key("data", "data", "the folder written by `python -m prep` (task image: an ImageNet-style "
+                         "folder)")
     dataset: str = _key("", "data", "informational dataset name (ssv2, kinetics400, synthetic): names the run folder")
     train_split: str = _key("train", "data", "the split trained on")
     val_split: str = _key("val", "data", "the split validated on")
@@ -39,12 +50,12 @@ class TrainConfig:
     num_frames: int = _key(0, "data", "frames per clip; 0: the model's default")
     sampling: str = _key("", "data", "frame sampling: '' the model's | tsn | dense | frame_uniform (overrides the "
                          "model's input contract)")
-    protocol: str = _key("vidkit", "data", "whose frame sampling and test views: vidkit (the toolkit's) | ibm | "
-                         "sifar | mmaction | ila (pipelines/protocols)")
+    protocol: str = _run_key("protocol", "data", "whose frame sampling and test views: vidkit (the toolkit's) | ibm | "
+                             "sifar | mmaction | ila (pipelines/protocols)")
     frame_stride: int = _key(0, "data", "dense sampling's stride; 0: the model's")
-    frames_per_group: int = _key(1, "data", "tsn: IBM's frames_per_group, F frames in each of num_frames / F "
-                                 "segments (F distinct random offsets, the same in every segment; evaluation spreads "
-                                 "them evenly); num_frames counts all of them")
+    frames_per_group: int = _run_key("frames_per_group", "data", "tsn: IBM's frames_per_group, F frames in each of "
+                                     "num_frames / F segments (F distinct random offsets, the same in every segment; "
+                                     "evaluation spreads them evenly); num_frames counts all of them")
     pretrained: str = _key("", "model", "weights to start from: a checkpoint of this toolkit or of the source "
                            "projects, or image weights (timm, torchvision, CLIP); a classifier of another size is "
                            "re-initialised")
@@ -64,16 +75,17 @@ class TrainConfig:
     batch_size: int = _key(8, "data", "clips (task image: images) per step and process")
     py_workers: int = _key(0, "runtime", "DALI source processes per rank; 0: a share of the cores "
                            "(pipelines.resources)")
-    threads: int = _key(0, "runtime", "DALI CPU threads per rank; 0: the rank's share of the cores")
-    hw_decoder_load: float = _key(0.9, "runtime", "share of the JPEG frames sent to the GPU's hardware decoder "
-                                  "(DALI's default 0.65)")
-    preallocate_width_hint: int = _key(0, "runtime", "nvJPEG preallocation width; 0: from the dataset's largest "
-                                       "stored frame")
-    preallocate_height_hint: int = _key(0, "runtime", "nvJPEG preallocation height; 0: from the dataset's largest "
-                                        "stored frame")
-    data_path: str = _key("auto", "data", "how stored clips are decoded: frames (JPEG) | video (encoded videos, "
-                          "GPU decode) | auto (what the store holds)")
-    image_size: int = _key(0, "data", "task image: training and evaluation crop; 0: the model's crop size")
+    threads: int = _run_key("threads", "runtime", "DALI CPU threads per rank; 0: the rank's share of the cores")
+    hw_decoder_load: float = _run_key("hw_decoder_load", "runtime", "share of the JPEG frames sent to the GPU's "
+                                      "hardware decoder (DALI's default 0.65)")
+    preallocate_width_hint: int = _run_key("preallocate_width_hint", "runtime", "nvJPEG preallocation width; 0: from "
+                                           "the dataset's largest stored frame")
+    preallocate_height_hint: int = _run_key("preallocate_height_hint", "runtime", "nvJPEG preallocation height; 0: "
+                                            "from the dataset's largest stored frame")
+    data_path: str = _run_key("data_path", "data", "how stored clips are decoded: frames (JPEG) | video (encoded "
+                              "videos, GPU decode) | auto (what the store holds)")
+    image_size: int = _run_key("image_size", "data", "task image: training and evaluation crop; 0: the model's crop "
+                               "size")
     repeated_aug: int = _key(1, "augmentation", "repeated augmentation, R copies of a sample each augmented on its "
                              "own. task image: timm's aug_repeats (an epoch keeps its length: N / R images, R times; a "
                              "batch counts images). task video: PySlowFast's AUG.NUM_SAMPLE (a step takes batch_size "
@@ -82,8 +94,8 @@ class TrainConfig:
     repeated_aug_same_frames: bool = _key(False, "augmentation", "task video, repeated_aug > 1: the copies share one "
                                           "frame sample and differ only in augmentation (mmaction's "
                                           "RepeatAugDataset(sample_once=True), PySlowFast's single decode)")
-    augment: dict = _key({}, "augmentation", "pipelines.AugmentConfig fields (train_crop, flip, jitter, erase, "
-                         "rand_augment, eval_scale, ...), each checked against its declared type")
+    augment: dict = _run_key("augment", "augmentation", "pipelines.AugmentConfig fields (train_crop, flip, jitter, "
+                             "erase, rand_augment, eval_scale, ...), each checked against its declared type")
     epochs: int = _key(30, "schedule", "epochs to train")
     max_steps: int = _key(0, "schedule", "stop after this many optimizer steps (benchmarks); 0: no limit")
     optimizer: str = _key("sgd", "optimizer", "sgd | adamw | lamb")
@@ -142,7 +154,7 @@ class TrainConfig:
     output: str = _key("runs", "runtime", "folder the run folders go in")
     name: str = _key("", "runtime", "run folder name; '': MODEL_DATASET")
     resume: str = _key("auto", "runtime", "auto (the run folder's last good checkpoint) | none | path to a checkpoint")
-    seed: int = _key(0, "runtime", "random seed")
+    seed: int = _run_key("seed", "runtime", "random seed")
     device: str = _key("auto", "runtime", "auto | cpu | cuda")
     progress: bool = _key(True, "runtime", "show progress bars")
     log_every: int = _key(20, "runtime", "log the training metrics every N steps")
@@ -159,7 +171,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-CHOICES = {"task": ("video", "image"), "sampling": ("", "tsn", "dense", "frame_uniform"),
+CHOICES = {"task": tuple(TASKS), "sampling": ("", "tsn", "dense", "frame_uniform"),
            "protocol": ("vidkit", "ibm", "sifar", "mmaction", "ila"), "optimizer": ("sgd", "adamw", "lamb"),
            "loss": ("ce", "bce"), "sched": ("cosine", "step", "multistep", "none"), "amp": ("bf16", "fp16", "none"),
            "device": ("auto", "cpu", "cuda"), "data_path": ("auto", "frames", "video")}
@@ -324,17 +336,11 @@ def check(cfg: TrainConfig) -> None:
     for key, (ok, rule) in RULES.items():
         if not ok(getattr(cfg, key)):
             raise ConfigError(f"config key {key!r} must be {rule}, got {getattr(cfg, key)!r}")
+    task = task_of(cfg)
     if not cfg.data:
-        what = "an ImageNet-style folder (train/<class>/*.JPEG)" if cfg.task == "image" else \
-            "the folder written by `python -m prep`"
-        raise ConfigError(f"config key 'data' is required: {what}")
-    if cfg.task == "image" and ((cfg.eval_clips, cfg.eval_crops) != (1, 1) or cfg.eval_twice_sample):
-        raise ConfigError("config keys 'eval_clips'/'eval_crops'/'eval_twice_sample': task image evaluates one "
-                          "centre crop per image")
-    if cfg.image_size < 0 or (cfg.image_size and cfg.task != "image"):
-        raise ConfigError(f"config key 'image_size' is for task image (videos follow the model's contract), "
-                          f"got {cfg.image_size}")
-    copies = cfg.repeated_aug if cfg.task == "video" else 1  # a video step takes batch_size x copies clips
+        raise ConfigError(f"config key 'data' is required: {task.data_hint}")
+    task.check_keys(cfg)
+    copies = task.copies_per_sample(cfg)
     if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size * copies % 2:
         raise ConfigError(f"config key 'batch_size' must be even with mixup/cutmix (they pair clips), "
                           f"got {cfg.batch_size}" + (f" x repeated_aug {copies}" if copies > 1 else ""))
@@ -396,10 +402,11 @@ def _check_sampling_keys(cfg: TrainConfig) -> None:
     """frames_per_group, repeated augmentation and twice sampling: each only where it does something."""
     from pipelines.sampling import check_groups
 
-    if cfg.repeated_aug_same_frames and (cfg.repeated_aug == 1 or cfg.task != "video"):
+    samples_frames = task_of(cfg).samples_frames
+    if cfg.repeated_aug_same_frames and (cfg.repeated_aug == 1 or not samples_frames):
         raise ConfigError(f"config key 'repeated_aug_same_frames' shares the frames of a video's copies: it needs "
                           f"task video and repeated_aug > 1, got task {cfg.task} with repeated_aug {cfg.repeated_aug}")
-    if cfg.frames_per_group > 1 and cfg.task != "video":
+    if cfg.frames_per_group > 1 and not samples_frames:
         raise ConfigError(f"config key 'frames_per_group' is for task video, got {cfg.frames_per_group}")
     if cfg.sampling and cfg.num_frames:  # otherwise the model's contract decides (train.setup.build_model)
         try:

@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     from eval.run import evaluate
 
     from .guard import RunStopped
-    from .setup import setup_distributed
+    from runtime.dist import setup_distributed
 
     d = setup_distributed(args.device)
     summary = {}

@@ -20,22 +20,22 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-import pipelines
 from eval.plots import plot_curves
 from eval.score import autocast, readable_accuracy, score_videos
-from pipelines.images import ImageLoader, open_image_folder
-from prep import open_dataset
+from pipelines.augment import AugmentConfig
+from prep.jsonl import read_jsonl
 from prep.lists import class_order_change
 from prep.outputs import write_text
-from prep.runner import read_jsonl
+from runtime.dist import Dist
 
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, check, config_changes, save_config
-from .guard import (DamageCounter, RunStopped, StopSignals, check_checkpoint_space, check_stored_videos,
+from .guard import (DamageCounter, RunStopped, StopSignals, check_checkpoint_space,
                     checkpoint_bytes, claim_run_folder, refuse_pretrained_in_run, training_amp)
 from .meter import StepMeter
-from .setup import (Dist, build_ema, build_loss, build_mixup, build_model, build_optimizer, build_scheduler,
-                    check_one_frame, mix_clips, schedule_to, seed_everything, video_loader_options, wrap_model)
+from .setup import (build_ema, build_loss, build_mixup, build_model, build_optimizer, build_scheduler,
+                    mix_clips, schedule_to, seed_everything, wrap_model)
+from .tasks import task_of
 
 log = logging.getLogger("train")
 
@@ -67,6 +67,7 @@ class Trainer:
     def _build(self, cfg: TrainConfig, d: Dist) -> None:
         self._rng_ranks = None  # every rank's RNG state at the last save (see save)
         seed_everything(cfg.seed + d.rank)
+        self.task = task_of(cfg)
         train_set = self._open_split(cfg.train_split)
         self.classes = train_set.classes
         self._val_set = self._open_val_split() if cfg.eval_every else None  # at start, not after an epoch
@@ -77,10 +78,8 @@ class Trainer:
         self.model = build_model(cfg, self.num_classes, d, self.classes)
         self.contract = self.model.input_contract
         self.amp = training_amp(cfg.amp, d.device, self.model, warn=d.main)
-        if cfg.task == "image":
-            check_one_frame(self.model, cfg.image_size or self.contract.crop_size, d.device)
-        elif d.main:
-            check_stored_videos(train_set.rows, self.contract, cfg.train_split)
+        self.task.check_model(self.model, cfg, d.device)
+        self.task.check_split(train_set.rows, self.contract, cfg.train_split, d)
         self.train_loader = self._loader(train_set, cfg.train_split, training=True)
         self.steps_per_epoch = self._check_batches(len(self.train_loader))
         self.val_loader = None
@@ -106,14 +105,8 @@ class Trainer:
     # ------------------------------------------------------------------ setup helpers
 
     def _open_split(self, split: str):
-        if self.cfg.task == "image":  # evaluation splits take the training split's class list
-            return open_image_folder(self.cfg.data, split, classes=getattr(self, "classes", None),
-                                     progress=self.cfg.progress and self.d.main)
-        data = open_dataset(self.cfg.data, split, stream=split == self.cfg.train_split)  # s3://: shards as read
-        if not data.labelled:  # a test split prepped without labels: nothing to learn or measure
-            raise ConfigError(f"split {split!r} of {self.cfg.data} has no labels (an unlabelled test split): train "
-                              f"and validate on labelled splits; score it with `python -m eval --split {split}`")
-        return data
+        """A split of the task's data; evaluation splits of an image folder take the training split's class list."""
+        return self.task.open_split(self.cfg, split, getattr(self, "classes", None), self.cfg.progress and self.d.main)
 
     def _open_val_split(self):
         try:
@@ -123,19 +116,8 @@ class Trainer:
                               f"eval_every 0 to train without validation") from None
 
     def _loader(self, data, split: str, training: bool, clips: int = 1, crops: int = 1):
-        augment = pipelines.AugmentConfig(**self.cfg.augment)  # evaluation reads its eval_scale and eval_crop
-        if self.cfg.task == "image":
-            return ImageLoader(data, self.contract, self.cfg.batch_size, training, device_id=self.d.device_id,
-                               rank=self.d.rank, world_size=self.d.world, seed=self.cfg.seed,
-                               num_threads=self.cfg.threads, augment=augment,
-                               repeats=self.cfg.repeated_aug if training else 1, image_size=self.cfg.image_size)
-        return pipelines.build_loader(
-            data, split, self.contract, batch_size=self.cfg.batch_size, training=training, clips=clips,
-            crops=crops, device_id=self.d.device_id, rank=self.d.rank, world_size=self.d.world,
-            seed=self.cfg.seed, num_threads=self.cfg.threads, py_workers=self.cfg.py_workers,
-            augment=augment, path=self.cfg.data_path, hw_decoder_load=self.cfg.hw_decoder_load,
-            preallocate=(self.cfg.preallocate_width_hint, self.cfg.preallocate_height_hint),
-            **video_loader_options(self.cfg, training))
+        augment = AugmentConfig(**self.cfg.augment)  # evaluation reads its eval_scale and eval_crop
+        return self.task.loader(self.cfg, data, split, self.contract, training, self.d, augment, clips, crops)
 
     def _check_batches(self, batches: int) -> int:
         """Optimizer steps per epoch; a split too small for one step is a config error, not a run of nothing."""
@@ -397,8 +379,7 @@ class Trainer:
         if self.val_loader is None:
             val_set = self._val_set or self._open_split(cfg.val_split)
             self.val_records = val_set.rows
-            if cfg.task != "image" and self.d.main:
-                check_stored_videos(val_set.rows, self.contract, cfg.val_split)
+            self.task.check_split(val_set.rows, self.contract, cfg.val_split, self.d)
             self.val_loader = self._loader(val_set, cfg.val_split, training=False,
                                            clips=cfg.eval_clips, crops=cfg.eval_crops)
         model = self.ema.module if self.ema else self.model

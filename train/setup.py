@@ -4,13 +4,10 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import logging
-import os
 import random
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from timm.data import Mixup
 from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
@@ -24,41 +21,12 @@ from models.weights import head_keys
 from pipelines import protocols
 from pipelines.sampling import ClipSpec, check_groups
 from prep.lists import class_order_change
+from runtime.dist import Dist
 
 from .config import ConfigError, TrainConfig
+from .tasks import task_of
 
 log = logging.getLogger("train")
-
-
-@dataclass
-class Dist:
-    rank: int
-    world: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def device_id(self) -> int | None:
-        return self.device.index if self.device.type == "cuda" else None
-
-
-def setup_distributed(device: str = "auto") -> Dist:
-    """torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) when present; a single process otherwise."""
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("config key 'device' is cuda, but CUDA is not available")
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-    dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Dist(rank, world, local, dev)
 
 
 def seed_everything(seed: int) -> None:
@@ -129,7 +97,7 @@ def _reorder_classifier(model, order: list[int], source: str) -> None:
 
 def check_sampling(cfg: TrainConfig, contract) -> None:
     """frames_per_group, eval_twice_sample and the protocol against the sampling the model's contract settles on."""
-    if cfg.task != "video":
+    if not task_of(cfg).samples_frames:
         return
     try:
         check_groups(contract.num_frames, contract.sampling, cfg.frames_per_group)
@@ -144,14 +112,6 @@ def check_sampling(cfg: TrainConfig, contract) -> None:
                                                  contract.num_frames)
     except protocols.ProtocolError as e:
         raise ConfigError(f"config key 'protocol': {e}") from None
-
-
-def video_loader_options(cfg: TrainConfig, training: bool) -> dict:
-    """The frame-sampling options of a video loader (pipelines.build_loader) for training or validation."""
-    if training:
-        return {"frames_per_group": cfg.frames_per_group, "repeats": cfg.repeated_aug,
-                "same_frames": cfg.repeated_aug_same_frames, "protocol": cfg.protocol}
-    return {"frames_per_group": cfg.frames_per_group, "twice": cfg.eval_twice_sample, "protocol": cfg.protocol}
 
 
 def apply_tuning(cfg: TrainConfig, model: torch.nn.Module) -> None:
@@ -169,23 +129,6 @@ def apply_tuning(cfg: TrainConfig, model: torch.nn.Module) -> None:
             switch(model)
         except ValueError as e:
             raise ConfigError(f"config key {key!r}: {cfg.model}: {e}") from None
-
-
-@torch.no_grad()
-def check_one_frame(model: torch.nn.Module, size: int, device: torch.device) -> None:
-    """Image pre-training feeds one-frame clips: fail at start, in one line, for models that cannot take them
-    (2D models built for a fixed number of segments, S3D's temporal pooling)."""
-    contract = model.input_contract
-    shape = list(contract.replace(num_frames=1, crop_size=size).input_shape(1))
-    was_training = model.training
-    try:
-        model.eval()
-        model(torch.zeros(shape, device=device))
-    except (RuntimeError, ValueError) as e:
-        raise ValueError(f"model {getattr(model, 'model_name', type(model).__name__)} cannot take a one-frame "
-                         f"clip {tuple(shape)} for image pre-training: {str(e).splitlines()[0]}") from None
-    finally:
-        model.train(was_training)
 
 
 def wrap_model(model: torch.nn.Module, cfg: TrainConfig, d: Dist) -> torch.nn.Module:

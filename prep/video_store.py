@@ -25,6 +25,8 @@ from fractions import Fraction
 
 import av
 
+from .decoded import Decoded, FpsKeeper, Rejected, display_size, sample_aspect, target_size
+
 log = logging.getLogger("prep")
 
 EIGHT_BIT_420 = ("yuv420p", "yuvj420p", "nv12")
@@ -94,9 +96,7 @@ def check_store(root: str, rows: list[dict]) -> None:
 
 def store_video(path: str, count: int, rate: float, size, opts):
     """prep --store video: the source bytes with their stream facts (rejected if NVDEC cannot decode them), or
-    with opts.reencode the re-encoded video. Returns decode.Decoded or decode.Rejected."""
-    from .decode import Decoded, Rejected
-
+    with opts.reencode the re-encoded video. Returns decoded.Decoded or decoded.Rejected."""
     if opts.reencode:
         return _reencoded(path, size, opts)
     with open(path, "rb") as f:
@@ -111,8 +111,6 @@ def store_video(path: str, count: int, rate: float, size, opts):
 
 
 def _reencoded(path: str, size, opts):
-    from .decode import Decoded, Rejected
-
     try:
         data, meta = reencode(path, opts.short_side, opts.reencode, fps=opts.fps, threads=opts.threads)
     except (av.error.FFmpegError, OSError, ValueError) as e:
@@ -142,8 +140,6 @@ def reencode(path: str, short_side: int, codec: str = "h264", gop: int = REENCOD
              crf: int | None = None, threads: int = 1) -> tuple[bytes, dict]:
     """(encoded bytes, meta: num_frames, fps, size) of `path` decoded and encoded again in 8-bit 4:2:0 `codec`,
     its short side at `short_side` (0: kept, square pixels), about `fps` frames per second (None: all)."""
-    from .decode import FpsKeeper, display_size, sample_aspect, target_size
-
     encoder, container_format, options = _encoder_options(codec, gop, crf)
     out = io.BytesIO()
     with av.open(path, metadata_errors="ignore") as src:

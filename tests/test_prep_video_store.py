@@ -1,4 +1,4 @@
-"""prep.nvdec: the codec facts recorded with --store video, NVDEC's refusals at prep and load time, and
+"""prep.video_store: the codec facts recorded with --store video, NVDEC's refusals at prep and load time, and
 --store video --reencode. CPU only: what NVDEC would do is decided from the stream facts."""
 import io
 import json
@@ -13,7 +13,7 @@ from models.registry import InputContract
 from pipelines import build_loader
 from prep import open_dataset
 from prep.__main__ import main as prep_main
-from prep.nvdec import REENCODE_GOP, check_store, reencode, refusal, stream_info
+from prep.video_store import REENCODE_GOP, check_store, reencode, refusal, stream_info
 
 from test_pipelines import _prep, _synthetic, base, gpu_data, run_epoch  # noqa: F401  (fixtures: base, gpu_data)
 
