@@ -98,7 +98,8 @@ def settle(rec, path: str, run_config: dict, options: ViewOptions, crop_size: in
     if entry is None and options.protocol:
         scheme, source = protocols.get(options.protocol).name, f"--protocol {options.protocol}"
     elif entry is None:
-        scheme = run_config.get("protocol") or origin_protocol(rec.origin)
+        # an authors' file has no run config: run_config's defaults name the toolkit's scheme, not its project's
+        scheme = run_config["protocol"] if rec.config else origin_protocol(rec.origin)
         source = "the run's config" if rec.config else f"{rec.origin.split(' ')[0]}'s protocol"
     else:
         scheme = row["protocol"]

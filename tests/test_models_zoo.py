@@ -14,6 +14,7 @@ import torch
 import models
 from eval.__main__ import augment_overrides, build_parser
 from eval.plan import ViewOptions, plan_frames, settle
+from eval.run_config import run_config
 from pipelines import protocols
 from models import zoo
 from models.__main__ import main as models_main
@@ -96,7 +97,7 @@ def test_eval_command_reproduces_the_protocol(key):
                           args.frame_stride, augment_overrides(args))
     rec = _AuthorsFile(e.project)
     c = zoo.contract(e.key)
-    plan = settle(rec, e.file_name, {}, options, c.crop_size)
+    plan = settle(rec, e.file_name, run_config(rec), options, c.crop_size)
     p = e.protocol
     assert plan_frames(rec, e.file_name, options) == p.frames and plan.zoo_key == key
     assert (plan.scheme, plan.clips, plan.crops, plan.min_frames) == (p.scheme, p.clips, p.crops, p.min_frames)
@@ -109,16 +110,17 @@ def test_eval_command_reproduces_the_protocol(key):
 def test_a_file_named_as_a_row_takes_its_protocol_by_default():
     e = zoo.find("ibm-i3d-r50-k400")
     rec = _AuthorsFile("ibm")
-    plan = settle(rec, f"/somewhere/{e.file_name}", {}, ViewOptions(), 224)
+    plan = settle(rec, f"/somewhere/{e.file_name}", run_config(rec), ViewOptions(), 224)
     assert (plan.zoo_key, plan.clips, plan.crops, plan.geometry, plan.min_frames) == (e.key, 10, 3, (256, 256), 30)
-    other = settle(rec, "/somewhere/renamed.pth", {}, ViewOptions(), 224)
+    other = settle(rec, "/somewhere/renamed.pth", run_config(rec), ViewOptions(), 224)
     assert (other.scheme, other.zoo_key, other.clips) == ("ibm", "", 1)
     # a renamed file whose model, head and variant leave one protocol takes it (the 4 IBM SSv2 I3D-R50 rows: one)
-    found = settle(_AuthorsFile("ibm", "i3d_resnet50", num_classes=174, temporal_stride=False), "best.pth", {},
-                   ViewOptions(), 224)
+    ssv2 = _AuthorsFile("ibm", "i3d_resnet50", num_classes=174, temporal_stride=False)
+    found = settle(ssv2, "best.pth", run_config(ssv2), ViewOptions(), 224)
     assert (found.zoo_key, found.clips, found.min_frames) == ("ibm-i3d-r50-ssv2", 2, 3)
     # AIM's K400 rows differ in frames: no default, the project's protocol and a warning naming the rows
-    aim = settle(_AuthorsFile("aim", "aim_vit_base_patch16", num_classes=400), "best.pth", {}, ViewOptions(), 224)
+    aim_file = _AuthorsFile("aim", "aim_vit_base_patch16", num_classes=400)
+    aim = settle(aim_file, "best.pth", run_config(aim_file), ViewOptions(), 224)
     assert (aim.scheme, aim.zoo_key) == ("mmaction", "")
 
 
