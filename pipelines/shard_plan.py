@@ -37,6 +37,7 @@ from .sampling import EpochPlan
 log = logging.getLogger("pipelines")
 DEFAULT_WINDOW = 4  # shards shuffled together inside a node; the cache holds about two windows per node
 WINDOW_ENV = "VIDKIT_SHUFFLE_WINDOW"
+MIN_CLASS_MIX = 0.5  # below: a window's batches see at most half the classes a shuffle would give them
 
 
 def local_world_size(world_size: int) -> int:
@@ -150,6 +151,33 @@ def layout_line(plan: ShardPlan) -> str:
             f"{plan.repeated} video(s) read twice and {plan.dropped} per rank dropped per epoch")
 
 
+def class_mix(plan: ShardPlan, labels, epoch: int = 0) -> float:
+    """How well the node's shuffle windows mix the classes: the mean, over node 0's windows, of the distinct labels
+    a window holds divided by those a uniform draw of as many videos from the split would be expected to hold
+    (K (1 - (1 - 1/K)^n) for K classes). About 1: shards of mixed classes; far below: shards of one class each."""
+    labels = np.asarray(labels)
+    classes = len(np.unique(labels))
+    videos, windows = plan.node_stream(epoch, node=0)
+    ratios = []
+    for w in np.unique(windows):
+        held = labels[videos[windows == w]]
+        expected = classes * (1 - (1 - 1 / classes) ** len(held))
+        ratios.append(len(np.unique(held)) / expected)
+    return float(np.mean(ratios)) if ratios else 1.0
+
+
+def _warn_unmixed(plan: ShardPlan, dataset) -> None:
+    labels = [r.get("label") for r in dataset.rows]
+    if any(label is None for label in labels) or len(set(labels)) < 2:
+        return
+    mix = class_mix(plan, labels)
+    if mix < MIN_CLASS_MIX:
+        log.warning("streaming %s: a shuffle window of %d shards holds %.0f%% of the classes a random draw of as "
+                    "many videos would (the shards look sorted by class: prep fills them in its list's order): "
+                    "raise %s, or prep from a shuffled video list", dataset.gate.url, plan.window, 100 * mix,
+                    WINDOW_ENV)
+
+
 def plan_for(dataset, batch_size: int, training: bool, views: int, rank: int, world_size: int, seed: int,
              repeats: int) -> EpochPlan:
     """The loader's plan: a ShardPlan for training from a streamed s3:// split, else EpochPlan (local stores are
@@ -162,6 +190,7 @@ def plan_for(dataset, batch_size: int, training: bool, views: int, rank: int, wo
                      local_world_size=local_world_size(world_size), window=shuffle_window())
     if rank == 0:
         log.info("streaming %s: %s", dataset.gate.url, layout_line(plan))
+        _warn_unmixed(plan, dataset)
     return plan
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipelines.sampling import EpochPlan
-from pipelines.shard_plan import ShardPlan, local_world_size
+from pipelines.shard_plan import MIN_CLASS_MIX, ShardPlan, class_mix, local_world_size, plan_for
 
 
 def _plans(num_videos, per_shard, world, local, batch=2, seed=3, window=2, repeats=1):
@@ -82,3 +82,28 @@ def test_local_world_size_from_torchrun(monkeypatch):
         local_world_size(4)
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert local_world_size(4) == 4
+
+
+def test_class_mix_tells_class_sorted_shards_from_mixed_ones(caplog):
+    """A list sorted by class makes one-class shards, which a window of 2 shards cannot mix: the loader warns."""
+    plan = _plans(400, 20, 2, 1, batch=4, window=2)[0]
+    sorted_labels = [v // 20 for v in range(400)]  # 20 classes, one per shard
+    mixed_labels = list(np.random.default_rng(0).integers(0, 20, 400))
+    assert class_mix(plan, sorted_labels) < MIN_CLASS_MIX < 0.9 < class_mix(plan, mixed_labels)
+
+    class Streamed:
+        gate = type("Gate", (), {"url": "s3://b/store"})()
+        rows = [{"label": c, "shard": f"s{v // 20:02d}.arrow"} for v, c in enumerate(sorted_labels)]
+
+        def __len__(self):
+            return len(self.rows)
+
+    with caplog.at_level("WARNING", logger="pipelines"):
+        plan_for(Streamed(), 4, True, 1, 0, 2, 3, 1)
+    assert any("look sorted by class" in r.getMessage() and "VIDKIT_SHUFFLE_WINDOW" in r.getMessage()
+               for r in caplog.records)
+    Streamed.rows = [{"label": int(c), "shard": r["shard"]} for c, r in zip(mixed_labels, Streamed.rows)]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pipelines"):
+        plan_for(Streamed(), 4, True, 1, 0, 2, 3, 1)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
