@@ -13,7 +13,7 @@ from bench.data import (AUGMENT, CONTRACT, BaselineClips, bare_ratios, bound_fra
 from pipelines import build_loader
 from prep import open_dataset
 
-from test_pipelines import _synthetic
+from helpers import synthetic_store
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def data(tmp_path_factory):
     # the pil encoder takes its RGB from the same swscale conversion as PyAV's to_ndarray("rgb24") (prep's default
     # converts exactly, about 1 level per channel above swscale's), so the "pyav" comparison sees only the
     # sampling, crop, flip and JPEG round trip it is there to check
-    return str(base / "src-h264"), _synthetic(base, "h264", "frames", encoder="pil")
+    return str(base / "src-h264"), synthetic_store(base, "h264", "frames", encoder="pil")
 
 
 @pytest.fixture(scope="module")
