@@ -14,12 +14,10 @@ import torch
 from PIL import Image
 
 import models
-from eval.__main__ import main as eval_main
 from models.sts import STSConv3d
 from pipelines import AugmentConfig
 from pipelines.images import ImageLoader, open_image_folder, steps_per_epoch, train_order
 from prep.synthetic_images import SHAPES, generate_image_folder
-from train.__main__ import main as train_main
 from train.config import ConfigError, load_config
 from train.tasks import check_one_frame
 
@@ -212,10 +210,10 @@ def test_models_that_cannot_take_one_frame_fail_at_start():
         check_one_frame(model, 64, torch.device("cpu"))
 
 
-def _run(command, *args):
-    """`python -m COMMAND ARGS`, in this process: the same entry point without a fresh interpreter's imports (about
-    10 CPU-seconds a launch). The DDP test below keeps its processes."""
-    assert {"train": train_main, "eval": eval_main}[command](list(args)) == 0
+def _run(*args):
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +229,7 @@ def learnable_images(tmp_path_factory):
 @pytest.mark.slow
 def test_pretrain_lowers_the_loss_then_fine_tunes_on_video(learnable_images, data, tmp_path):
     # mild crops and no repeats (tested on their own above and in the resume/DDP runs): shapes learnable fast
-    _run("train", "--task", "image", "--model", "r2plus1d_tiny", "--data", str(learnable_images),
+    _run("-m", "train", "--task", "image", "--model", "r2plus1d_tiny", "--data", str(learnable_images),
          "--output", str(tmp_path), "--name", "img", "--batch-size", "8", "--threads", "1", "--amp", "none",
          "--no-progress", "--optimizer", "adamw", "--lr", "0.003", "--epochs", "5", "--model-args.sts", "true",
          "--ema", "--ema-decay", "0.5", "--augment.area", "[0.8, 1.0]", "--augment.flip", "true",
@@ -244,11 +242,11 @@ def test_pretrain_lowers_the_loss_then_fine_tunes_on_video(learnable_images, dat
     assert state["config"]["task"] == "image" and state["ema"] is not None
     assert any(not torch.equal(state["ema"][k], state["model"][k]) for k in state["model"])
     # evaluation of an image checkpoint scores every validation image once
-    _run("eval", "--ckpt", str(run / "best.pt"), "--batch-size", "5", "--amp", "none", "--no-progress")
+    _run("-m", "eval", "--ckpt", str(run / "best.pt"), "--batch-size", "5", "--amp", "none", "--no-progress")
     metrics = json.loads((run / "eval_val_best_vidkit_1x1" / "metrics.json").read_text())
     assert metrics["videos"] == 3 * len(SHAPES)
     # the checkpoint is the video model's `--pretrained`, with STS switched off for fine-tuning
-    _run("train", "--model", "r2plus1d_tiny", "--data", str(data), "--output", str(tmp_path), "--name",
+    _run("-m", "train", "--model", "r2plus1d_tiny", "--data", str(data), "--output", str(tmp_path), "--name",
          "video", "--pretrained", str(run / "best.pt"), "--model-args.sts", "false", "--batch-size", "4",
          "--py-workers", "1", "--threads", "1", "--amp", "none", "--no-progress", "--epochs", "1",
          "--max-steps", "2", "--eval-every", "0")
@@ -259,7 +257,7 @@ def test_pretrain_lowers_the_loss_then_fine_tunes_on_video(learnable_images, dat
 
 @pytest.mark.slow
 def test_resumed_pretraining_matches_an_uninterrupted_one(images, tmp_path):
-    common = ("train", "--task", "image", "--model", "x3d_tiny", "--data", str(images), "--output",
+    common = ("-m", "train", "--task", "image", "--model", "x3d_tiny", "--data", str(images), "--output",
               str(tmp_path), "--batch-size", "8", "--threads", "1", "--amp", "none", "--no-progress", "--optimizer",
               "adamw", "--lr", "0.003", "--sched", "none", "--epochs", "2", "--eval-every", "0",
               "--repeated-aug", "2", "--augment.rand_augment", "2", "--augment.flip", "true")

@@ -13,25 +13,22 @@ import torch
 from timm.data import Mixup
 
 import models
-from eval.__main__ import main as eval_main
 from procs import children, wait_gone
-from train.__main__ import main as train_main
 from train.config import TrainConfig
 from train.setup import Dist, build_optimizer, mix_clips
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _train(data, run_dir, *extra, wait=True):
-    """A run of `python -m train`: in this process (the same entry point without a fresh interpreter's imports, about
-    10 CPU-seconds a launch), or with wait=False a process of its own to kill."""
-    argv = ["--model", "tsn_tiny", "--data", str(data), "--output", str(run_dir), "--name", "run", "--batch-size", "4",
-            "--py-workers", "1", "--threads", "1", "--amp", "none", "--no-progress", "--optimizer", "adamw", "--lr",
-            "0.002", *extra]
+def _train(data, run_dir, *extra, env=None, wait=True):
+    cmd = [sys.executable, "-m", "train", "--model", "tsn_tiny", "--data", str(data), "--output", str(run_dir),
+           "--name", "run", "--batch-size", "4", "--py-workers", "1", "--threads", "1", "--amp", "none",
+           "--no-progress", "--optimizer", "adamw", "--lr", "0.002", *extra]
     if not wait:
-        return subprocess.Popen([sys.executable, "-m", "train", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-    assert train_main(argv) == 0
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
 
 
 @pytest.mark.slow
@@ -44,8 +41,10 @@ def test_train_checkpoint_eval(data, tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(0 <= r["data_wait_pct"] <= 100 and r["clips_per_s"] > 0 for r in rows)
     assert rows[0]["clips"] == 28  # 30 train videos in batches of 4: the partial batch is dropped
-    assert eval_main(["--ckpt", str(run / "best.pt"), "--clips", "2", "--crops", "3", "--batch-size", "4",
-                      "--py-workers", "1", "--no-progress"]) == 0
+    proc = subprocess.run([sys.executable, "-m", "eval", "--ckpt", str(run / "best.pt"), "--clips", "2", "--crops",
+                           "3", "--batch-size", "4", "--py-workers", "1", "--no-progress"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     report = run / "eval_val_best_vidkit_2x3"
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["videos"] == 10 and 0 <= metrics["top1"] <= metrics["top5"] <= 100
