@@ -17,7 +17,7 @@ from prep.runner import JobOptions, run_prep
 from prep.synthetic import encode_video, generate
 from prep.tasks import number_tasks, parse_video_lists
 from train.config import TrainConfig
-from train.setup import Dist
+from runtime.dist import Dist
 
 CPU = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
 NCTHW = InputContract("NCTHW", num_frames=4, crop_size=32)
