@@ -1,6 +1,7 @@
 """The session's real S3 server (SeaweedFS, bench/s3server.py) and the client environment that points at it.
 
-Import the fixtures into a test module: `from s3fixture import s3, s3_env  # noqa: F401`.
+conftest.py imports the fixtures, so every test module can ask for `s3` and `s3_env` (one server per session);
+a test module imports only the plain names (`BUCKET`) from here.
 """
 from __future__ import annotations
 

@@ -9,45 +9,18 @@ import shutil
 import pytest
 import torch
 
-import models
 from eval.run import evaluate
 from prep import open_dataset
-from train.config import TrainConfig
-from train.setup import Dist
 
-CPU = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
-
-
-def _checkpoint(path, data, classes, model_name="tsn_tiny", seed=0):
-    torch.manual_seed(seed)
-    model = models.create_model(model_name, num_classes=len(classes), num_frames=4)
-    cfg = TrainConfig(model=model_name, data=str(data), threads=1).to_dict()
-    torch.save({"model_name": model_name, "num_classes": len(classes), "classes": list(classes),
-                "contract": model.input_contract.replace(crop_size=32).to_dict(), "config": cfg,
-                "model": model.state_dict(), "ema": None}, path)
-    return str(path)
-
-
-def _damage_val_video(root: str, video: int) -> None:
-    """Flip a byte in the middle of every stored frame of val video `video`."""
-    ds = open_dataset(root, "val")
-    row = ds.record(video)
-    path = os.path.join(root, "shards", row["shard"])
-    raw = bytearray(open(path, "rb").read())
-    for jpeg in set(ds.frames(video, range(row["num_frames"]))):
-        at = raw.find(jpeg)
-        while at >= 0:
-            raw[at + len(jpeg) // 2] ^= 0xFF
-            at = raw.find(jpeg, at + 1)
-    open(path, "wb").write(raw)
+from helpers import CPU, damage_video, tsn_checkpoint
 
 
 def test_damaged_val_video_is_listed_and_left_out(data, tmp_path):
     root = str(tmp_path / "data")
     shutil.copytree(data, root)
-    _damage_val_video(root, 2)
+    damage_video(root, 2, "val")
     classes = open_dataset(root, "val").classes
-    ckpt = _checkpoint(tmp_path / "best.pt", root, classes)
+    ckpt = tsn_checkpoint(tmp_path / "best.pt", root, classes)
     summary = evaluate(ckpt, CPU, clips=2, crops=1, batch_size=4, py_workers=1, progress=False,
                        out_dir=str(tmp_path / "out"))
     val = open_dataset(root, "val")
@@ -61,7 +34,7 @@ def test_damaged_val_video_is_listed_and_left_out(data, tmp_path):
 
 
 def test_checkpoint_of_other_classes_is_refused(data, tmp_path):
-    ckpt = _checkpoint(tmp_path / "best.pt", data, [f"other{i}" for i in range(5)])
+    ckpt = tsn_checkpoint(tmp_path / "best.pt", data, [f"other{i}" for i in range(5)])
     with pytest.raises(ValueError, match="other classes than the dataset"):
         evaluate(ckpt, CPU, batch_size=4, py_workers=1, progress=False, out_dir=str(tmp_path / "out"))
 
@@ -69,7 +42,7 @@ def test_checkpoint_of_other_classes_is_refused(data, tmp_path):
 def test_subset_of_checkpoint_classes_is_scored_by_name(data, tmp_path):
     classes = open_dataset(data, "val").classes
     wider = ["extra_b"] + list(reversed(classes)) + ["extra_a"]
-    ckpt = _checkpoint(tmp_path / "best.pt", data, wider)
+    ckpt = tsn_checkpoint(tmp_path / "best.pt", data, wider)
     summary = evaluate(ckpt, CPU, batch_size=4, py_workers=1, progress=False, out_dir=str(tmp_path / "out"))
     assert summary["videos"] == len(open_dataset(data, "val"))
     preds = json.load(open(tmp_path / "out" / "predictions.json"))
@@ -79,7 +52,7 @@ def test_subset_of_checkpoint_classes_is_scored_by_name(data, tmp_path):
 def test_nan_weights_give_an_error_not_an_accuracy(data, tmp_path):
     classes = open_dataset(data, "val").classes
     path = tmp_path / "best.pt"
-    _checkpoint(path, data, classes)
+    tsn_checkpoint(path, data, classes)
     state = torch.load(path, weights_only=True)
     state["model"]["fc.weight"].fill_(float("nan"))
     torch.save(state, path)
@@ -98,7 +71,7 @@ def test_scores_dump_and_ensemble(data, tmp_path):
     classes = open_dataset(data, "val").classes
     outs = []
     for seed in (0, 1):
-        ckpt = _checkpoint(tmp_path / f"m{seed}.pt", data, classes, seed=seed)
+        ckpt = tsn_checkpoint(tmp_path / f"m{seed}.pt", data, classes, seed=seed)
         out = tmp_path / f"eval{seed}"
         evaluate(ckpt, CPU, clips=2, batch_size=4, py_workers=1, progress=False, out_dir=str(out), save_views=True)
         outs.append(str(out))
@@ -123,7 +96,7 @@ def test_ensemble_refuses_other_videos(data, tmp_path, capsys):
     from eval.__main__ import main as eval_main
 
     classes = open_dataset(data, "val").classes
-    ckpt = _checkpoint(tmp_path / "m.pt", data, classes)
+    ckpt = tsn_checkpoint(tmp_path / "m.pt", data, classes)
     evaluate(ckpt, CPU, batch_size=4, py_workers=1, progress=False, out_dir=str(tmp_path / "a"))
     evaluate(ckpt, CPU, split="train", batch_size=4, py_workers=1, progress=False, out_dir=str(tmp_path / "b"))
     assert eval_main(["ensemble", str(tmp_path / "a"), str(tmp_path / "b")]) == 2

@@ -15,7 +15,7 @@ from eval.features import extract_features
 from eval.run import evaluate
 from prep import open_dataset
 from prep.synthetic_images import SHAPES, generate_image_folder
-from test_eval import CPU, _checkpoint, _damage_val_video
+from helpers import CPU, damage_video, tsn_checkpoint
 from train.config import TrainConfig
 
 COMMON = ["--device", "cpu", "--batch-size", "4", "--py-workers", "1", "--no-progress", "--amp", "none"]
@@ -30,7 +30,7 @@ def extracted(data, tmp_path_factory):
     """A 2-clip evaluation's scores, and the features of the same views: averaged and per view."""
     tmp = tmp_path_factory.mktemp("features")
     classes = open_dataset(data, "val").classes
-    ckpt = _checkpoint(tmp / "best.pt", data, classes)
+    ckpt = tsn_checkpoint(tmp / "best.pt", data, classes)
     evaluate(ckpt, CPU, clips=2, batch_size=4, py_workers=1, progress=False, amp="none", out_dir=str(tmp / "eval"),
              save_views=True)
     for name, extra in (("mean", []), ("views", ["--per-view"])):
@@ -72,9 +72,9 @@ def test_features_are_what_the_classifier_scored(extracted):
 def test_damaged_video_is_left_out_and_listed(data, tmp_path):
     root = str(tmp_path / "data")
     shutil.copytree(data, root)
-    _damage_val_video(root, 2)
+    damage_video(root, 2, "val")
     val = open_dataset(root, "val")
-    ckpt = _checkpoint(tmp_path / "best.pt", root, val.classes)
+    ckpt = tsn_checkpoint(tmp_path / "best.pt", root, val.classes)
     index = extract_features(ckpt, CPU, clips=2, batch_size=4, py_workers=1, progress=False,
                              out_dir=str(tmp_path / "out"), per_view=True)
     features, saved = _features(tmp_path / "out")

@@ -10,7 +10,7 @@ import torch
 
 from pipelines import AugmentConfig, build_loader
 
-from test_pipelines import NCTHW, base, gpu_data, run_epoch  # noqa: F401  (shared fixtures)
+from helpers import NCTHW, run_epoch
 
 # crop 32 of a short side drawn in [40, 80]: boxes of 102..205 stored pixels; erase boxes on whole pixels of 32
 RECIPE = dict(train_crop="random", scale_jitter=(40, 80), grayscale=0.5, erase=0.5, erase_mode="const", flip=True)

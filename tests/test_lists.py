@@ -9,7 +9,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 import models
 from eval.__main__ import main as eval_main
@@ -20,7 +19,6 @@ from prep.lists import ListError, looks_like_text, read_class_list, read_video_l
 from prep.presets import restrict_to_classes
 from prep.synthetic import CLASS_NAMES, encode_video, render
 from prep.tasks import Task, parse_video_lists
-from train.config import TrainConfig
 
 CLASSES = list(CLASS_NAMES[:4])
 KINETICS = ["playing guitar", "playing drums", "singing"]
@@ -59,18 +57,6 @@ def videos(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("run") / "best.pt"
-    torch.manual_seed(0)
-    model = models.create_model("tsn_tiny", num_classes=len(CLASSES), num_frames=4)
-    torch.save({"model_name": "tsn_tiny", "num_classes": len(CLASSES), "classes": CLASSES,
-                "contract": model.input_contract.replace(crop_size=32).to_dict(),
-                "config": TrainConfig(model="tsn_tiny", data="", threads=1).to_dict(),
-                "model": model.state_dict(), "ema": None}, path)
-    return str(path)
-
-
 # --------------------------------------------------------------------------- class lists, every command
 
 
@@ -86,9 +72,9 @@ def test_prep_videos_refuses_an_unclean_class_list_before_any_work(videos, tmp_p
 
 
 @pytest.mark.parametrize("case", list(BAD_CLASS_LISTS))
-def test_eval_predict_refuses_an_unclean_class_list(videos, ckpt, tmp_path, capsys, case):
+def test_eval_predict_refuses_an_unclean_class_list(videos, tsn_tiny_ckpt, tmp_path, capsys, case):
     classes, line, word = _bad_list(tmp_path, case)
-    assert eval_main(["predict", str(videos / "a.mp4"), "--ckpt", ckpt, "--classes", classes, "--workers", "1",
+    assert eval_main(["predict", str(videos / "a.mp4"), "--ckpt", tsn_tiny_ckpt, "--classes", classes, "--workers", "1",
                       "--device", "cpu", "--no-progress"]) == 2
     err = _one_line(capsys.readouterr().err)
     assert f"{classes}:{line}:" in err and word in err, err
@@ -212,13 +198,13 @@ def test_predict_tells_lists_from_videos_by_content(videos, tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_scores_a_video_named_txt_and_a_labelled_list(videos, ckpt, tmp_path, capsys):
+def test_predict_scores_a_video_named_txt_and_a_labelled_list(videos, tsn_tiny_ckpt, tmp_path, capsys):
     video_named_txt = tmp_path / "clip.txt"
     video_named_txt.write_bytes((videos / "a.mp4").read_bytes())
     labelled = tmp_path / "list.txt"
     labelled.write_text(f"{videos / 'b.mp4'} moving_down\n")
-    assert eval_main(["predict", str(video_named_txt), str(labelled), "--ckpt", ckpt, "--json", "--workers", "1",
-                      "--py-workers", "1", "--device", "cpu", "--no-progress"]) == 0
+    assert eval_main(["predict", str(video_named_txt), str(labelled), "--ckpt", tsn_tiny_ckpt, "--json",
+                      "--workers", "1", "--py-workers", "1", "--device", "cpu", "--no-progress"]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     assert result["predicted"] == 2 and result["unreadable"] == 0

@@ -14,6 +14,8 @@ from models.registry import IMAGENET_MEAN
 from models.sts import STSConv3d
 from models.x3d import X3DBlock, mmaction_sts, mmaction_x3d
 
+from helpers import randomise_batchnorm
+
 
 def _meta(name: str, **kwargs):
     with torch.device("meta"):
@@ -178,17 +180,6 @@ def _mmcv_file(path, state_dict: dict, meta: dict | None) -> str:
     container = {"meta": meta, "state_dict": state_dict, "optimizer": {}} if meta else {"state_dict": state_dict}
     torch.save(container, path)
     return str(path)
-
-
-def randomise_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
-    """Non-trivial BatchNorm affines and statistics, so a misplaced BN changes the output."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm3d):
-            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
-            torch.nn.init.normal_(module.bias, 0, 0.1)
-            module.running_mean.normal_(0, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    return model
 
 
 def _randomised_tiny(sts: bool):

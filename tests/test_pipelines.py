@@ -1,6 +1,5 @@
 """pipelines: DALI loaders on tiny prepped datasets, CPU mode (device_id=None)."""
 import multiprocessing
-import os
 import pickle
 import shutil
 from types import SimpleNamespace
@@ -13,102 +12,8 @@ from models.registry import InputContract
 from pipelines import AugmentConfig, build_loader
 from pipelines.sampling import EpochPlan
 from prep import open_dataset
-from prep.decode import DecodeOptions
-from prep.runner import JobOptions, run_prep
-from prep.synthetic import encode_video, generate
-from prep.tasks import number_tasks, parse_video_lists
 
-NCTHW = InputContract("NCTHW", num_frames=4, crop_size=32)
-NTCHW = InputContract("NTCHW", num_frames=3, crop_size=24, sampling="dense", frame_stride=2)
-
-
-def _prep(src: str, lists: list[str], out: str, store: str, encoder: str = "yuv") -> str:
-    tasks, classes = parse_video_lists(lists, src, os.path.join(src, "classes.txt"))
-    decode = DecodeOptions(short_side=0, store=store, min_frames=2, encoder=encoder)
-    run_prep(number_tasks(tasks), classes, out, decode, JobOptions(progress=False))
-    return out
-
-
-def _synthetic(base, codec: str, store: str, size=(48, 64), encoder: str = "yuv") -> str:
-    tag = "" if size == (48, 64) else f"-{size[0]}p"
-    src = base / f"src-{codec}{tag}"
-    if not (src / "train.txt").exists():  # another store of the same videos may have made them
-        generate(str(src), videos=12, frames=20, size=size, codec=codec, classes=4, val_fraction=0.25,
-                 progress=False)
-    return _prep(str(src), [f"train={src / 'train.txt'}", f"val={src / 'val.txt'}"],
-                 str(base / f"{codec}{tag}-{store}{'' if encoder == 'yuv' else '-' + encoder}"), store, encoder)
-
-
-@pytest.fixture(scope="session")
-def base(tmp_path_factory):
-    return tmp_path_factory.mktemp("pipelines")
-
-
-@pytest.fixture(scope="session")
-def frames_data(base):
-    """12 moving-object videos (8 train, 4 val, 4 classes), 20 frames of 64x48, stored as JPEG frames."""
-    return _synthetic(base, "h264", "frames")
-
-
-@pytest.fixture(scope="session")
-def vp9_data(base):
-    return _synthetic(base, "vp9", "video")
-
-
-# NVDEC refuses frames under its minimum size (VP9 and AV1 128 px, HEVC 144 px): the GPU tests read videos of a
-# realistic short side
-GPU_SIZE = (256, 320)
-
-
-@pytest.fixture(scope="session")
-def gpu_data(base):
-    """(JPEG-frame store, VP9 video store) of the same 12 videos at 320x256, for the gpu-marked tests."""
-    return _synthetic(base, "vp9", "frames", GPU_SIZE), _synthetic(base, "vp9", "video", GPU_SIZE)
-
-
-def _still_pattern(base, size=(48, 64)) -> str:
-    """4 still videos (every frame identical, losslessly coded) of a pattern whose red rises left to right
-    and green top to bottom: any crop or mirror shows in the pixels."""
-    height, width = size
-    src = base / f"src-pattern-{height}p"
-    (src / "videos").mkdir(parents=True)
-    ys, xs = np.mgrid[0:height, 0:width]
-    image = np.stack([xs * 255 // (width - 1), ys * 255 // (height - 1), np.full_like(xs, 128)], -1).astype(np.uint8)
-    lines = []
-    for k in range(4):
-        encode_video(src / "videos" / f"still{k}.mp4", [image] * 12, fps=12, codec="h264", crf=0)
-        lines.append(f"videos/still{k}.mp4 {'ab'[k % 2]}\n")
-    (src / "train.txt").write_text("".join(lines))
-    (src / "classes.txt").write_text("a\nb\n")
-    return _prep(str(src), [f"train={src / 'train.txt'}"], str(base / f"pattern-{height}p-frames"), "frames")
-
-
-@pytest.fixture(scope="session")
-def pattern_data(base):
-    """The still pattern at 64x48."""
-    return _still_pattern(base)
-
-
-@pytest.fixture(scope="session")
-def gpu_pattern_data(base):
-    """The still pattern at 320x256, for the gpu-marked tests."""
-    return _still_pattern(base, GPU_SIZE)
-
-
-def run_epoch(loader, epoch=None) -> dict:
-    """One epoch as numpy arrays; checks batch count, sizes and that every label is its video's label."""
-    if epoch is not None:
-        loader.set_epoch(epoch)
-    batches = list(loader)
-    assert len(batches) == len(loader)
-    ds = loader.dataset
-    for b in batches[:-1]:
-        assert b["clips"].shape[0] == loader.plan.batch_size
-    out = {k: np.concatenate([(b[k].float() if k == "clips" else b[k]).cpu().numpy() for b in batches])
-           for k in batches[0]}
-    assert len(out["labels"]) == loader.num_samples
-    assert out["labels"].tolist() == [ds.record(int(i))["label"] for i in out["index"]]
-    return out
+from helpers import GPU_SIZE, NCTHW, NTCHW, damage_video, prep_store, run_epoch, synthetic_store
 
 
 def _check_batch(batch, shape, dtype):
@@ -170,7 +75,7 @@ def test_video_path_decodes_the_frames_the_frames_path_reads(vp9_data, base):
     """Same source videos stored both ways: the evaluation clips agree up to JPEG loss, and far better than
     with the frames of the neighbouring clip (so a frame-index mix-up would show)."""
     src = str(base / "src-vp9")
-    as_frames = _prep(src, [f"val={src}/val.txt"], str(base / "vp9-frames"), "frames")
+    as_frames = prep_store(src, [f"val={src}/val.txt"], str(base / "vp9-frames"), "frames")
     contract = InputContract("NCTHW", num_frames=4, crop_size=32, sampling="dense", frame_stride=3)
     outs = [run_epoch(build_loader(d, "val", contract, 4, False, clips=2, py_workers=1))["clips"]
             for d in (vp9_data, as_frames)]
@@ -181,7 +86,7 @@ def test_video_path_decodes_the_frames_the_frames_path_reads(vp9_data, base):
 
 def test_h264_video_store_is_refused_on_cpu(base, frames_data):
     src = str(base / "src-h264")
-    out = _prep(src, [f"train={src}/train.txt"], str(base / "h264-video"), "video")
+    out = prep_store(src, [f"train={src}/train.txt"], str(base / "h264-video"), "video")
     with pytest.raises(ValueError, match="h264.*GPU"):
         build_loader(out, "train", NCTHW, 2, True)
 
@@ -292,26 +197,10 @@ def test_batches_kept_across_epochs_stay_intact(frames_data):
     assert not any(torch.equal(kept[0]["clips"], b["clips"]) for b in later)
 
 
-def _damage_video(out: str, video: int) -> None:
-    """Flip one byte in the middle of every stored JPEG frame of train video `video` (in place)."""
-    ds = open_dataset(out, "train")
-    row = ds.record(video)
-    path = os.path.join(out, "shards", row["shard"])
-    raw = bytearray(open(path, "rb").read())
-    for jpeg in set(ds.frames(video, range(row["num_frames"]))):  # a still scene repeats frames
-        at = raw.find(jpeg)
-        assert at >= 0, "a stored frame is not contiguous in the shard file"
-        while at >= 0:
-            raw[at + len(jpeg) // 2] ^= 0xFF
-            at = raw.find(jpeg, at + 1)
-    with open(path, "wb") as f:
-        f.write(raw)
-
-
 def test_damaged_entry_is_counted_and_replaced_with_its_own_label(frames_data, tmp_path):
     damaged = str(tmp_path / "damaged")
     shutil.copytree(frames_data, damaged)
-    _damage_video(damaged, 3)
+    damage_video(damaged, 3)
     loader = build_loader(damaged, "train", NCTHW, 4, True, py_workers=2)
     out = run_epoch(loader, 0)  # run_epoch checks every label against its video's record
     assert 3 not in out["index"].tolist()
@@ -379,7 +268,7 @@ def test_mixed_decoding_on_gpu_matches_cpu(gpu_data):
 
 @pytest.mark.gpu
 def test_h264_video_store_decodes_on_gpu(base):
-    out = _synthetic(base, "h264", "video", GPU_SIZE)
+    out = synthetic_store(base, "h264", "video", GPU_SIZE)
     assert min(open_dataset(out, "train").record(0)["size"]) == GPU_SIZE[0]
     loader = build_loader(out, "train", NTCHW, 4, True, device_id=0, py_workers=1, dtype=torch.bfloat16)
     batch = next(iter(loader))

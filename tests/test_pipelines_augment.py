@@ -101,7 +101,7 @@ def test_config_rejects_bad_values():
 from pipelines import build_loader  # noqa: E402
 from pipelines.augment import erase_box, flip_label_pairs, random_box  # noqa: E402
 
-from test_pipelines import NCTHW, base, pattern_data  # noqa: E402, F401  (shared fixtures)
+from helpers import NCTHW  # noqa: E402
 
 
 def _pixels_of(loader, epoch: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,13 +12,12 @@ from pipelines.resources import host_threads, image_decoder_args, largest_frame,
 from pipelines.sampling import ClipSpec, clip_indices, sample_rng
 from prep import open_dataset
 
-from test_pipelines import NCTHW, NTCHW, _synthetic, run_epoch
-from test_pipelines import base, gpu_data, gpu_pattern_data, pattern_data  # noqa: F401  (shared fixtures)
+from helpers import NCTHW, NTCHW, run_epoch, synthetic_store
 
 
 @pytest.fixture(scope="module")
 def frames_data(tmp_path_factory):
-    return _synthetic(tmp_path_factory.mktemp("frames"), "h264", "frames")
+    return synthetic_store(tmp_path_factory.mktemp("frames"), "h264", "frames")
 
 
 # --------------------------------------------------------------------------------------------- the reference graph

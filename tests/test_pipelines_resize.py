@@ -13,8 +13,7 @@ from pipelines.augment import PARAMS, WARP_MIN_SCALE, normalize
 from pipelines.pipeline import GraphOptions, crop_on_decode
 from pipelines.readers import READERS
 
-from test_pipelines import NCTHW, NTCHW, run_epoch
-from test_pipelines import base, frames_data  # noqa: F401  (shared fixtures)
+from helpers import NCTHW, NTCHW, run_epoch
 
 CROP = 224
 FRAME = (454, 256)  # width, height: a Kinetics frame prepped at short side 256

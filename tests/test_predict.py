@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-import models
 from eval.__main__ import main as eval_main
 from eval.dump import load_scores
 import eval.predict as predict_module
@@ -22,7 +21,6 @@ from models.checkpoints import Recognized
 from prep import open_dataset
 from prep.__main__ import main as prep_main
 from prep.synthetic import CLASS_NAMES, encode_video, render
-from train.config import TrainConfig
 from train.setup import Dist
 
 CPU = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
@@ -41,33 +39,20 @@ def videos(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """A toolkit checkpoint of tsn_tiny (4 frames, 32 px crops) that records no dataset."""
-    path = tmp_path_factory.mktemp("run") / "best.pt"
-    torch.manual_seed(0)
-    model = models.create_model("tsn_tiny", num_classes=len(CLASSES), num_frames=4)
-    cfg = TrainConfig(model="tsn_tiny", data="", threads=1).to_dict()
-    torch.save({"model_name": "tsn_tiny", "num_classes": len(CLASSES), "classes": CLASSES,
-                "contract": model.input_contract.replace(crop_size=32).to_dict(), "config": cfg,
-                "model": model.state_dict(), "ema": None}, path)
-    return str(path)
-
-
 def _prep_test_list(videos, out, *extra) -> None:
     (videos / "test.txt").write_text("".join(f"{name}\n" for name in VIDEOS))
     assert prep_main(["videos", "--list", f"test={videos / 'test.txt'}", "--root", str(videos), "--out", str(out),
                       "--workers", "1", "--no-progress", *extra]) == 0
 
 
-def test_unlabelled_split_gets_submissions_and_no_accuracy(videos, ckpt, tmp_path, capsys):
+def test_unlabelled_split_gets_submissions_and_no_accuracy(videos, tsn_tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "store"
     _prep_test_list(videos, out)  # no --classes: eval takes the checkpoint's
     test = open_dataset(str(out), "test")
     assert [r["label"] for r in test.rows] == [None] * len(VIDEOS) and not test.labelled and test.classes == []
     report = tmp_path / "eval"
-    assert eval_main(["--ckpt", ckpt, "--data", str(out), "--split", "test", "--out", str(report), "--clips", "2",
-                      "--py-workers", "1", "--device", "cpu", "--no-progress"]) == 0
+    assert eval_main(["--ckpt", tsn_tiny_ckpt, "--data", str(out), "--split", "test", "--out", str(report),
+                      "--clips", "2", "--py-workers", "1", "--device", "cpu", "--no-progress"]) == 0
     assert "no accuracy" in capsys.readouterr().out
     metrics = json.load(open(report / "metrics.json"))
     assert metrics["top1"] is None and metrics["top5"] is None and metrics["videos"] == len(VIDEOS)
@@ -123,7 +108,7 @@ def test_ssv2_test_json_becomes_an_unlabelled_split(videos, tmp_path):
     assert open_dataset(str(out), "train").labelled
 
 
-def test_predict_codecs_folder_list_and_unreadable_files(videos, ckpt, tmp_path, capsys):
+def test_predict_codecs_folder_list_and_unreadable_files(videos, tsn_tiny_ckpt, tmp_path, capsys):
     """An H.264 mp4 and a VP9 webm given directly, a folder, a list file; a corrupt and a missing file get one
     line each and the others are still predicted."""
     bad = tmp_path / "bad.mp4"
@@ -133,7 +118,7 @@ def test_predict_codecs_folder_list_and_unreadable_files(videos, ckpt, tmp_path,
     (tmp_path / "list.txt").write_text("# relative to the list\nfolder/c.mp4\n")
     inputs = [str(videos / "a.mp4"), str(videos / "b.webm"), str(tmp_path / "folder"), str(tmp_path / "list.txt"),
               str(bad), str(tmp_path / "missing.mp4")]
-    assert eval_main(["predict", *inputs, "--ckpt", ckpt, "--json", "--top", "3", "--workers", "1",
+    assert eval_main(["predict", *inputs, "--ckpt", tsn_tiny_ckpt, "--json", "--top", "3", "--workers", "1",
                       "--py-workers", "1", "--device", "cpu", "--no-progress"]) == 0
     result = json.loads(capsys.readouterr().out)  # one JSON object
     rows = {r["video"]: r for r in result["videos"]}
@@ -165,43 +150,43 @@ def _encode_with(path: str, encoder: str, pix_fmt: str) -> bool:
     return True
 
 
-def test_predict_reads_other_codecs_and_containers(ckpt, tmp_path, capsys):
+def test_predict_reads_other_codecs_and_containers(tsn_tiny_ckpt, tmp_path, capsys):
     cases = {"hevc.mkv": [("libx265", "yuv420p")], "av1.mp4": [("libsvtav1", "yuv420p"), ("libaom-av1", "yuv420p")],
              "mpeg4.avi": [("mpeg4", "yuv420p")], "mjpeg.avi": [("mjpeg", "yuvj420p")]}
     made = [str(tmp_path / name) for name, encoders in cases.items()
             if any(_encode_with(str(tmp_path / name), *encoder) for encoder in encoders)]
     if not made:
         pytest.skip("this FFmpeg build has none of the encoders")
-    assert eval_main(["predict", *made, "--ckpt", ckpt, "--json", "--workers", "1", "--py-workers", "1",
+    assert eval_main(["predict", *made, "--ckpt", tsn_tiny_ckpt, "--json", "--workers", "1", "--py-workers", "1",
                       "--device", "cpu", "--no-progress"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [r["video"] for r in result["videos"] if "top" in r] == made, result["videos"]
     assert len(made) == len(cases) or os.environ.get("VIDKIT_ALLOW_MISSING_ENCODERS"), f"only {made} encoded"
 
 
-def test_predict_text_output_and_nothing_readable(videos, ckpt, tmp_path, capsys):
+def test_predict_text_output_and_nothing_readable(videos, tsn_tiny_ckpt, tmp_path, capsys):
     bad = tmp_path / "bad.avi"
     bad.write_bytes(b"RIFF" + b"\x01" * 300)
-    assert eval_main(["predict", str(videos / "a.mp4"), str(bad), "--ckpt", ckpt, "--workers", "1",
+    assert eval_main(["predict", str(videos / "a.mp4"), str(bad), "--ckpt", tsn_tiny_ckpt, "--workers", "1",
                       "--py-workers", "1", "--device", "cpu", "--no-progress"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"{videos / 'a.mp4'}: ")
     assert len(lines[0].split(", ")) == len(CLASSES)  # --top 5 of 4 classes: all of them, by name
     assert lines[1].startswith(f"{bad}: not predicted: ")
-    assert eval_main(["predict", str(bad), "--ckpt", ckpt, "--device", "cpu", "--no-progress"]) == 1
+    assert eval_main(["predict", str(bad), "--ckpt", tsn_tiny_ckpt, "--device", "cpu", "--no-progress"]) == 1
     assert capsys.readouterr().out.startswith(f"{bad}: not predicted: ")
 
 
-def test_predict_scores_what_prep_and_eval_score(videos, ckpt, tmp_path, capsys):
+def test_predict_scores_what_prep_and_eval_score(videos, tsn_tiny_ckpt, tmp_path, capsys):
     """The same videos prepped (unlabelled, the checkpoint's classes) and evaluated give the very same scores:
     predict runs that code, not a copy of it."""
     out = tmp_path / "store"
     _prep_test_list(videos, out, "--classes", str(videos / "classes.txt"))
-    evaluate(ckpt, CPU, data=str(out), split="test", clips=2, crops=3, batch_size=4, py_workers=1, progress=False,
-             out_dir=str(tmp_path / "eval"))
+    evaluate(tsn_tiny_ckpt, CPU, data=str(out), split="test", clips=2, crops=3, batch_size=4, py_workers=1,
+             progress=False, out_dir=str(tmp_path / "eval"))
     expected, index = load_scores(str(tmp_path / "eval"))
     capsys.readouterr()
-    assert eval_main(["predict", str(videos / "test.txt"), "--ckpt", ckpt, "--clips", "2", "--crops", "3",
+    assert eval_main(["predict", str(videos / "test.txt"), "--ckpt", tsn_tiny_ckpt, "--clips", "2", "--crops", "3",
                       "--batch-size", "4", "--top", "4", "--json", "--workers", "1", "--py-workers", "1",
                       "--device", "cpu", "--no-progress"]) == 0
     rows = json.loads(capsys.readouterr().out)["videos"]
@@ -226,11 +211,11 @@ def test_class_names_come_from_the_checkpoint_or_a_file(tmp_path):
         read_class_names(str(tmp_path / "nope.txt"))
 
 
-def test_predict_twice_scores_twice_the_views(videos, ckpt, tmp_path, capsys):
+def test_predict_twice_scores_twice_the_views(videos, tsn_tiny_ckpt, tmp_path, capsys):
     """--twice reaches the evaluation predict runs: 2 x clips x crops views per video, other scores than the
     centre views alone, recorded in the output; refused where `python -m eval --twice` refuses it."""
-    common = [str(videos / "a.mp4"), str(videos / "b.webm"), "--ckpt", ckpt, "--top", "4", "--json", "--workers", "1",
-              "--py-workers", "1", "--device", "cpu", "--no-progress"]
+    common = [str(videos / "a.mp4"), str(videos / "b.webm"), "--ckpt", tsn_tiny_ckpt, "--top", "4", "--json",
+              "--workers", "1", "--py-workers", "1", "--device", "cpu", "--no-progress"]
     results = {}
     for name, extra in (("once", []), ("twice", ["--twice"])):
         assert eval_main(["predict", *common, "--keep", str(tmp_path / name), *extra]) == 0
@@ -252,8 +237,8 @@ def test_predict_twice_scores_twice_the_views(videos, ckpt, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "tsn sampling, not dense" in err, err
 
 
-def test_predict_refuses_an_image_checkpoint(videos, ckpt, tmp_path, capsys):
-    state = torch.load(ckpt, weights_only=True)
+def test_predict_refuses_an_image_checkpoint(videos, tsn_tiny_ckpt, tmp_path, capsys):
+    state = torch.load(tsn_tiny_ckpt, weights_only=True)
     state["config"]["task"] = "image"
     torch.save(state, tmp_path / "image.pt")
     assert eval_main(["predict", str(videos / "a.mp4"), "--ckpt", str(tmp_path / "image.pt"), "--twice",
@@ -262,7 +247,7 @@ def test_predict_refuses_an_image_checkpoint(videos, ckpt, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "image pre-training checkpoint" in err, err
 
 
-def test_predict_in_chunks_gives_the_unchunked_output(videos, ckpt, tmp_path, capsys):
+def test_predict_in_chunks_gives_the_unchunked_output(videos, tsn_tiny_ckpt, tmp_path, capsys):
     """--chunk 1 and 2 (each chunk prepped into its own store, the next one in the background while one is scored)
     print what one chunk prints, exactly: the same probabilities in the same order, each unreadable file's line;
     and the work dir's merged report is the one chunk's report."""
@@ -272,7 +257,7 @@ def test_predict_in_chunks_gives_the_unchunked_output(videos, ckpt, tmp_path, ca
               str(tmp_path / "missing.mp4")]
     results = {}
     for chunk in (0, 1, 2):
-        assert eval_main(["predict", *inputs, "--ckpt", ckpt, "--clips", "2", "--json", "--workers", "1",
+        assert eval_main(["predict", *inputs, "--ckpt", tsn_tiny_ckpt, "--clips", "2", "--json", "--workers", "1",
                           "--py-workers", "1", "--device", "cpu", "--no-progress", "--chunk", str(chunk),
                           "--keep", str(tmp_path / f"chunk{chunk}")]) == 0
         results[chunk] = json.loads(capsys.readouterr().out)
@@ -320,7 +305,7 @@ def _group_members(groups: set[int]) -> set[int]:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
-def test_an_interrupt_while_scoring_stops_the_background_prep(videos, ckpt, tmp_path, monkeypatch):
+def test_an_interrupt_while_scoring_stops_the_background_prep(videos, tsn_tiny_ckpt, tmp_path, monkeypatch):
     """A Ctrl-C (or an error) while chunk 0 is scored stops chunk 1's prep, still decoding in its own process with
     2 workers, by prep's own interrupt handling (its spool removed), and starts no further chunk."""
     inputs = []
@@ -344,7 +329,7 @@ def test_an_interrupt_while_scoring_stops_the_background_prep(videos, ckpt, tmp_
 
     monkeypatch.setattr(predict_module, "_score", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        predict(inputs, ckpt, CPU, workers=2, chunk=2, keep=str(tmp_path / "work"), progress=False)
+        predict(inputs, tsn_tiny_ckpt, CPU, workers=2, chunk=2, keep=str(tmp_path / "work"), progress=False)
     assert len(running) == 3, running  # prep's process and its 2 workers were running: the test can fail
     assert _group_members(groups) == set() and mp.active_children() == []
     assert not [n for n in os.listdir(spool) if n.endswith(".spool")]  # prep stopped itself: not killed

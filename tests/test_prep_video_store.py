@@ -15,7 +15,7 @@ from prep import open_dataset
 from prep.__main__ import main as prep_main
 from prep.video_store import REENCODE_GOP, check_store, reencode, refusal, stream_info
 
-from test_pipelines import _prep, _synthetic, base, gpu_data, run_epoch  # noqa: F401  (fixtures: base, gpu_data)
+from helpers import prep_store, run_epoch, synthetic_store
 
 
 def _encode(path, encoder: str, pix_fmt: str, size=(144, 192), frames: int = 12, options=None) -> str:
@@ -82,7 +82,7 @@ def test_refusal_rules_from_manifest_facts():
 
 
 def test_store_video_records_facts_and_rejects_what_nvdec_cannot_decode(streams, tmp_path):
-    out = _prep(str(streams), [f"train={streams / 'train.txt'}"], str(tmp_path / "video"), "video")
+    out = prep_store(str(streams), [f"train={streams / 'train.txt'}"], str(tmp_path / "video"), "video")
     rows = {r["id"]: r for r in open_dataset(out).rows}
     rejects = {r["id"]: r["reason"] for r in map(json.loads, open(os.path.join(out, "rejects.jsonl")))}
     for name, _, pix_fmt, _, refused in STREAMS:
@@ -144,7 +144,7 @@ def test_reencode_keeps_the_picture_and_frame_order(tmp_path):
 
 def test_reencoded_vp9_store_decodes_on_the_cpu_path_like_the_frames(tmp_path):
     """The CPU stand-in for the NVDEC store: DALI's CPU decoder reads the re-encoded VP9 at the sampled indices."""
-    frames = _synthetic(tmp_path, "vp9", "frames")
+    frames = synthetic_store(tmp_path, "vp9", "frames")
     src = tmp_path / "src-vp9"
     out = str(tmp_path / "vp9-reencoded")
     assert prep_main(["videos", "--list", f"val={src / 'val.txt'}", "--root", str(src), "--out", out, "--store",
@@ -173,7 +173,7 @@ def test_loader_refuses_a_store_nvdec_cannot_decode_before_building(base_vp9, tm
 
 @pytest.fixture(scope="module")
 def base_vp9(tmp_path_factory):
-    return _synthetic(tmp_path_factory.mktemp("nvdec"), "vp9", "video")
+    return synthetic_store(tmp_path_factory.mktemp("nvdec"), "vp9", "video")
 
 
 @pytest.mark.gpu

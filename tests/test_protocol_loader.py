@@ -9,7 +9,7 @@ from pipelines import build_loader, protocols
 from pipelines.sampling import ClipSpec, view_of
 from prep.synthetic import encode_video
 
-from test_pipelines import _prep, base  # noqa: F401  (shared fixtures)
+from helpers import prep_store
 
 WIDTH, HEIGHT = 64, 48
 LENGTHS = (9, 17, 30)  # short videos take each protocol's short-video rules
@@ -30,7 +30,7 @@ def coded(base):  # noqa: F811
         lines.append(f"videos/coded{n}.mp4 a\n")
     (src / "val.txt").write_text("".join(lines))
     (src / "classes.txt").write_text("a\n")
-    return _prep(str(src), [f"val={src / 'val.txt'}"], str(base / "coded-frames"), "frames")
+    return prep_store(str(src), [f"val={src / 'val.txt'}"], str(base / "coded-frames"), "frames")
 
 
 def _decode_view(clip: np.ndarray, resize: tuple) -> tuple[list[int], float, float, bool]:

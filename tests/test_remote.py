@@ -20,7 +20,8 @@ from prep.__main__ import main as prep_main
 from prep.remote import RemoteStoreError
 from procs import alive
 from bench.s3server import port_open
-from s3fixture import BUCKET, s3, s3_env  # noqa: F401
+from s3fixture import BUCKET
+from helpers import CPU, tsn_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTH = ["--videos", "20", "--frames", "8", "--size", "32", "--workers", "1", "--no-progress"]
@@ -109,12 +110,10 @@ def test_interrupted_upload_resumes_without_resending(s3_env, monkeypatch, capsy
 
 
 def test_eval_on_the_s3_store_gives_the_local_metrics(s3_env, store, tmp_path):
-    from test_eval import CPU, _checkpoint
-
     from eval.run import evaluate
 
     classes = open_dataset(store["staging"], "val").classes
-    ckpt = _checkpoint(tmp_path / "best.pt", store["staging"], classes)
+    ckpt = tsn_checkpoint(tmp_path / "best.pt", store["staging"], classes)
     got = {}
     for name, data in (("local", store["staging"]), ("s3", store["url"])):
         got[name] = evaluate(ckpt, CPU, data=data, clips=2, crops=1, batch_size=4, py_workers=1, progress=False,

@@ -15,7 +15,8 @@ import pytest
 
 from prep import open_dataset, remote_upload
 from prep.__main__ import main as prep_main
-from s3fixture import BUCKET, s3, s3_env  # noqa: F401
+from s3fixture import BUCKET
+from helpers import tsn_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTH = ["--videos", "20", "--frames", "8", "--size", "32", "--workers", "1", "--no-progress"]
@@ -105,10 +106,9 @@ def test_cache_disk_full_during_a_download_is_one_line_and_the_partial_file_is_n
 def test_wrong_credentials_are_one_line_before_any_work_for_every_command(s3_env, store, tmp_path, monkeypatch,
                                                                           capsys):
     from eval.__main__ import main as eval_main
-    from test_eval import _checkpoint
     from train.__main__ import main as train_main
 
-    ckpt = _checkpoint(tmp_path / "best.pt", store["staging"], open_dataset(store["staging"]).classes)
+    ckpt = tsn_checkpoint(tmp_path / "best.pt", store["staging"], open_dataset(store["staging"]).classes)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     monkeypatch.setenv("VIDKIT_CACHE_DIR", str(tmp_path / "bad-cache"))
     url, out = store["url"], tmp_path / "outputs"

@@ -17,7 +17,7 @@ import pytest
 from pipelines.shard_plan import ShardPlan
 from prep import open_dataset
 from prep.__main__ import main as prep_main
-from s3fixture import BUCKET, s3, s3_env  # noqa: F401
+from s3fixture import BUCKET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTH = ["--videos", "20", "--frames", "8", "--size", "32", "--workers", "1", "--no-progress", "--shard-size", "12K"]

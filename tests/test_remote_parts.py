@@ -21,7 +21,7 @@ from prep import open_dataset, remote_claim, remote_upload
 from prep.__main__ import main as prep_main
 from prep.remote import RemoteStoreError
 from prep.verify import report
-from s3fixture import BUCKET, s3, s3_env  # noqa: F401
+from s3fixture import BUCKET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTH = ["--videos", "20", "--frames", "8", "--size", "32", "--workers", "1", "--no-progress"]

@@ -16,7 +16,7 @@ from pipelines import build_loader
 from prep import open_dataset
 from prep.__main__ import main as prep_main
 from prep.remote import RemoteStoreError
-from s3fixture import BUCKET, s3, s3_env  # noqa: F401
+from s3fixture import BUCKET
 
 CONTRACT = InputContract("NCTHW", num_frames=4, crop_size=32)
 SYNTH = ["--videos", "60", "--frames", "8", "--size", "32", "--workers", "1", "--no-progress", "--shard-size", "12K"]

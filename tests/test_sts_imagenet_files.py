@@ -18,7 +18,7 @@ from models import zoo
 from models.checkpoints import Checkpoint, CheckpointError, check_same_architecture, from_checkpoint, recognize
 from models.registry import IMAGENET_MEAN, IMAGENET_STD
 from models.weights import load_pretrained
-from test_models_s3d_x3d import randomise_batchnorm
+from helpers import randomise_batchnorm
 
 ARCHS = {  # timm --model (scripts/*/distributed_train.sh) -> toolkit model
     "v3d_csn50_ir_224": "ircsn_50", "v3d_r2plus1d34_224": "r2plus1d_34",

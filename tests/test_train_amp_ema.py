@@ -28,23 +28,6 @@ def _config(data, output, **overrides) -> TrainConfig:
     return apply(TrainConfig(), {**values, **overrides}, "test")
 
 
-@pytest.fixture
-def make_trainer():
-    """Trainers built in-process; their loaders and TensorBoard writers are closed after the test."""
-    made = []
-
-    def make(cfg: TrainConfig) -> Trainer:
-        made.append(Trainer(cfg, CPU))
-        return made[-1]
-
-    yield make
-    for t in made:
-        for loader in (t.train_loader, t.val_loader):
-            if loader is not None:
-                loader.close()
-        t.writer.close()
-
-
 @pytest.fixture(scope="module")
 def plain_run(data, tmp_path_factory):
     """last.pt of a run without fp16 and without EMA (2 steps), for the tests that resume from one."""

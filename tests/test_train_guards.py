@@ -17,7 +17,7 @@ import torch
 
 import models
 from models.checkpoints import CheckpointError
-from test_pipelines import _damage_video
+from helpers import damage_video
 from train import checkpoint as ckpt
 from train.__main__ import main as train_main
 from train.config import ConfigError, TrainConfig, apply, config_changes, load_config
@@ -41,22 +41,6 @@ def _argv(data, output, *extra) -> list[str]:
         if key != "progress":
             argv += [f"--{key.replace('_', '-')}", str(value)]
     return argv + list(extra)
-
-
-@pytest.fixture
-def make_trainer():
-    made = []
-
-    def make(cfg: TrainConfig) -> Trainer:
-        made.append(Trainer(cfg, CPU))
-        return made[-1]
-
-    yield make
-    for t in made:
-        for loader in (t.train_loader, t.val_loader):
-            if loader is not None:
-                loader.close()
-        t.writer.close()
 
 
 def _fit(make_trainer, cfg: TrainConfig) -> Trainer:
@@ -377,7 +361,7 @@ def test_damaged_videos_are_counted_in_the_metrics(data, tmp_path, make_trainer)
 
     damaged = tmp_path / "data"
     shutil.copytree(data, damaged)
-    _damage_video(str(damaged), 3)
+    damage_video(str(damaged), 3)
     t = _fit(make_trainer, _config(damaged, tmp_path))
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
     stats = t.train_loader.stats
