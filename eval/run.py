@@ -14,7 +14,8 @@ import torch
 
 import models
 import pipelines
-from models.checkpoints import CheckpointError, build_recognized, recognize_file
+from models.checkpoints import CheckpointError, recognize_file
+from models.factory import build_recognized
 from pipelines.images import ImageLoader, open_image_folder
 from prep import open_dataset
 from prep.outputs import check_writable, refuse_input_as_output, write_json
