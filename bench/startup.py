@@ -3,7 +3,7 @@
     python -m bench.startup [--runs 5] [--only PATTERN] [--markdown]
 
 Each command runs `--runs` times in a fresh interpreter from this checkout (wall time, the median and the fastest
-are shown); one more run under `python -X importtime` names the slowest top-level import and whether torch was
+are shown, and the median CPU time of the process, which a busy machine changes less); one more run under `python -X importtime` names the slowest top-level import and whether torch was
 imported. The goal (issue #24) is under a second for each, which on most machines means: no torch, DALI or PyAV,
 and no model family. The machine's load changes the figures, so it is printed beside them.
 """
@@ -13,6 +13,7 @@ import argparse
 import fnmatch
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -36,12 +37,18 @@ for _command in ("prep", "train", "train.demo", "eval", "eval views", "eval feat
 COMMANDS.append(("-m models list", ["-m", "models", "list"]))
 
 
-def run_once(args: list[str], importtime: bool = False) -> tuple[float, subprocess.CompletedProcess]:
+def run_once(args: list[str], importtime: bool = False) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(wall seconds, CPU seconds of the child, its result)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(":"))
     command = [sys.executable, *(["-X", "importtime"] if importtime else []), *args]
-    start = time.perf_counter()
+    before, start = _children_cpu(), time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    return time.perf_counter() - start, done
+    return time.perf_counter() - start, _children_cpu() - before, done
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def slowest_import(importtime_log: str) -> tuple[str, float, bool]:
@@ -58,15 +65,17 @@ def slowest_import(importtime_log: str) -> tuple[str, float, bool]:
 
 
 def measure(label: str, args: list[str], runs: int) -> dict:
-    times, codes = [], set()
+    times, cpu, codes = [], [], set()
     for _ in range(runs):
-        seconds, done = run_once(args)
+        seconds, cpu_seconds, done = run_once(args)
         times.append(seconds)
+        cpu.append(cpu_seconds)
         codes.add(done.returncode)
-    _, traced = run_once(args, importtime=True)
+    _, _, traced = run_once(args, importtime=True)
     module, module_s, torch_seen = slowest_import(traced.stderr)
-    return {"command": label, "median_s": statistics.median(times), "min_s": min(times), "exit": sorted(codes),
-            "slowest_import": module, "slowest_import_s": module_s, "torch": torch_seen}
+    return {"command": label, "median_s": statistics.median(times), "min_s": min(times),
+            "cpu_s": statistics.median(cpu), "exit": sorted(codes), "slowest_import": module,
+            "slowest_import_s": module_s, "torch": torch_seen}
 
 
 def machine() -> str:
@@ -77,12 +86,12 @@ def machine() -> str:
 
 def table(rows: list[dict]) -> list[str]:
     base = next((r["median_s"] for r in rows if r["command"] == BASELINE), 0.0)
-    lines = ["| command (`python ...`) | median s | fastest s | over `python -c pass` s | exit | torch "
-             "| slowest import (s) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| command (`python ...`) | median s | fastest s | over `python -c pass` s | CPU s | exit | torch "
+             "| slowest import (s) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         flag = "" if r["median_s"] - base < GOAL_S else " (over 1 s)"
         lines.append(f"| `{r['command']}` | {r['median_s']:.2f}{flag} | {r['min_s']:.2f} | "
-                     f"{r['median_s'] - base:.2f} | {','.join(map(str, r['exit']))} | "
+                     f"{r['median_s'] - base:.2f} | {r['cpu_s']:.2f} | {','.join(map(str, r['exit']))} | "
                      f"{'yes' if r['torch'] else 'no'} | {r['slowest_import']} ({r['slowest_import_s']:.2f}) |")
     return lines
 
