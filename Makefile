@@ -43,7 +43,7 @@ CONFIG ?= $(wildcard configs/$(MODEL_NAME)_$(DATASET).yaml)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install bench-requirements test test-quick demo prep prep-merge train pretrain-image eval predict bench-prep bench-data bench-stages bench-models bench-images bench-memory bench-remote gpu-check clean
+.PHONY: help install bench-requirements test test-quick demo prep prep-merge train pretrain-image eval predict bench-prep bench-data bench-stages bench-models bench-images bench-memory bench-remote bench-startup gpu-check clean
 
 help:
 	@echo "make install                       create .venv with the pinned versions of requirements.txt"
@@ -55,7 +55,7 @@ help:
 	@echo "make pretrain-image MODEL=ircsn_50 DATA=IMAGENET_DIR [GPUS=8 ARGS=...]   image pre-training (STS recipe)"
 	@echo "make eval CKPT=... [DATA=...] CLIPS=3 CROPS=3 [ARGS=\"--protocol ibm|sifar|mmaction|ila|vidkit|ZOO_KEY\"]"
 	@echo "make predict VIDEO='a.mp4 dir/ list.txt' CKPT=... [CLIPS=3 CROPS=3]   top classes of video files, no prep step"
-	@echo "make bench-prep | bench-data | bench-stages | bench-models | bench-images | bench-memory"
+	@echo "make bench-prep | bench-data | bench-stages | bench-models | bench-images | bench-memory | bench-startup"
 	@echo "make gpu-check [STEP=\"tests meter data meter_vit images nvdec\"] [ARGS=\"--time-limit 420\"]   on a GPU"
 
 install: $(STAMP)
@@ -169,6 +169,9 @@ bench-memory: install
 
 bench-remote: install
 	$(PYTHON) -m bench.remote --epochs --videos 240 --frames 16 --size 128 --shard-size 256K $(ARGS)
+
+bench-startup: install
+	$(PYTHON) -m bench.startup $(ARGS)
 
 # no `install` prerequisite: a GPU machine may run it on its own python3 with the packages bench/gpu_check.py lists
 GPU_CHECK_PY = $(if $(wildcard $(PYTHON)),$(PYTHON),python3)

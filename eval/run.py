@@ -12,8 +12,8 @@ import os
 
 import torch
 
-import models
-from models.checkpoints import CheckpointError, build_recognized, recognize_file
+from models.checkpoints import CheckpointError, recognize_file
+from models.factory import build_recognized
 from pipelines.augment import AugmentConfig
 from pipelines.images import ImageLoader, open_image_folder
 from pipelines.loader import build_loader

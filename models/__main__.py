@@ -1,4 +1,4 @@
-"""`python -m models list` | `info NAME [--num-classes C --frames T --size S] [--json]` | `info --ckpt FILE`
+"""`python -m models list [PATTERN] [--contracts]` | `info NAME [--num-classes C --frames T --size S] [--json]` | `info --ckpt FILE`
 | `zoo [PATTERN] [--project P] [--dataset D] [--json]` | `export --ckpt CKPT --format onnx|torchscript --out FILE`."""
 from __future__ import annotations
 
@@ -8,32 +8,37 @@ import json
 import os
 import sys
 
-import torch
-
 from prep.cli import POSITIVE_INT, add_debug_option, run_main
 from prep.lists import read_class_list
 from prep.outputs import check_writable, refuse_input_as_output
 
-from . import create_model, list_models
 from . import zoo
-from .profile import count_params, describe
-from .registry import resolve_name
+from .registry import list_models, resolve_name
+
+# The commands that build or read models import torch (models/factory.py, profile.py, export.py) when they run:
+# `--help`, an argument error and `list` read only the registry and the zoo's table, in well under a second.
 
 
 def _contract_line(name: str) -> str:
+    import torch
+
+    from .factory import create_model
+
     with torch.device("meta"):
         contract = create_model(name, num_classes=10).input_contract
-    return f"{contract.layout}  {contract.num_frames:>2}x{contract.crop_size:<3}  {contract.sampling}"
+    return f"  {contract.layout}  {contract.num_frames:>2}x{contract.crop_size:<3}  {contract.sampling}"
 
 
 def cmd_list(args) -> None:
     names = list_models(args.pattern)
     aliases = [n for n in list_models(args.pattern, include_aliases=True) if n not in names]
     width = max(map(len, names + aliases), default=0)
+    # the contracts are the built models' (every family imported, with torch): only when asked for
+    contract = _contract_line if args.contracts else (lambda name: "")
     for name in names:
-        print(f"{name:<{width}}  {_contract_line(name)}")
+        print(f"{name:<{width}}{contract(name)}".rstrip())
     for alias in aliases:
-        print(f"{alias:<{width}}  {_contract_line(alias)}  (alias of {resolve_name(alias)})")
+        print(f"{alias:<{width}}{contract(alias)}  (alias of {resolve_name(alias)})")
 
 
 def _millions(n: int) -> str:
@@ -45,6 +50,8 @@ def cmd_info(args) -> None:
         raise ValueError("info takes a model NAME or --ckpt FILE")
     if args.ckpt:
         return cmd_info_ckpt(args)
+    from .profile import describe
+
     info = describe(args.name, num_classes=args.num_classes, frames=args.frames, size=args.size)
     if args.json:
         print(json.dumps(info))
@@ -63,7 +70,8 @@ def cmd_info(args) -> None:
 def _recognise(args) -> tuple:
     """(Recognized, model or None, overrides): the file through models.from_checkpoint's two halves; the model
     is built and loaded unless the origin needs what was not given (e.g. class names)."""
-    from .checkpoints import build_recognized, recognize_file
+    from .checkpoints import recognize_file
+    from .factory import build_recognized
 
     overrides = {} if args.frames is None else {"num_frames": args.frames}
     if args.classes:
@@ -81,6 +89,8 @@ def _ckpt_info(args) -> dict:
              "notes": list(rec.notes), "needs": [k for k in rec.needs if k not in overrides]}
     if model is None:
         return found
+    from .profile import count_params
+
     found.update(contract=model.input_contract.to_dict(), params=count_params(model))
     name = os.path.basename(args.ckpt)
     found["zoo"] = [e.key for e in zoo.ZOO if e.file_name == name and e.model == rec.model]
@@ -162,8 +172,10 @@ def main(argv=None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_list = sub.add_parser("list", help="registered models and aliases with their input contract")
+    p_list = sub.add_parser("list", help="registered models and aliases (--contracts: with their input contracts)")
     p_list.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'sifar*'")
+    p_list.add_argument("--contracts", action="store_true", help="also each model's input contract (layout, "
+                        "frames x crop, sampling): builds every model on the meta device, which takes seconds")
     p_info = sub.add_parser("info", help="parameters and GFLOPs per view of one model, or what a checkpoint is")
     p_info.add_argument("name", nargs="?", default="")
     p_info.add_argument("--ckpt", default="", help="a checkpoint file: the origin, model, arguments and contract "

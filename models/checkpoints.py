@@ -1,7 +1,8 @@
 """Checkpoint files of any supported origin -> the right registered model, loaded exactly.
 
-`from_checkpoint(path, **overrides)` reads a file (never running code from it), asks every registered
-*origin recogniser* whether it knows the file, builds the model the file describes and loads it strictly.
+`recognize_file(path, **overrides)` reads a file (never running code from it) and asks every registered
+*origin recogniser* whether it knows the file; models/factory.py's `from_checkpoint` then builds the model
+the file describes and loads it strictly.
 Origins: this toolkit's own checkpoints (here), and the released files of the five source projects,
 whose recognisers live beside their models (timm's `checkpoint_filter_fn` convention) and register on
 import with `@register_origin`:
@@ -28,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from torch import nn
+
+from .registry import import_families
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +166,7 @@ def _keys(obj) -> str:
 
 def recognize(ckpt: Checkpoint, overrides: dict | None = None, required: bool = True) -> Recognized | None:
     """The one origin that knows `ckpt`; None (or, with `required`, a CheckpointError) when none does."""
-    _import_families()
+    import_families()
     overrides = dict(overrides or {})
     found = [r for r in (fn(ckpt, overrides) for fn in _recognizers) if r is not None]
     if len(found) > 1:
@@ -175,10 +177,6 @@ def recognize(ckpt: Checkpoint, overrides: dict | None = None, required: bool = 
                                   f"{_keys(ckpt.container)}; first tensors: {_keys(ckpt.state_dict)})")
         return None
     return found[0]
-
-
-def _import_families() -> None:
-    import models  # noqa: F401  (importing the package registers every family's recogniser)
 
 
 # `model_args: {class_names: dataset}`: a text classifier (ILA's K400 head) over the training set's own class names,
@@ -214,127 +212,11 @@ def vidkit_checkpoint(ckpt: Checkpoint, overrides: dict) -> Recognized | None:
                       caller_may_change=True)
 
 
-# -------------------------------------------------------------------------------------------- building
-
-
-def from_checkpoint(path: str, reset_head: bool = False, use_ema: bool = True, **overrides) -> nn.Module:
-    """Build the registered model a checkpoint file describes and load it strictly.
-
-    `overrides` supply what the file cannot tell (`num_frames`, `class_names`, ...) and may not
-    contradict what it does. `num_classes` other than the file's needs `reset_head=True` (a new,
-    randomly initialised classifier for fine-tuning) unless the origin knows how to adapt its head.
-    `use_ema`: a toolkit checkpoint's EMA weights when it kept an EMA (they chose its best.pt).
-    """
-    return build_recognized(recognize_file(path, use_ema, **overrides), path, reset_head, **overrides)
+# ------------------------------------------------------------------------------------------------ files
 
 
 def recognize_file(path: str, use_ema: bool = True, **overrides) -> Recognized:
+    """What `path` is, by the origin that knows it (models/factory.py builds and loads it)."""
     ckpt = read_checkpoint(path)
     ckpt.prefer_ema = use_ema
     return recognize(ckpt, overrides)
-
-
-def build_recognized(rec: Recognized, path: str, reset_head: bool = False, **overrides) -> nn.Module:
-    from .registry import InputContract, create_model
-
-    missing = [k for k in rec.needs if k not in overrides]
-    if missing:
-        raise CheckpointError(f"{path}: {rec.origin} needs {', '.join(missing)} from the caller "
-                              "(e.g. the dataset's class names for a text classifier)")
-    args = _merge_args(path, rec, overrides, reset_head)
-    model = create_model(rec.model, **args)
-    load_recognized(model, rec, path, reset_head=reset_head)
-    if rec.contract:  # as trained (sampling overrides too), at the caller's clip length if given
-        contract = InputContract(**rec.contract)
-        model.input_contract = contract.replace(num_frames=overrides.get("num_frames", contract.num_frames))
-    model.checkpoint_classes = rec.classes
-    for note in rec.notes:
-        log.info("%s: %s", os.path.basename(path), note)
-    return model
-
-
-def _merge_args(path: str, rec: Recognized, overrides: dict, reset_head: bool) -> dict:
-    args = dict(rec.model_args)
-    for key, value in overrides.items():
-        if key in args and args[key] != value and key not in CALLER_ARGS:
-            if key == "num_classes" and reset_head:
-                pass
-            elif key == "num_classes":
-                # no hint of another command's option here: eval, models info and train each read this line
-                raise CheckpointError(f"{path}: its classifier has {args[key]} classes, not the {value} asked for "
-                                      "(it scores only the classes it was trained on)")
-            else:
-                raise CheckpointError(f"{path}: {rec.origin} has {key}={args[key]!r}, which contradicts the "
-                                      f"requested {key}={value!r}")
-        args[key] = value
-    return args
-
-
-def load_recognized(model: nn.Module, rec: Recognized, source: str, reset_head: bool = False) -> None:
-    """Strict load of a recognised file; a classifier of another size is re-initialised only on request."""
-    from .weights import head_keys, load_state_dict_checked
-
-    own = model.state_dict()
-    bad_head = [k for k in head_keys(model) if k in rec.state_dict and rec.state_dict[k].shape != own[k].shape]
-    if bad_head and not reset_head:
-        raise CheckpointError(f"{source}: classifier shape differs ({bad_head[0]} "
-                              f"{tuple(rec.state_dict[bad_head[0]].shape)} vs {tuple(own[bad_head[0]].shape)})")
-    load_state_dict_checked(model, rec.state_dict, source=f"{rec.origin} file {os.path.basename(source)}")
-
-
-def check_same_architecture(model: nn.Module, rec: Recognized, source: str) -> None:
-    """Refuse to load a file into a model of another variant, even when no parameter shows it
-    (temporal strides, pooling, norm eps): compares module hyper-parameters with the variant the file
-    describes, built on the meta device at the model's own classes and frames."""
-    from .registry import create_model
-
-    args = dict(rec.model_args, num_classes=_num_classes(model, rec))
-    args["num_frames"] = model.input_contract.num_frames
-    built = getattr(model, "build_args", {})
-    # in a toolkit checkpoint an argument the caller gives explicitly is a choice (its STS pre-training
-    # fine-tuned with sts=False shares every weight); an authors' file must get the variant it was trained as
-    may = rec.caller_may_change
-    chosen = {k: v for k, v in built.items() if args.get(k, v) != v and (may is True or k in (may or ()))}
-    for key, value in built.items():
-        if key in chosen or key not in args:
-            args[key] = value
-    if chosen:
-        log.info("%s: %s given explicitly where the file has %s", source, _args_text(chosen),
-                 _args_text({k: rec.model_args[k] for k in chosen if k in rec.model_args}))
-    with torch.device("meta"):
-        reference = create_model(rec.model, **args)
-    ours, theirs = _structure(model), _structure(reference)
-    if type(model) is not type(reference) or ours != theirs:
-        differing = ((a, b) for a, b in zip(ours, theirs) if a != b)
-        where = next((f"{a[0] or 'the model'}: {a[2] or a[1]} vs {b[2] or b[1]}" for a, b in differing),
-                     f"{len(ours)} vs {len(theirs)} modules")
-        raise CheckpointError(f"{source} is {rec.origin} -> {rec.model} {_args_text(rec.model_args)}; the model "
-                              f"being loaded is another variant ({where}); build it with those arguments, or "
-                              "use models.from_checkpoint")
-
-
-def _num_classes(model: nn.Module, rec: Recognized) -> int:
-    return getattr(model, "num_classes", None) or rec.model_args.get("num_classes", 400)
-
-
-_IGNORED = (nn.Dropout, nn.Identity)
-
-
-def _structure(model: nn.Module) -> list[tuple[str, str, str]]:
-    """(name, type, hyper-parameters) of every module that computes something; dropout and drop-path
-    rates and classifier sizes are training or task choices, not architecture."""
-    from .weights import head_keys
-
-    heads = {k.rsplit(".", 1)[0] for k in head_keys(model)}
-    rows = []
-    for name, module in model.named_modules():
-        kind = type(module).__name__
-        if isinstance(module, _IGNORED) or "DropPath" in kind:
-            continue
-        rows.append((name, kind, "" if name in heads else module.extra_repr()))
-    return rows
-
-
-def _args_text(args: dict) -> str:
-    shown = {k: v for k, v in args.items() if k not in ("class_names",)}
-    return "(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"

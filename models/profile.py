@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .registry import create_model, resolve_name
+from .factory import create_model
+from .registry import resolve_name
 
 
 def count_params(model: nn.Module) -> int:

@@ -178,7 +178,7 @@ def slowfast_tiny(num_classes=400, num_frames=8, **kwargs):
 
 
 # ------------------------------------------------------------------ mmaction files (the STS paper's)
-# Recognised by models/resnet3d.py's `mmaction_resnet3d`, which hands `backbone.slow_path.*` files here.
+# Recognised by models/sts_files.py's `mmaction_resnet3d`, which hands `backbone.slow_path.*` files here.
 
 _MMACTION_SLOWFAST = {"4x16": ("slowfast_50_4x16", 5), "8x8": ("slowfast_50_8x8", 7)}  # fusion kernels
 

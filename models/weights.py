@@ -1,8 +1,8 @@
-"""Loading local weight files: never a silent partial load.
+"""Loading state dicts into models: never a silent partial load.
 
-A model may define `load_pretrained(state_dict)` to map foreign keys (2D->3D inflation, CLIP
-names, window resizing); otherwise the file must match the model exactly, except the classifier,
-which is re-initialised when its shape differs (the usual fine-tuning case) and said so.
+The classifier is re-initialised when its shape differs (the usual fine-tuning case) and said so;
+every other missing, unexpected or mis-shaped key is an error. models/factory.py's `load_pretrained`
+uses this for plain weight files, and the families for the files they convert.
 """
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import logging
 import torch
 from torch import nn
 
+from .checkpoints import read_checkpoint
+
 log = logging.getLogger(__name__)
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """The tensors of a weights file, read without running code from it (see models/checkpoints.py)."""
-    from .checkpoints import read_checkpoint
-
     return read_checkpoint(path).state_dict
 
 
@@ -56,28 +56,3 @@ def load_state_dict_checked(model: nn.Module, sd: dict[str, torch.Tensor], sourc
 
 def _is_foreign_head(key: str) -> bool:
     return key.split(".")[0] in ("fc", "head", "classifier", "proj", "logit_scale")
-
-
-def load_pretrained(model: nn.Module, path: str) -> None:
-    """Weights for `model` from a file: a checkpoint of a known origin (this toolkit's, the source projects'
-    released files) must describe the same variant; any other file goes through the model's own
-    `load_pretrained` (2D->3D inflation, CLIP or timm image weights) or loads exactly."""
-    from .checkpoints import check_same_architecture, load_recognized, read_checkpoint, recognize
-
-    ckpt = read_checkpoint(path)
-    # the classes the model was built for: an origin that can adapt its head to them does (ILA's SSv2 files)
-    wanted = {"num_classes": model.num_classes} if getattr(model, "num_classes", None) else {}
-    recognized = recognize(ckpt, wanted, required=False)
-    if recognized is not None:
-        check_same_architecture(model, recognized, path)
-        load_recognized(model, recognized, path, reset_head=True)
-        model.pretrained_classes = recognized.classes  # for the caller to check its data's order (None: unknown)
-        log.info("loaded %s weights from %s", recognized.origin, path)
-        return
-    sd = ckpt.state_dict
-    custom = getattr(model, "load_pretrained", None)
-    if callable(custom):
-        custom(sd)
-    else:
-        load_state_dict_checked(model, sd, source=path)
-    log.info("loaded pretrained weights from %s", path)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 from .dataset_classes import CLASS_LISTS, load_class_list
+from .registry import is_model
 
 DATASETS = {"kinetics400": 400, "kinetics700": 700, "ssv2": 174, "diving48": 48, "imagenet": 1000}
 
@@ -184,7 +185,7 @@ _STS_ARGS = {
     "slowfast_50_8x8": {"sts": True, "lateral_norm": False, "feature_order": "fast_slow"},
 }
 # Image_Pre_Training/timm/models/v3d.py builds every backbone without STS, and V3D's head sees [Slow, Fast]
-# (what models.from_checkpoint reads from the timm files: models/resnet3d.py, sts_image_pretraining)
+# (what models.from_checkpoint reads from the timm files: models/sts_files.py, sts_image_pretraining)
 _STS_IMAGE_ARGS = {
     "ircsn_50": {"sts": False, "bn_eps": 1e-3, "temporal_strides": 1},
     "r2plus1d_34": {"sts": False, "bn_eps": 1e-3, "temporal_strides": 1, "stem_pool": True, "factorize_all": True},
@@ -314,8 +315,6 @@ def find(key: str) -> Release:
 
 def available(entry: Release) -> bool:
     """Whether the toolkit registers the entry's model (a family may not have its variant yet)."""
-    from .registry import is_model
-
     return is_model(entry.model)
 
 
@@ -334,14 +333,14 @@ def build_args(entry: Release) -> dict:
 def contract(key: str):
     """The InputContract of an entry's model as the file is evaluated (built on the meta device: no memory, no
     init); an image pre-training file's is the one its recogniser records (ImageNet statistics, 224 images)."""
+    # here, not at the top: the zoo's rows and commands (models zoo, eval views --protocol KEY) need no torch
     import torch
 
-    from .registry import create_model
+    from .factory import create_model
+    from .sts_files import sts_image_contract
 
     entry = find(key)
     if entry.dataset == "imagenet":
-        from .resnet3d import sts_image_contract
-
         return sts_image_contract(entry.model, build_args(entry))
     with torch.device("meta"):
         return create_model(entry.model, **build_args(entry)).input_contract

@@ -15,7 +15,7 @@ from prep import __main__ as prep_main
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 OTHER_COMMAND = re.compile(r"python3? -m |make |torchrun")
-EVAL = ["eval/run.py", "eval/plan.py", "models/checkpoints.py"]  # what every command that evaluates prints
+EVAL = ["eval/run.py", "eval/plan.py", "models/checkpoints.py", "models/factory.py"]  # what every command that evaluates prints
 COMMANDS = {
     "eval": (eval_main.build_parser, ["eval/__main__.py", "eval/cli.py", *EVAL]),
     "eval predict": (predict.build_parser, ["eval/predict.py", *EVAL]),
@@ -23,7 +23,7 @@ COMMANDS = {
     "eval ensemble": (ensemble.build_parser, ["eval/ensemble.py"]),
     "eval views": (views.build_parser, ["eval/views.py"]),
     "prep": (prep_main.build_parser, ["prep/__main__.py"]),
-    "models": (models_main.build_parser, ["models/__main__.py", "models/checkpoints.py"]),
+    "models": (models_main.build_parser, ["models/__main__.py", "models/checkpoints.py", "models/factory.py"]),
 }
 
 

@@ -14,9 +14,11 @@ from torchvision.models.video.resnet import Bottleneck, Conv3DSimple
 
 from models import CheckpointError, create_model, list_models
 from models.registry import IMAGENET_MEAN
-from models.checkpoints import Checkpoint, check_same_architecture
+from models.checkpoints import Checkpoint
+from models.factory import check_same_architecture
 from models.inflate import inflate_kernel
-from models.resnet3d import FactorizedConv3d, ResNet3d, Stem3d, mmaction_resnet3d
+from models.resnet3d import FactorizedConv3d, ResNet3d, Stem3d
+from models.sts_files import mmaction_resnet3d
 from models.sts import STSConv3d, convert_to_sts
 
 TINY = ["i3d_tiny", "r3d_tiny", "r2plus1d_tiny", "ircsn_tiny", "slowonly_tiny", "slowfast_tiny"]

@@ -130,7 +130,7 @@ def test_cli_unknown_model_exits_2(capsys):
 
 
 def test_cli_list_shows_contracts(capsys):
-    assert models_cli(["list", "ts?_tiny"]) == 0
+    assert models_cli(["list", "--contracts", "ts?_tiny"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["tsm_tiny", "tsn_tiny"]
     assert all("NTCHW" in line and "8x64" in line for line in lines)

@@ -1,5 +1,5 @@
 """The STS paper's ImageNet pre-training files (UCSC-VLAA/Image-Pretraining-for-Video, Image_Pre_Training):
-timm train.py checkpoints of `V3D` models, recognised by models.resnet3d.sts_image_pretraining.
+timm train.py checkpoints of `V3D` models, recognised by models.sts_files.sts_image_pretraining.
 
 The files are written here with the authors' key names, from a rename table written out independently of the
 loader's (so a wrong rename fails), and a handful of literal names and shapes read in the authors' code
@@ -15,9 +15,9 @@ import torch
 
 import models
 from models import zoo
-from models.checkpoints import Checkpoint, CheckpointError, check_same_architecture, from_checkpoint, recognize
+from models.checkpoints import Checkpoint, CheckpointError, recognize
+from models.factory import check_same_architecture, from_checkpoint, load_pretrained
 from models.registry import IMAGENET_MEAN, IMAGENET_STD
-from models.weights import load_pretrained
 from helpers import randomise_batchnorm
 
 ARCHS = {  # timm --model (scripts/*/distributed_train.sh) -> toolkit model
