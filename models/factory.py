@@ -117,13 +117,16 @@ def _merge_args(path: str, rec: Recognized, overrides: dict, reset_head: bool) -
 
 
 def load_recognized(model: nn.Module, rec: Recognized, source: str, reset_head: bool = False) -> None:
-    """Strict load of a recognised file; a classifier of another size is re-initialised only on request."""
+    """Strict load of a recognised file; a classifier of another size is re-initialised only on request. A model
+    whose parameter names changed renames an older file's (its `upgrade_state_dict`, as fairseq's models do)."""
     own = model.state_dict()
-    bad_head = [k for k in head_keys(model) if k in rec.state_dict and rec.state_dict[k].shape != own[k].shape]
+    upgrade = getattr(model, "upgrade_state_dict", None)
+    sd = upgrade(rec.state_dict) if upgrade else rec.state_dict
+    bad_head = [k for k in head_keys(model) if k in sd and sd[k].shape != own[k].shape]
     if bad_head and not reset_head:
         raise CheckpointError(f"{source}: classifier shape differs ({bad_head[0]} "
-                              f"{tuple(rec.state_dict[bad_head[0]].shape)} vs {tuple(own[bad_head[0]].shape)})")
-    load_state_dict_checked(model, rec.state_dict, source=f"{rec.origin} file {os.path.basename(source)}")
+                              f"{tuple(sd[bad_head[0]].shape)} vs {tuple(own[bad_head[0]].shape)})")
+    load_state_dict_checked(model, sd, source=f"{rec.origin} file {os.path.basename(source)}")
 
 
 def check_same_architecture(model: nn.Module, rec: Recognized, source: str) -> None:

@@ -315,6 +315,9 @@ class TextClassifier(nn.Module):
         return {k: v for k, v in state_dict.items() if k != "logit_scale"}
 
 
+_TOP_LEVEL_TEXT_KEYS = ("text.", "prompt_norm.", "prompt_proj.", "prompt.", "logit_scale")
+
+
 class ILA(VideoViT):
     """ILA's video ViT. `classifier(proj_dim)` builds the classifier, kept as `head`: `LinearClassifier` or
     `TextClassifier` with its other arguments bound (`make_classifier`), or any module with their interface;
@@ -341,6 +344,13 @@ class ILA(VideoViT):
         for block in self.blocks:
             block.init_skips()
         self.freeze()
+
+    def upgrade_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A toolkit checkpoint written before the classifier was a module kept the text classifier's weights at
+        the top level (`text.*`, `prompt*`, `logit_scale`): their names under `head.` now. Nothing else changes."""
+        if not isinstance(self.head, TextClassifier):
+            return sd
+        return {(f"head.{k}" if k.startswith(_TOP_LEVEL_TEXT_KEYS) else k): v for k, v in sd.items()}
 
     def image_state_dict(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """timm names CLIP's projection `head.weight`; here it is the frozen `proj`."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models import create_model
+from models import create_model, from_checkpoint
 from models.ila import ILA, LinearClassifier, TextClassifier
 from models.vit_video import CLIP_VIT_TINY
 
@@ -56,3 +56,20 @@ def test_the_builders_arch_picks_the_classifier_and_the_interactive_opening():
     trained = [n for n, p in k400.named_parameters() if p.requires_grad]
     assert trained and not any(n.startswith("head.") for n in trained)  # the repo leaves the text side frozen
     assert k400.class_names == CLASSES and ssv2.class_names is None
+
+
+def test_a_toolkit_checkpoint_with_the_text_classifier_at_the_top_level_still_loads(tmp_path):
+    """Toolkit k400 ILA checkpoints written before the classifier was a module name its weights `text.*`,
+    `prompt*` and `logit_scale`: they load under `head.` and give the same logits."""
+    classes = ["a", "b", "c"]
+    torch.manual_seed(0)
+    model = create_model("ila_tiny", num_classes=3, arch="k400", class_names=classes).eval()
+    old_names = {(k[len("head."):] if k.startswith("head.") else k): v for k, v in model.state_dict().items()}
+    assert "text.token_embedding.weight" in old_names and "logit_scale" in old_names
+    path = tmp_path / "last.pt"
+    torch.save({"model_name": "ila_tiny", "num_classes": 3, "classes": classes, "config": {},
+                "model_args": {}, "contract": model.input_contract.to_dict(), "model": old_names, "ema": None}, path)
+    loaded = from_checkpoint(str(path), arch="k400", class_names=classes).eval()
+    x = torch.randn(model.input_contract.input_shape())
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
