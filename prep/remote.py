@@ -494,6 +494,17 @@ def metadata_root(url: str) -> str:
 _OPENED: dict[tuple[str, str | None], tuple[str, int]] = {}
 
 
+def split_rows(cache: Cache, url: str, split: str | None) -> list[dict]:
+    """The manifest rows of `split` (every row for None), the metadata fetched into the cache first."""
+    rows = cache.fetch_metadata()
+    if split is None:
+        return rows
+    splits = sorted({r["split"] for r in rows})
+    if split not in splits:
+        raise RemoteStoreError(f"{url} has no split {split!r} (it has {', '.join(splits)})")
+    return [r for r in rows if r["split"] == split]
+
+
 def materialize(url: str, split: str | None) -> str:
     """The local folder that holds `url`'s manifest and the shards of `split` (all of them for None), downloading
     what the cache lacks. A forked child (verify's workers, DataLoader workers) reuses its parent's: the AWS SDK
@@ -502,12 +513,7 @@ def materialize(url: str, split: str | None) -> str:
     if done is not None and done[1] != os.getpid():
         return done[0]
     cache = Cache(url)
-    rows = cache.fetch_metadata()
-    if split is not None:
-        splits = sorted({r["split"] for r in rows})
-        if split not in splits:
-            raise RemoteStoreError(f"{url} has no split {split!r} (it has {', '.join(splits)})")
-        rows = [r for r in rows if r["split"] == split]
+    rows = split_rows(cache, url, split)
     cache.ensure(cache.wanted(rows))
     _OPENED[(url, split)] = (cache.root, os.getpid())
     return cache.root

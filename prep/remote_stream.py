@@ -22,7 +22,8 @@ import os
 import threading
 import time
 
-from .remote import Cache, RemoteStoreError, TransientError, Wanted, attempts, hold_in_use, release_in_use
+from .remote import (Cache, RemoteStoreError, TransientError, Wanted, attempts, hold_in_use, release_in_use,
+                     split_rows)
 from .store import forget_handle
 
 log = logging.getLogger("prep.remote")
@@ -202,11 +203,6 @@ def down_limit() -> float:
 def stream(url: str, split: str | None) -> tuple[str, ShardGate]:
     """The cache folder holding `url`'s metadata, and the gate its split's shards will pass."""
     cache = Cache(url)
-    rows = cache.fetch_metadata()
-    if split is not None:
-        splits = sorted({r["split"] for r in rows})
-        if split not in splits:
-            raise RemoteStoreError(f"{url} has no split {split!r} (it has {', '.join(splits)})")
-        rows = [r for r in rows if r["split"] == split]
+    rows = split_rows(cache, url, split)
     attempts()  # a bad VIDKIT_S3_ATTEMPTS fails here, before any work
     return cache.root, ShardGate(cache, cache.wanted(rows))

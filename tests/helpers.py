@@ -3,6 +3,7 @@ read as arrays. The fixtures built from them live in conftest.py; a test module 
 another test module (tests/test_suite_rules.py checks that)."""
 from __future__ import annotations
 
+import errno
 import os
 
 import numpy as np
@@ -123,3 +124,32 @@ def randomise_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
             module.running_mean.normal_(0, 0.1)
             module.running_var.uniform_(0.5, 1.5)
     return model
+
+
+class FillingFile:
+    """A file whose disk fills up after `left[0]` more bytes (or characters): the write that passes it writes what
+    fits, then fails as a full disk does."""
+
+    def __init__(self, f, left: list[int]):
+        self._f, self._left = f, left
+
+    def write(self, data):
+        if len(data) > self._left[0]:
+            self._f.write(data[:self._left[0]])
+            self._f.flush()
+            self._left[0] = 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._left[0] -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+    def __iter__(self):
+        return iter(self._f)

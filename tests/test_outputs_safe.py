@@ -5,13 +5,11 @@ checkpoint) is refused at its start, in one line."""
 from __future__ import annotations
 
 import builtins
-import errno
 import io
 import json
 import os
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
@@ -21,41 +19,13 @@ from models.__main__ import main as models_main
 from prep.__main__ import main as prep_main
 from train import checkpoint as ckpt
 from train.__main__ import main as train_main
+from helpers import FillingFile
 
 TRAIN = dict(model="tsn_tiny", batch_size=4, py_workers=1, threads=1, amp="none", optimizer="adamw", lr=0.002,
              epochs=1, eval_every=0, seed=0, name="run")
 
 
 # ------------------------------------------------------------------------------ a disk that fills up
-
-
-class _Filling:
-    """A file whose disk fills up after `left[0]` more bytes (or characters): the write that passes it writes what
-    fits, then fails as a full disk does."""
-
-    def __init__(self, f, left: list[int]):
-        self._f, self._left = f, left
-
-    def write(self, data):
-        if len(data) > self._left[0]:
-            self._f.write(data[:self._left[0]])
-            self._f.flush()
-            self._left[0] = 0
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self._left[0] -= len(data)
-        return self._f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._f.close()
-
-    def __iter__(self):
-        return iter(self._f)
 
 
 @pytest.fixture
@@ -72,7 +42,7 @@ def full_disk(monkeypatch):
             f = real_open(file, mode, *args, **kwargs)
             if isinstance(file, (str, os.PathLike)) and any(c in mode for c in "wax+") and \
                     os.path.realpath(file).startswith(folder + os.sep):
-                return _Filling(f, left)
+                return FillingFile(f, left)
             return f
 
         monkeypatch.setattr(builtins, "open", filling_open)

@@ -16,7 +16,7 @@ import pytest
 from prep import open_dataset, remote_upload
 from prep.__main__ import main as prep_main
 from s3fixture import BUCKET
-from helpers import tsn_checkpoint
+from helpers import FillingFile, tsn_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTH = ["--videos", "20", "--frames", "8", "--size", "32", "--workers", "1", "--no-progress"]
@@ -39,31 +39,6 @@ def _cache_files(top) -> list[str]:
     return sorted(n for _, _, names in os.walk(top) for n in names if n.endswith((".lmdb", ".ok", ".part")))
 
 
-class _Filling:
-    """A file on a disk that fills up after `left[0]` more bytes: the write that passes it writes what fits, then
-    fails as a full disk does."""
-
-    def __init__(self, f, left: list[int]):
-        self._f, self._left = f, left
-
-    def write(self, data):
-        if len(data) > self._left[0]:
-            self._f.write(data[: self._left[0]])
-            self._left[0] = 0
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self._left[0] -= len(data)
-        return self._f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._f.close()
-
-
 def _verify(url: str, capsys) -> tuple[int, str]:
     with redirect_stdout(io.StringIO()):
         rc = prep_main(["verify", url, "--workers", "1"])
@@ -76,7 +51,7 @@ def test_cache_disk_full_during_a_download_is_one_line_and_the_partial_file_is_n
 
     def filling_fdopen(fd, *args, **kwargs):  # only the cache's downloads (NAME.PID.part) land on the full disk
         f = real_fdopen(fd, *args, **kwargs)
-        return _Filling(f, [3000]) if os.readlink(f"/proc/self/fd/{fd}").endswith(".part") else f
+        return FillingFile(f, [3000]) if os.readlink(f"/proc/self/fd/{fd}").endswith(".part") else f
 
     monkeypatch.setattr(os, "fdopen", filling_fdopen)
     rc, said = _verify(store["url"], capsys)
