@@ -1,6 +1,5 @@
 """Fixtures shared by several test modules (their plain helpers are in helpers.py)."""
 import os
-import warnings
 
 import pytest
 import torch
@@ -113,11 +112,11 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _ordinary_scheduling(request):
-    """A real-time scheduling policy (SCHED_FIFO, seen once on the pytest process of a run, origin not found) is
-    inherited by every child: two training subprocesses then spun at real-time priority and starved the machine
-    until their timeout. The policy a test leaves is put back to the ordinary one, with a warning naming the test."""
+    """A test must leave the process under the ordinary scheduling policy: a real-time one (SVT-AV1's encoder sets
+    SCHED_FIFO 99 when run as root: helpers.ordinary_scheduling) is inherited by every child the suite starts later,
+    and two training subprocesses at real-time priority starved the machine until their timeout."""
     yield
     if os.sched_getscheduler(0) != os.SCHED_OTHER:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        warnings.warn(f"{request.node.nodeid} left the test process with a real-time scheduling policy: "
-                      "reset to SCHED_OTHER")
+        pytest.fail(f"{request.node.nodeid} left the test process with a real-time scheduling policy (put back to "
+                    "SCHED_OTHER): run its encoders inside helpers.ordinary_scheduling()")

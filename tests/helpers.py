@@ -3,6 +3,7 @@ read as arrays. The fixtures built from them live in conftest.py; a test module 
 another test module (tests/test_suite_rules.py checks that)."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
@@ -153,3 +154,17 @@ class FillingFile:
 
     def __iter__(self):
         return iter(self._f)
+
+
+@contextlib.contextmanager
+def ordinary_scheduling():
+    """SVT-AV1 (PyAV's libsvtav1 encoder) run as root puts the calling thread under SCHED_FIFO at priority 99 and
+    leaves it there: every child the test process starts afterwards inherits it, and two training subprocesses then
+    spun at real-time priority and starved the machine. Encoders in the tests run inside this, which puts the
+    ordinary policy back."""
+    try:
+        yield
+    finally:
+        if os.sched_getscheduler(0) != os.SCHED_OTHER:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+

@@ -22,6 +22,7 @@ from prep import open_dataset
 from prep.__main__ import main as prep_main
 from prep.synthetic import CLASS_NAMES, encode_video, render
 from train.setup import Dist
+from helpers import ordinary_scheduling
 
 CPU = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
 CLASSES = list(CLASS_NAMES[:4])
@@ -138,7 +139,7 @@ def _encode_with(path: str, encoder: str, pix_fmt: str) -> bool:
     import av
 
     try:
-        with av.open(path, "w") as container:
+        with ordinary_scheduling(), av.open(path, "w") as container:
             stream = container.add_stream(encoder, rate=12)
             # 64x48: this build's libx265 aborts the process (SIGABRT) after encoding 48x32 frames
             stream.width, stream.height, stream.pix_fmt = 64, 48, pix_fmt

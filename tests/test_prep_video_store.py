@@ -15,14 +15,14 @@ from prep import open_dataset
 from prep.__main__ import main as prep_main
 from prep.video_store import REENCODE_GOP, check_store, reencode, refusal, stream_info
 
-from helpers import prep_store, run_epoch, synthetic_store
+from helpers import ordinary_scheduling, prep_store, run_epoch, synthetic_store
 
 
 def _encode(path, encoder: str, pix_fmt: str, size=(144, 192), frames: int = 12, options=None) -> str:
     """A moving ramp in any encoder and pixel format PyAV has."""
     height, width = size
     ys, xs = np.mgrid[0:height, 0:width]
-    with av.open(str(path), "w") as container:
+    with ordinary_scheduling(), av.open(str(path), "w") as container:
         stream = container.add_stream(encoder, rate=12, options=options or {})
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         for i in range(frames):
