@@ -382,9 +382,12 @@ class Cache:
                                                "below what the disk holds") from None
                 size, sha256 = self._download_into(fd, w)
                 self._check(tmp, w, size, sha256)
-                if os.path.exists(self._marker(w.name)):
-                    os.remove(self._marker(w.name))  # no marker may vouch for the old file while it is replaced
-                os.replace(tmp, path)
+                # under the space lock: make_room's walk of the cache must not see the download vanish (.part gone,
+                # the shard not listed yet) and count neither
+                with _locked(os.path.join(self.top, "space.lock")):
+                    if os.path.exists(self._marker(w.name)):
+                        os.remove(self._marker(w.name))  # no marker may vouch for the old file while it is replaced
+                    os.replace(tmp, path)
                 write_json(self._marker(w.name), {"size": w.size, "sha256": w.sha256, "shard_id": w.shard_id})
             finally:
                 if os.path.exists(tmp):
