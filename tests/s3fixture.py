@@ -5,10 +5,15 @@ a test module imports only the plain names (`BUCKET`) from here.
 """
 from __future__ import annotations
 
+import io
+import os
+from contextlib import redirect_stdout
+
 import pyarrow.fs as pafs
 import pytest
 
 from bench.s3server import LocalS3
+from prep.__main__ import main as prep_main
 
 BUCKET = "vidkit"
 
@@ -40,3 +45,16 @@ def s3_env(s3, monkeypatch, tmp_path):
     monkeypatch.delenv("VIDKIT_CACHE_LIMIT", raising=False)
     monkeypatch.setenv("VIDKIT_S3_ATTEMPTS", "3")
     return s3
+
+
+def prepped_on_server(s3, prefix: str, synthetic_args: list[str]) -> str:
+    """s3://BUCKET/PREFIX holding a `prep synthetic` store (prepped in this process, staged in a cache folder of
+    the server's named for the prefix), for module-scoped fixtures that cannot use monkeypatch."""
+    url = f"s3://{BUCKET}/{prefix}"
+    with pytest.MonkeyPatch.context() as mp_:
+        for k, v in {**s3.env, "VIDKIT_CACHE_DIR": os.path.join(s3.root, f"{prefix}-prep")}.items():
+            mp_.setenv(k, v)
+        with redirect_stdout(io.StringIO()):
+            assert prep_main(["synthetic", "--out", url, *synthetic_args]) == 0
+    return url
+

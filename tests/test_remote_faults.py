@@ -15,7 +15,7 @@ import pytest
 
 from prep import open_dataset, remote_upload
 from prep.__main__ import main as prep_main
-from s3fixture import BUCKET
+from s3fixture import BUCKET, prepped_on_server
 from helpers import FillingFile, tsn_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,12 +25,9 @@ SYNTH = ["--videos", "20", "--frames", "8", "--size", "32", "--workers", "1", "-
 @pytest.fixture(scope="module")
 def store(s3):
     """A finished store on the server (20 synthetic videos) and its local staging folder."""
-    url = f"s3://{BUCKET}/faults"
+    url = prepped_on_server(s3, "faults", SYNTH)
     with pytest.MonkeyPatch.context() as mp_:
-        for k, v in {**s3.env, "VIDKIT_CACHE_DIR": os.path.join(s3.root, "faults-prep")}.items():
-            mp_.setenv(k, v)
-        with redirect_stdout(io.StringIO()):
-            assert prep_main(["synthetic", "--out", url, *SYNTH]) == 0
+        mp_.setenv("VIDKIT_CACHE_DIR", os.path.join(s3.root, "faults-prep"))
         staging = remote_upload.staging_dir(url)
     return {"url": url, "staging": staging}
 

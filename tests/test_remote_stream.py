@@ -3,20 +3,17 @@ evicted after, so a split larger than the cache limit trains with the cache neve
 stopped mid-epoch (retried; down for good: one line naming the object, then an exact resume)."""
 from __future__ import annotations
 
-import io
 import os
 import threading
 import time
-from contextlib import redirect_stdout
 
 import pytest
 
 from models.registry import InputContract
 from pipelines import build_loader
 from prep import open_dataset
-from prep.__main__ import main as prep_main
 from prep.remote import RemoteStoreError
-from s3fixture import BUCKET
+from s3fixture import prepped_on_server
 
 CONTRACT = InputContract("NCTHW", num_frames=4, crop_size=32)
 SYNTH = ["--videos", "60", "--frames", "8", "--size", "32", "--workers", "1", "--no-progress", "--shard-size", "12K"]
@@ -25,13 +22,7 @@ SYNTH = ["--videos", "60", "--frames", "8", "--size", "32", "--workers", "1", "-
 @pytest.fixture(scope="module")
 def small_shards(s3):
     """60 synthetic videos in shards of about two videos each."""
-    url = f"s3://{BUCKET}/stream"
-    with pytest.MonkeyPatch.context() as mp_:
-        for k, v in {**s3.env, "VIDKIT_CACHE_DIR": os.path.join(s3.root, "stream-prep")}.items():
-            mp_.setenv(k, v)
-        with redirect_stdout(io.StringIO()):
-            assert prep_main(["synthetic", "--out", url, *SYNTH]) == 0
-    return url
+    return prepped_on_server(s3, "stream", SYNTH)
 
 
 def _shard_bytes(cache: str) -> int:
