@@ -28,7 +28,7 @@ BAD_OPTION = "--no-such-option"
 GOAL_S = 1.0
 # (what a user types after `python`, its arguments)
 COMMANDS = [(BASELINE, ["-c", "pass"])]
-for _command in ("prep", "train", "train.demo", "eval", "eval views", "eval features", "eval predict",
+for _command in ("prep", "train", "train average", "train.demo", "eval", "eval views", "eval features", "eval predict",
                  "eval ensemble", "models", "models list", "bench.startup"):
     _module, *_sub = _command.split()
     COMMANDS.append((f"-m {_command} --help", ["-m", _module, *_sub, "--help"]))

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from eval.dump import load_scores, save_scores
-from eval.ensemble import main as ensemble_main, normalised_weights
+from eval.ensemble import main as ensemble_main
+from eval.fusion import normalised_weights
 
 CLASSES = ["a", "b", "c"]
 

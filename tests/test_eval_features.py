@@ -11,7 +11,7 @@ import torch
 
 import models
 from eval.__main__ import main as eval_main
-from eval.features import extract_features
+from eval.embedding import extract_features
 from eval.run import evaluate
 from prep import open_dataset
 from prep.synthetic_images import SHAPES, generate_image_folder

@@ -19,8 +19,8 @@ EVAL = ["eval/run.py", "eval/plan.py", "models/checkpoints.py", "models/factory.
 COMMANDS = {
     "eval": (eval_main.build_parser, ["eval/__main__.py", "eval/cli.py", *EVAL]),
     "eval predict": (predict.build_parser, ["eval/predict.py", *EVAL]),
-    "eval features": (features.build_parser, ["eval/features.py", *EVAL]),
-    "eval ensemble": (ensemble.build_parser, ["eval/ensemble.py"]),
+    "eval features": (features.build_parser, ["eval/features.py", "eval/embedding.py", *EVAL]),
+    "eval ensemble": (ensemble.build_parser, ["eval/ensemble.py", "eval/fusion.py", "eval/dump.py"]),
     "eval views": (views.build_parser, ["eval/views.py"]),
     "prep": (prep_main.build_parser, ["prep/__main__.py"]),
     "models": (models_main.build_parser, ["models/__main__.py", "models/checkpoints.py", "models/factory.py"]),

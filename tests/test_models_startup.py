@@ -65,6 +65,23 @@ def test_models_commands_import_no_torch_nor_family():
     assert json.loads(found.stderr.strip().splitlines()[-1]) == {" ".join(argv): [] for argv in COMMANDS}
 
 
+# every entry point's --help and an argument error, before any work: `python -m MODULE ARGV...`
+ENTRY_POINTS = [(module, [*sub, last]) for module, subs in {
+    "eval": [[], ["features"], ["ensemble"], ["predict"], ["views"]], "prep": [[], ["videos"]],
+    "train": [[], ["average"]], "train.demo": [[]], "bench.startup": [[]]}.items()
+    for sub in subs for last in ("--help", "--no-such-option")]
+
+
+def test_entry_points_answer_help_and_argument_errors_without_torch():
+    """Each command in a fresh interpreter (one imports what the next would otherwise be charged for)."""
+    for module, argv in ENTRY_POINTS:
+        found = _run("import runpy\nsys.argv = [MODULE, *ARGV]\ntry:\n"
+                     "    runpy.run_module(MODULE, run_name='__main__', alter_sys=True)\nexcept SystemExit:\n    pass\n"
+                     f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]), file=sys.stderr)",
+                     argv=argv, module=module)
+        assert json.loads(found.stderr.strip().splitlines()[-1]) == [], (module, argv, found.stderr[-2000:])
+
+
 def test_models_list_prints_every_registered_name_and_alias():
     names = _cli(["list"]).stdout.split("\n")
     plain = [line for line in names if line and "alias of" not in line]
@@ -89,8 +106,8 @@ def _cli(argv: list[str]) -> subprocess.CompletedProcess:
     return done
 
 
-def _run(code: str, argv: list[str] = (), cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    script = f"import json, sys\nARGV = {list(argv)!r}\n{code}"
+def _run(code: str, argv: list[str] = (), cwd: Path = ROOT, module: str = "") -> subprocess.CompletedProcess:
+    script = f"import json, sys\nARGV = {list(argv)!r}\nMODULE = {module!r}\n{code}"
     done = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=_env(cwd), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr

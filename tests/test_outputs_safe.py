@@ -70,7 +70,7 @@ def _write_reports(out, version: int, labelled: bool = True):
 
 
 def _ensemble(out, version: int):
-    from eval.ensemble import ensemble
+    from eval.fusion import ensemble
 
     inputs = out.parent / "inputs"
     if not inputs.exists():
@@ -285,9 +285,9 @@ def _eval_checkpoint(tmp_path, data) -> str:
 def test_an_output_folder_that_cannot_be_written_is_refused_before_the_work(command, data, tmp_path, blocked,
                                                                              monkeypatch, capsys):
     monkeypatch.setattr("eval.run.score_videos", _no_training)
-    monkeypatch.setattr("eval.features.average_views", _no_training)
+    monkeypatch.setattr("eval.embedding.average_views", _no_training)
     monkeypatch.setattr("eval.predict.prep_videos", _no_training)
-    monkeypatch.setattr("eval.ensemble.fuse", _no_training)
+    monkeypatch.setattr("eval.fusion.fuse", _no_training)
     monkeypatch.setattr("models.__main__._recognise", _no_training)
     ckpt_path = _eval_checkpoint(tmp_path, data)
     view = ["--ckpt", ckpt_path, "--device", "cpu", "--py-workers", "1", "--no-progress"]

@@ -82,14 +82,14 @@ def _say_damage(trainer) -> None:
 def average(argv: list[str]) -> int:
     """python -m train average RUNDIR --top K [--out FILE]: the mean of the weights of the run's K best kept
     checkpoints (train with --keep_best K), written as a checkpoint that `python -m eval --ckpt` reads."""
-    from .checkpoint import average_checkpoints
-
     p = argparse.ArgumentParser(prog="python -m train average", description=average.__doc__)
     p.add_argument("run_dir")
     p.add_argument("--top", type=POSITIVE_INT, required=True, help="how many of the best kept checkpoints to average")
     p.add_argument("--out", default=None, help="output file (default RUNDIR/averaged_topK.pt)")
     add_debug_option(p)
     args = p.parse_args(argv)
+    from .checkpoint import average_checkpoints  # torch: only once the arguments are known to be good
+
     out = average_checkpoints(args.run_dir, args.top, args.out)  # CheckpointError: a ValueError, one line
     print(out)
     return 0
