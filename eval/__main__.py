@@ -13,8 +13,8 @@ views (the segments' starts); --eval-scale resizes the short side to crop x scal
 --eval-crop full takes crops as large as that short side (`python -m models zoo` prints each released
 checkpoint's settings).
 
-Subcommands: `python -m eval features` (the same views, pre-logit embeddings instead of scores: eval/features.py),
-`python -m eval ensemble` (fuses saved scores: eval/ensemble.py), `python -m eval predict VIDEO...` (classifies
+Subcommands: `python -m eval features` (the same views, pre-logit embeddings instead of scores: eval/embedding.py),
+`python -m eval ensemble` (fuses saved scores: eval/fusion.py), `python -m eval predict VIDEO...` (classifies
 video files as they are, through prep and this evaluation: eval/predict.py) and `python -m eval views` (the frames
 and crops a test protocol gives one video: eval/views.py).
 """
