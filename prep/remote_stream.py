@@ -30,6 +30,10 @@ log = logging.getLogger("prep.remote")
 DOWN_LIMIT_ENV = "VIDKIT_S3_DOWN_LIMIT"  # seconds a server may stay silent before a streamed run stops
 WAIT_S = 1800.0  # a worker's longest wait for one shard: past the SDK's retries of a download gone wrong
 _POLL_S = 0.02
+# how often a reader looks for evicted shards among those it opened: a look stats every one of them, which on
+# every read cost 0.7 ms of a 0.9 ms read (80 shards); the disk space of a shard evicted meanwhile is freed up
+# to this much later
+_SWEEP_S = 1.0
 _PARALLEL = 4  # downloads at once
 
 
@@ -43,9 +47,10 @@ class ShardGate:
         self.owner = os.getpid()
         self.prefetcher: Prefetcher | None = None
         self._opened: set[str] = set()
+        self._swept = 0.0
 
     def __getstate__(self):
-        return {**self.__dict__, "prefetcher": None, "_opened": set()}
+        return {**self.__dict__, "prefetcher": None, "_opened": set(), "_swept": 0.0}
 
     @property
     def error_file(self) -> str:
@@ -77,10 +82,14 @@ class ShardGate:
             time.sleep(_POLL_S)
 
     def _forget_evicted(self, shard: str) -> None:
+        self._opened.add(shard)
+        now = time.monotonic()
+        if now - self._swept < _SWEEP_S:
+            return
+        self._swept = now
         for name in [n for n in self._opened if n != shard and not os.path.exists(self.marker(n))]:
             forget_handle(os.path.join(self.root, "shards", name))
             self._opened.discard(name)
-        self._opened.add(shard)
 
 
 class Prefetcher:
