@@ -53,8 +53,11 @@ class DelayProxy:
             writer.close()
 
     async def _client(self, reader, writer):
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        await asyncio.gather(self._pipe(reader, up_writer, self.delay), self._pipe(up_reader, writer, 0))
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+            await asyncio.gather(self._pipe(reader, up_writer, self.delay), self._pipe(up_reader, writer, 0))
+        except asyncio.CancelledError:  # close() ends the connections still open: not an error of the bench
+            writer.close()
 
     def close(self):
         async def stop():

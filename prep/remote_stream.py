@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from .remote import (Cache, RemoteStoreError, TransientError, Wanted, attempts, hold_in_use, release_in_use,
                      split_rows)
@@ -34,7 +35,7 @@ _POLL_S = 0.02
 # every read cost 0.7 ms of a 0.9 ms read (80 shards); the disk space of a shard evicted meanwhile is freed up
 # to this much later
 _SWEEP_S = 1.0
-_PARALLEL = 4  # downloads at once
+_PARALLEL = 8  # downloads at once: each waits two round trips (HEAD, GET), so 8 measured 1.75x the shards per second of 4
 
 
 class ShardGate:
@@ -104,6 +105,8 @@ class Prefetcher:
         self._windows: list[list[str]] = []
         self._current = self._reach = 0
         self._held: set[str] = set()
+        self._cached: set[str] = set()  # held shards known to be in the cache
+        self._pending: dict[str, Future] = {}  # downloads in flight
         self._changed = threading.Condition()
         self._closed = False
         if os.path.exists(gate.error_file):
@@ -154,21 +157,17 @@ class Prefetcher:
         return list(dict.fromkeys(keep)), (id(self._windows), self._current, self._reach)
 
     def _run(self) -> None:
+        pool = ThreadPoolExecutor(_PARALLEL, thread_name_prefix="shard-get")
         try:
             while (state := self._wanted_now()) is not None:
                 keep, _ = state
-                for shard in self._held - set(keep):  # read by this rank: the cache may evict it
+                # read by this rank: the cache may evict it (one still downloading is let go of at the next turn)
+                for shard in self._held - set(keep) - set(self._pending):
                     release_in_use(self.cache, shard)
-                self._held &= set(keep)
-                for at in range(0, len(keep), _PARALLEL):  # a few at once: each request waits for its answer
-                    if self._wanted_now() != state:
-                        break  # the reader moved on: recompute what to hold
-                    batch = keep[at:at + _PARALLEL]
-                    for shard in batch:
-                        hold_in_use(self.cache, shard)
-                        self._held.add(shard)
-                    self._fetch(batch)
-                else:
+                self._held &= set(keep) | set(self._pending)
+                self._cached &= set(keep)
+                if self._submit(pool, keep, state):
+                    self._collect(return_when=ALL_COMPLETED)
                     with self._changed:
                         while not self._closed and self._wanted_locked() == state:
                             self._changed.wait()
@@ -176,19 +175,43 @@ class Prefetcher:
             self._fail(e)
         except Exception as e:  # noqa: BLE001 - a reader must not wait for ever on a thread that died
             self._fail(RemoteStoreError(f"{self.gate.url}: prefetching shards failed: {type(e).__name__}: {e}"))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
-    def _fetch(self, shards: list[str]) -> None:
-        """Downloads the shards not cached yet (counted in fetched, fetched_bytes); a silent server is tried again
-        with a doubling pause (from 0.5 s to 30 s) until VIDKIT_S3_DOWN_LIMIT seconds have passed (default 600)."""
+    def _submit(self, pool: ThreadPoolExecutor, keep: list[str], state: tuple) -> bool:
+        """Downloads `keep` in order, _PARALLEL at a time, each started as soon as one ends (a batch that waits for
+        its slowest download leaves the others idle); False when the reader moved on meanwhile."""
+        for shard in keep:
+            if shard in self._cached or shard in self._pending:
+                continue
+            if self._wanted_now() != state:
+                return False
+            hold_in_use(self.cache, shard)
+            self._held.add(shard)
+            self._pending[shard] = pool.submit(self._fetch, shard)
+            if len(self._pending) >= _PARALLEL:
+                self._collect(return_when=FIRST_COMPLETED)
+        return True
+
+    def _collect(self, return_when: str) -> None:
+        """Waits for downloads in flight; a download that failed for good raises here, in the prefetch thread."""
+        done, _ = wait(self._pending.values(), return_when=return_when)
+        for shard in [s for s, f in self._pending.items() if f in done]:
+            fetched, size = self._pending.pop(shard).result()
+            self.fetched += fetched
+            self.fetched_bytes += size
+            self._cached.add(shard)
+
+    def _fetch(self, shard: str) -> tuple[int, int]:
+        """Downloads the shard unless cached: (1, its size) if this process did, else (0, 0). A silent server is
+        tried again with a doubling pause (from 0.5 s to 30 s) until VIDKIT_S3_DOWN_LIMIT seconds have passed
+        (default 600)."""
         delay, deadline = 0.5, time.monotonic() + down_limit()
-        wanted = [self.gate.wanted[s] for s in shards]
+        wanted = self.gate.wanted[shard]
         while True:
-            missing = [w for w in wanted if not os.path.exists(self.gate.marker(w.name))]
             try:
-                got = self.cache.ensure(wanted, check_limit=False, announce=False)["downloaded"]
-                self.fetched += got
-                self.fetched_bytes += sum(w.size for w in missing if os.path.exists(self.gate.marker(w.name)))
-                return
+                got = self.cache.ensure([wanted], check_limit=False, announce=False)["downloaded"]
+                return got, wanted.size if got else 0
             except TransientError as e:
                 if time.monotonic() + delay > deadline or self._closed:
                     raise TransientError(f"{e} (down for over {down_limit():g} s, {DOWN_LIMIT_ENV})") from None

@@ -168,3 +168,32 @@ def test_a_read_checks_its_own_shard_not_every_shard_opened_and_evicted_handles_
     monkeypatch.setattr(remote_stream, "_SWEEP_S", 0.0)
     ds.frames(first[1], [0])
     assert path not in store._HANDLES  # its handle closed: the disk space is freed
+
+
+def test_a_slow_download_does_not_hold_back_the_next_ones(s3_env, small_shards, monkeypatch):
+    """Downloads start as soon as one ends: batches of _PARALLEL that each waited for their slowest left the other
+    connections idle behind it."""
+    from prep import remote, remote_stream
+
+    monkeypatch.setattr(remote_stream, "_PARALLEL", 2)
+    ds = open_dataset(small_shards, "train", stream=True)
+    slow, *others = sorted(ds.gate.wanted)[:5]
+    others_done = threading.Event()
+    real = remote.Cache._download_into
+
+    def download(cache, fd, w):
+        if w.name == slow:
+            others_done.wait(timeout=30)
+        return real(cache, fd, w)
+
+    monkeypatch.setattr(remote.Cache, "_download_into", download)
+    prefetcher = remote_stream.Prefetcher(ds.gate, ahead=0)
+    prefetcher.start([[slow, *others]])
+    deadline = time.monotonic() + 30
+    while not all(os.path.exists(ds.gate.marker(s)) for s in others) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ready = [os.path.exists(ds.gate.marker(s)) for s in others]
+    others_done.set()
+    ds.gate.ready(slow)
+    prefetcher.close()
+    assert ready == [True] * 4 and prefetcher.fetched == 5 and prefetcher.error is None
