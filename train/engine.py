@@ -159,9 +159,9 @@ class Trainer:
         if state.get("averaged_from"):
             raise ConfigError(f"{path} averages {len(state['averaged_from'])} checkpoints and has no optimizer state "
                               f"to resume: fine-tune from it with --pretrained {path} --resume none")
-        self.model.load_state_dict(state["model"])
+        ckpt.load_weights(self.model, state["model"])
         if self.ema and state["ema"]:
-            self.ema.module.load_state_dict(state["ema"])
+            ckpt.load_weights(self.ema.module, state["ema"])
         elif self.ema:  # EMA switched on at resume: average from the loaded weights, not the random start
             self.ema.set(self.model)
         self.optimizer.load_state_dict(state["optimizer"])
