@@ -476,7 +476,10 @@ class Trainer:
         for k, v in row.items():
             if isinstance(v, (int, float)) and k != "epoch":
                 self.writer.add_scalar(f"epoch/{k}", v, row["epoch"])
-        msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+        if row.get("damaged_ids"):  # every rank's, as the counts
+            self.writer.add_text("epoch/damaged_ids", ", ".join(row["damaged_ids"]), row["epoch"])
+        msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                       if not isinstance(v, list))  # the damaged ids: metrics.jsonl and the end of the run name them
         tqdm.write(msg)
 
     def finish(self) -> None:
