@@ -32,6 +32,7 @@ from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, check, config_changes, save_config
 from .guard import (DamageCounter, RunStopped, StopSignals, check_checkpoint_space,
                     checkpoint_bytes, claim_run_folder, refuse_pretrained_in_run, training_amp)
+from .layout import check_layout, run_layout
 from .meter import StepMeter
 from .setup import (build_ema, build_loss, build_mixup, build_model, build_optimizer, build_scheduler,
                     mix_clips, schedule_to, seed_everything, wrap_model)
@@ -147,7 +148,7 @@ class Trainer:
             "config": self.cfg.to_dict(), "model_name": self.cfg.model, "num_classes": self.num_classes,
             "classes": list(self.classes), "contract": self.contract.to_dict(),
             "rng": self._rng_ranks[0] if self._rng_ranks else ckpt.rng_state(self.d.device),
-            "rng_ranks": self._rng_ranks,
+            "rng_ranks": self._rng_ranks, "layout": run_layout(self.train_loader, self.d.world),
         }
 
     def resume(self) -> None:
@@ -169,6 +170,9 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best_top1"]
         self.progress = EpochProgress(**state.get("progress") or {})
+        if self.d.main:  # the epoch's plan is recomputed for this run's layout: said when it is another
+            check_layout(state.get("layout"), self.train_loader, self.d.world, self.epoch, self.progress.batches,
+                         self.cfg.grad_accum)
         # the schedule is a pure function of the config and the step: a longer run stretches it
         schedule_to(self.scheduler, self.step, self.steps_per_epoch)
         rng, warning = ckpt.rank_rng_state(state, self.d.rank, self.d.world)
