@@ -56,3 +56,16 @@ def test_the_damaged_videos_of_every_rank_are_counted_and_named_once(data, tmp_p
     assert [(r["damaged_videos"], sorted(r["damaged_ids"])) for r in metrics] == [(2, names), (2, names)]
     # each video is trained on once in each epoch, by one rank: 4 samples served by a replacement in all
     assert [r["replaced_samples"] for r in metrics] == [2, 2] and "in 4 samples" in said[0]
+    assert _tensorboard(tmp_path / "run" / "tb") == ([(1, 2.0), (2, 2.0)], [(1, names), (2, names)])
+
+
+def _tensorboard(folder) -> tuple[list, list]:
+    """(epoch, damaged video count) and (epoch, damaged ids) as TensorBoard shows them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    counts = [(e.step, e.value) for e in events.Scalars("epoch/damaged_videos")]
+    texts = [(e.step, sorted(e.tensor_proto.string_val[0].decode().split(", ")))
+             for e in events.Tensors("epoch/damaged_ids/text_summary")]
+    return counts, texts
