@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pipelines.sampling import EpochPlan
-from pipelines.shard_plan import ShardPlan, resumed_epoch_reads
+from pipelines.shard_plan import WINDOW_ENV, ShardPlan, resumed_epoch_reads
+from s3fixture import prepped_on_server
 from train import checkpoint as ckpt
 from train.config import TrainConfig, apply
 from train.engine import Trainer
@@ -118,14 +119,22 @@ def _config(data, output, **overrides) -> TrainConfig:
     return apply(TrainConfig(), {**base, "data": str(data), "output": str(output), **overrides}, "test")
 
 
-def _resume_lines(data, tmp_path, caplog) -> list[str]:
-    trainer = Trainer(_config(data, tmp_path), CPU)
+def _resume_lines(data, tmp_path, caplog, saved: dict | None = None, batches: int = 2, **config) -> list[str]:
+    """The lines about the layout a resume from the run's last.pt says; with `saved`, the counts of the resumed
+    epoch it must name are checked against `resumed_epoch_reads` of that layout and the resumed run's plan."""
+    trainer = Trainer(_config(data, tmp_path, **config), CPU)
     try:
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="train"):
             trainer.resume()
-        assert trainer.progress.batches == 2
-        return [r.getMessage() for r in caplog.records if "process layout" in r.getMessage()]
+        assert trainer.progress.batches == batches
+        said = [r.getMessage() for r in caplog.records if "process layout" in r.getMessage()]
+        if saved is not None:
+            twice, skipped = resumed_epoch_reads(saved, trainer.train_loader.plan, 0, batches)
+            assert twice + skipped > 0  # the test's layouts make a difference to the resumed epoch
+            assert len(said) == 1 and f"{twice} of its {len(trainer.train_loader.dataset)} videos are trained on " \
+                f"twice and {skipped} not at all" in said[0], said
+        return said
     finally:
         trainer.train_loader.close()
         trainer.writer.close()
@@ -144,9 +153,32 @@ def test_a_run_records_its_layout_and_resumes_on_it_silently(data, tmp_path, cap
     assert _resume_lines(data, tmp_path, caplog) == []
     # as if it had been written by two processes, then by a version before the record
     ckpt.save_atomic(dict(state, layout={"world_size": 2, "ranks_per_node": 2, "shuffle_window": None}), last)
-    said = _resume_lines(data, tmp_path, caplog)
-    assert len(said) == 1 and "written on 2 process(es), this run is 1 process(es)" in said[0], said
+    said = _resume_lines(data, tmp_path, caplog, saved={"world_size": 2, "ranks_per_node": 2, "shuffle_window": None})
+    assert "written on 2 process(es), this run is 1 process(es)" in said[0]
     assert "the rest of epoch 1 (after batch 2 of each rank)" in said[0]
     ckpt.save_atomic({k: v for k, v in state.items() if k != "layout"}, last)
     said = _resume_lines(data, tmp_path, caplog)
     assert len(said) == 1 and "does not record the process layout" in said[0], said
+
+
+@pytest.fixture(scope="module")
+def streamed(s3):
+    """20 synthetic videos on the S3 server (15 for training), in shards of about two videos."""
+    return prepped_on_server(s3, "layout", ["--videos", "20", "--frames", "8", "--size", "32", "--workers", "1",
+                                            "--no-progress", "--shard-size", "12K"])
+
+
+def test_a_streamed_run_resumed_with_another_shuffle_window_says_what_its_epoch_trains(s3_env, streamed, tmp_path,
+                                                                                      caplog, monkeypatch):
+    """The shuffle window is part of a streamed split's layout (VIDKIT_SHUFFLE_WINDOW): one process can change it."""
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setenv(WINDOW_ENV, "2")
+    trainer = Trainer(_config(streamed, tmp_path, max_steps=1, batch_size=2), CPU)
+    trainer.fit()
+    trainer.train_loader.close()
+    saved = ckpt.load(str(tmp_path / "run" / ckpt.LAST))["layout"]
+    assert saved == {"world_size": 1, "ranks_per_node": 1, "shuffle_window": 2}
+    assert _resume_lines(streamed, tmp_path, caplog, batches=1, batch_size=2) == []
+    monkeypatch.setenv(WINDOW_ENV, "4")
+    said = _resume_lines(streamed, tmp_path, caplog, saved=saved, batches=1, batch_size=2)
+    assert "shuffle window 2 shards, this run is 1 node(s) x 1 rank(s), shuffle window 4 shards" in said[0]
