@@ -90,8 +90,9 @@ def test_one_line_on_another_layout_and_none_on_the_same(caplog, monkeypatch):
     assert f"{twice} of its {VIDEOS} videos are trained on twice and {skipped} not at all" in line
     line, level = _check(_layout(two_nodes), one_node, 0, caplog)  # at an epoch's start: nothing twice
     assert level == logging.WARNING and "no video trained on twice or left out" in line and "cache" in line
-    # another window is another layout too
+    # another window is another layout too, with the same shards on each node
     assert "shuffle window 4 shards" in _check(_layout(two_nodes), _shard_plans(4, 2, window=4)[0], 5, caplog)[0]
+    assert "cache" not in _check(_layout(two_nodes), _shard_plans(4, 2, window=4)[0], 0, caplog)[0]
     # a local store deals its epochs by the world size alone: another LOCAL_WORLD_SIZE is the same layout
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     local = _local_plans(2)[0]

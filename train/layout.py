@@ -46,8 +46,9 @@ def layout_change(saved: dict | None, loader, world: int, epoch: int, batches: i
         return None
     change = f"resumed on another process layout: the checkpoint was written on {layout_text(saved)}, this run is {now}"
     if not batches:
-        cache = "; each node reads another share of the shards, which its cache downloads" \
-            if current["shuffle_window"] is not None else ""
+        nodes_changed = current["shuffle_window"] is not None and any(
+            saved.get(k) != current[k] for k in ("world_size", "ranks_per_node"))  # the window keeps the shares
+        cache = "; each node reads another share of the shards, which its cache downloads" if nodes_changed else ""
         return logging.WARNING, (f"{change}; it resumes at the start of epoch {epoch + 1}, so every epoch is dealt "
                                  f"whole for the new layout (no video trained on twice or left out){cache}")
     reads = _reads(saved, plan, epoch, batches, grad_accum)
