@@ -139,7 +139,6 @@ def _resume_lines(data, tmp_path, caplog, saved: dict | None = None, batches: in
     finally:
         trainer.train_loader.close()
         trainer.writer.close()
-        trainer._run_folder.close()
 
 
 def test_a_run_records_its_layout_and_resumes_on_it_silently(data, tmp_path, caplog, monkeypatch):

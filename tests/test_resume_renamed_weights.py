@@ -37,7 +37,6 @@ def test_a_k400_ila_run_checkpointed_under_the_old_names_resumes(data, tmp_path)
     first.ema.module.head.logit_scale.data += 1.0  # the EMA's weights differ from the model's: each is loaded
     first.save()
     first.writer.close()
-    first._run_folder.close()  # the run folder lock: the resumed trainer takes it
     last = tmp_path / "run" / ckpt.LAST
     state = ckpt.load(str(last))
     assert any(k.startswith("head.text.") for k in state["model"])
