@@ -19,7 +19,7 @@ from torch import nn
 
 from .checkpoints import CALLER_ARGS, CheckpointError, Recognized, read_checkpoint, recognize, recognize_file
 from .registry import InputContract, builder, resolve_name
-from .weights import head_keys, load_state_dict_checked
+from .weights import current_names, head_keys, load_state_dict_checked
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,7 @@ def load_recognized(model: nn.Module, rec: Recognized, source: str, reset_head: 
     """Strict load of a recognised file; a classifier of another size is re-initialised only on request. A model
     whose parameter names changed renames an older file's (its `upgrade_state_dict`, as fairseq's models do)."""
     own = model.state_dict()
-    upgrade = getattr(model, "upgrade_state_dict", None)
-    sd = upgrade(rec.state_dict) if upgrade else rec.state_dict
+    sd = current_names(model, rec.state_dict)
     bad_head = [k for k in head_keys(model) if k in sd and sd[k].shape != own[k].shape]
     if bad_head and not reset_head:
         raise CheckpointError(f"{source}: classifier shape differs ({bad_head[0]} "

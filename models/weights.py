@@ -27,6 +27,14 @@ def head_keys(model: nn.Module) -> set[str]:
     return {k for k in model.state_dict() if k.startswith(prefixes)}
 
 
+def current_names(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`sd` under the model's current parameter names: a model whose names changed renames an older file's (its
+    `upgrade_state_dict`, as fairseq's models do); any other model takes it as it is. Every load of a toolkit file
+    goes through here: factory.load_recognized (eval, --pretrained) and a training resume alike."""
+    upgrade = getattr(model, "upgrade_state_dict", None)
+    return upgrade(sd) if callable(upgrade) else sd
+
+
 def load_state_dict_checked(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "") -> None:
     """Strict load that names every missing, unexpected or mis-shaped key."""
     own = model.state_dict()

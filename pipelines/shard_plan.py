@@ -18,12 +18,14 @@ Every rank reads per_rank videos and runs per_rank // batch_size full batches, e
 per_rank x world_size - num_videos videos are read twice in an epoch and per_rank % batch_size per rank are dropped.
 Like EpochPlan this is a pure function of (videos' shards, seed, epoch, rank, layout): any DALI worker computes the
 same items, and a mid-epoch checkpoint's batch count reproduces the remaining items exactly. The layout (nodes x
-ranks per node) is part of the function: a run resumed on another layout recomputes the epoch for it (loader.py
-says so in one line). docs/object-storage.md compares the shuffle with EpochPlan's.
+ranks per node, the window; `plan_layout`) is part of the function: training checkpoints record it, and a run resumed
+on another layout, which recomputes the epoch for it, says in one line how many videos of the resumed epoch are then
+read twice or not at all (`resumed_epoch_reads`). docs/object-storage.md compares the shuffle with EpochPlan's.
 """
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -149,6 +151,69 @@ class ShardPlan(EpochPlan):
 def layout_line(plan: ShardPlan) -> str:
     return (f"{plan.nodes} node(s) x {plan.local_world_size} rank(s), shuffle window {plan.window} shards, "
             f"{plan.repeated} video(s) read twice and {plan.dropped} per rank dropped per epoch")
+
+
+def plan_layout(plan: EpochPlan | None, world_size: int) -> dict:
+    """The process layout a training epoch's plan is a function of, besides the data and the config (seed, batch
+    size, repeats): saved in training checkpoints. A streamed split's ShardPlan depends on all three entries, a local
+    store's EpochPlan (or an image loader, `plan` None) on the world size only."""
+    if isinstance(plan, ShardPlan):
+        return {"world_size": plan.world_size, "ranks_per_node": plan.local_world_size, "shuffle_window": plan.window}
+    try:
+        per_node = local_world_size(world_size)
+    except ValueError:  # a local store does not depend on it: recorded as unknown, never refused here
+        per_node = None
+    return {"world_size": world_size, "ranks_per_node": per_node, "shuffle_window": None}
+
+
+def same_plan_layout(saved: dict, current: dict) -> bool:
+    """Whether a plan made for `saved` deals the epochs as one made for `current` (plan_layout's dicts)."""
+    keys = ("world_size",) if current.get("shuffle_window") is None else ("world_size", "ranks_per_node",
+                                                                          "shuffle_window")
+    return all(saved.get(k) == current.get(k) for k in keys)
+
+
+def layout_text(layout: dict) -> str:
+    world, per_node = layout.get("world_size"), layout.get("ranks_per_node")
+    if layout.get("shuffle_window") is None:
+        return f"{world} process(es)"
+    return (f"{world // per_node} node(s) x {per_node} rank(s), shuffle window {layout['shuffle_window']} shards"
+            if per_node else f"{world} process(es)")
+
+
+def resumed_epoch_reads(saved: dict, plan: EpochPlan, epoch: int, batches: int, grad_accum: int = 1) -> tuple[int, int]:
+    """(videos read twice, videos not read at all) in `epoch` when it ran `batches` batches per rank on the `saved`
+    layout and resumes with `plan`'s: every rank skips its first `batches` batches of the new plan, then trains on
+    the batches that make whole optimizer steps. Compared with the same epoch uninterrupted on the saved layout
+    (which may itself read a video twice: the wrap-around). ValueError when the saved layout cannot deal it."""
+    old = _rank_orders(plan, saved, epoch)
+    new = _rank_orders(plan, plan_layout(plan, plan.world_size), epoch)
+    size = plan.batch_size
+    usable, old_usable = (p.num_batches // grad_accum * grad_accum for p in (plan, _plan_for(plan, saved, 0)))
+    read = np.concatenate([o[:batches * size] for o in old] + [o[batches * size:usable * size] for o in new])
+    whole = np.concatenate([o[:old_usable * size] for o in old])
+    counts, base = (np.bincount(v.astype(np.int64), minlength=plan.num_videos) for v in (read, whole))
+    return int(((counts >= 2) & (counts > base)).sum()), int(((counts == 0) & (base > 0)).sum())
+
+
+def _plan_for(plan: EpochPlan, layout: dict, rank: int) -> EpochPlan:
+    if not isinstance(layout.get("world_size"), int) or (isinstance(plan, ShardPlan) and not all(
+            isinstance(layout.get(k), int) for k in ("ranks_per_node", "shuffle_window"))):
+        raise ValueError(f"the saved layout {layout} is not one a plan of this split is dealt for")
+    if isinstance(plan, ShardPlan):
+        return dataclasses.replace(plan, rank=rank, world_size=int(layout["world_size"]),
+                                   local_world_size=int(layout["ranks_per_node"]), window=int(layout["shuffle_window"]))
+    return dataclasses.replace(plan, rank=rank, world_size=int(layout["world_size"]))
+
+
+def _rank_orders(plan: EpochPlan, layout: dict, epoch: int) -> list[np.ndarray]:
+    """Every rank's video order for the epoch on `layout` (a node's stream is computed once for its ranks)."""
+    first = _plan_for(plan, layout, 0)
+    if not isinstance(first, ShardPlan):
+        return [_plan_for(plan, layout, r).order(epoch) for r in range(first.world_size)]
+    per_node = first.local_world_size
+    streams = [first.node_stream(epoch, node)[0] for node in range(first.nodes)]
+    return [streams[r // per_node][r % per_node::per_node] for r in range(first.world_size)]
 
 
 def class_mix(plan: ShardPlan, labels, epoch: int = 0) -> float:

@@ -69,13 +69,13 @@ def _without_cache_options(argv: list[str]) -> list[str]:
 
 
 def _say_damage(trainer) -> None:
-    """Damaged stored videos were replaced as they were met (each logged then): the end of the run says so again."""
-    stats = getattr(trainer.train_loader, "stats", None) or {}
-    if stats.get("damaged"):
-        rows = trainer.train_loader.dataset.rows
-        named = ", ".join(rows[i]["id"] for i in stats["damaged_videos"][:5])
-        print(f"train: {stats['damaged']} damaged stored videos were replaced by readable ones in "
-              f"{stats['replaced']} samples ({named}{', ...' if stats['damaged'] > 5 else ''}); "
+    """Damaged stored videos were replaced as they were met (each logged then, by the rank that met it): the end of
+    the run says so again, for every rank's (guard.DamageCounter gathers them each epoch), each video once."""
+    damage = trainer.damage
+    if damage.damaged:
+        names = damage.names()
+        print(f"train: {len(names)} damaged stored videos were replaced by readable ones in {damage.replaced} "
+              f"samples ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}); "
               f"`python -m prep verify {trainer.cfg.data}` lists them", file=sys.stderr)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from models.checkpoints import CheckpointError
+from models.weights import current_names
 from prep.outputs import atomic_write, refuse_input_as_output
 
 log = logging.getLogger("train")
@@ -128,6 +129,13 @@ def _first_line(err: Exception) -> str:
         if "Unsupported global" in line:
             return line.strip().removeprefix("WeightsUnpickler error: ")[:200]
     return (text or [type(err).__name__])[0][:200]
+
+
+def load_weights(model: torch.nn.Module, weights: dict) -> None:
+    """A resumed run's model (or EMA) weights, strictly, under the model's current names: a checkpoint written before
+    a model renamed its parameters (ILA's classifier under `head.`) resumes as eval reads it (one mechanism,
+    models.weights.current_names)."""
+    model.load_state_dict(current_names(model, weights))
 
 
 def resume_candidates(run_dir: str, resume: str) -> list[str]:

@@ -32,6 +32,7 @@ from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, check, config_changes, save_config
 from .guard import (DamageCounter, RunStopped, StopSignals, check_checkpoint_space,
                     checkpoint_bytes, claim_run_folder, refuse_pretrained_in_run, training_amp)
+from .layout import check_layout, run_layout
 from .meter import StepMeter
 from .setup import (build_ema, build_loss, build_mixup, build_model, build_optimizer, build_scheduler,
                     mix_clips, schedule_to, seed_everything, wrap_model)
@@ -147,7 +148,7 @@ class Trainer:
             "config": self.cfg.to_dict(), "model_name": self.cfg.model, "num_classes": self.num_classes,
             "classes": list(self.classes), "contract": self.contract.to_dict(),
             "rng": self._rng_ranks[0] if self._rng_ranks else ckpt.rng_state(self.d.device),
-            "rng_ranks": self._rng_ranks,
+            "rng_ranks": self._rng_ranks, "layout": run_layout(self.train_loader, self.d.world),
         }
 
     def resume(self) -> None:
@@ -159,9 +160,9 @@ class Trainer:
         if state.get("averaged_from"):
             raise ConfigError(f"{path} averages {len(state['averaged_from'])} checkpoints and has no optimizer state "
                               f"to resume: fine-tune from it with --pretrained {path} --resume none")
-        self.model.load_state_dict(state["model"])
+        ckpt.load_weights(self.model, state["model"])
         if self.ema and state["ema"]:
-            self.ema.module.load_state_dict(state["ema"])
+            ckpt.load_weights(self.ema.module, state["ema"])
         elif self.ema:  # EMA switched on at resume: average from the loaded weights, not the random start
             self.ema.set(self.model)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -169,6 +170,9 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best_top1"]
         self.progress = EpochProgress(**state.get("progress") or {})
+        if self.d.main:  # the epoch's plan is recomputed for this run's layout: said when it is another
+            check_layout(state.get("layout"), self.train_loader, self.d.world, self.epoch, self.progress.batches,
+                         self.cfg.grad_accum)
         # the schedule is a pure function of the config and the step: a longer run stretches it
         schedule_to(self.scheduler, self.step, self.steps_per_epoch)
         rng, warning = ckpt.rank_rng_state(state, self.d.rank, self.d.world)
@@ -476,7 +480,10 @@ class Trainer:
         for k, v in row.items():
             if isinstance(v, (int, float)) and k != "epoch":
                 self.writer.add_scalar(f"epoch/{k}", v, row["epoch"])
-        msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+        if row.get("damaged_ids"):  # every rank's, as the counts
+            self.writer.add_text("epoch/damaged_ids", ", ".join(row["damaged_ids"]), row["epoch"])
+        msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                       if not isinstance(v, list))  # the damaged ids: metrics.jsonl and the end of the run name them
         tqdm.write(msg)
 
     def finish(self) -> None:

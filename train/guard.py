@@ -99,13 +99,19 @@ def check_stored_videos(rows: list[dict], contract, split: str) -> None:
 
 class DamageCounter:
     """Per-epoch counts of what the training loader could not read: distinct damaged videos met and samples
-    served by a replacement, summed over ranks."""
+    served by a replacement, gathered from every rank (each rank's loader logs only its own), and the run's totals
+    over the epochs counted so far (each video once, whichever ranks and epochs met it)."""
 
     def __init__(self, loader):
         self.log = getattr(loader, "damage_log", None)
+        dataset = getattr(loader, "dataset", None)
+        self.rows = getattr(dataset, "rows", None) or []
         self.seen = 0
+        self.damaged: set[int] = set()  # every rank's damaged videos (row indices) met in this run so far
+        self.replaced = 0
 
     def epoch_row(self) -> dict:
+        """The epoch's metrics; a collective under DDP (every rank calls it at the same epoch end)."""
         if self.log is None:
             return {}
         entries = self.log.entries()
@@ -117,7 +123,17 @@ class DamageCounter:
             dist.all_gather_object(gathered, (damaged, replaced))
             damaged = sorted({v for d, _ in gathered for v in d})
             replaced = sum(r for _, r in gathered)
-        return {"damaged_videos": len(damaged), "replaced_samples": replaced}
+        self.damaged.update(damaged)
+        self.replaced += replaced
+        row = {"damaged_videos": len(damaged), "replaced_samples": replaced}
+        if damaged:
+            row["damaged_ids"] = self.names(damaged)
+        return row
+
+    def names(self, videos=None) -> list[str]:
+        """The ids of `videos` (row indices; default: every damaged video of the run so far), in index order."""
+        videos = sorted(self.damaged if videos is None else videos)
+        return [str(self.rows[v].get("id", v)) if v < len(self.rows) else str(v) for v in videos]
 
 
 class RunFolderError(ValueError):
