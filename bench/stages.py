@@ -1,7 +1,7 @@
 """`python -m bench.stages`: where the CPU training pipeline's time goes, stage by stage, in frames per CPU-second.
 
 The frame path of a training batch (TSN multi-scale crop + flip to 8x224, bench.data's setting) is rebuilt one stage
-at a time from the pipeline's own functions (pipelines.pipeline._decode_frames, augment.train_transform,
+at a time from the pipeline's own functions (pipelines.pipeline.decode_frames, augment.train_transform,
 augment.normalize) and run side by side in this process, interleaved, best of --repeats:
   decode                    the crop-window decode (fn.decoders.image_slice) alone: the bound
   + resize (fn.resize)      the window brought to 224 by fn.resize, antialiased: the path before resize_window's warp
@@ -88,7 +88,7 @@ def _prepped(name: str, args) -> str:
 def training_frames(loader, clips: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The JPEG frames and parameter vectors (one per frame, its clip's) of the loader's first `clips` clips of
     epoch 0, drawn as its source draws them."""
-    source = loader._source(0)
+    source = loader.clip_source(0)
     jpegs, params = [], []
     for video in range(min(clips, loader.num_videos)):
         *frames, _, vector = source.sample(video, 0, 0)
@@ -105,7 +105,7 @@ def stage_pipeline(graph, stage: str, jpegs, params, batch: int, threads: int):
     from nvidia.dali import fn, pipeline_def
 
     from pipelines.augment import normalize, output_layout, train_transform
-    from pipelines.pipeline import _decode_frames
+    from pipelines.pipeline import decode_frames
 
     n = len(jpegs) // batch * batch
     if n == 0:
@@ -120,7 +120,7 @@ def stage_pipeline(graph, stage: str, jpegs, params, batch: int, threads: int):
                   enable_conditionals=stage != "decode" and not graph.exact_resize)
     def frame_path():
         jpeg, vector = fn.external_source(source=feed, num_outputs=2)
-        data = _decode_frames(jpeg, vector, graph, cropped=True)
+        data = decode_frames(jpeg, vector, graph, cropped=True)
         if stage == "decode":
             return data
         data, mirror = train_transform(data, vector, graph.crop_size, graph.augment, True, graph.exact_resize)

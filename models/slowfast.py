@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 
 import torch
-from timm.models._manipulate import MATCH_PREV_GROUP
 from torch import nn
 from torchvision.models.video.resnet import Conv3DNoTemporal
 
@@ -28,7 +27,7 @@ from .resnet3d import SLOWONLY_BLOCKS, TINY_CROP, TINY_WIDTHS, Stem3d, TemporalB
 from .resnet3d import make_res_stage
 from .resnet3d import mmaction_layers, mmaction_pathway_key
 from .sts import convert_to_sts, sts_mode
-from .tuning import checkpoint_seq
+from .tuning import MATCH_PREV_GROUP, checkpoint_seq
 from .weights import load_state_dict_checked
 
 

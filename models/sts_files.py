@@ -14,7 +14,7 @@ from .factory import create_model
 from .registry import IMAGENET_MEAN, IMAGENET_STD, InputContract
 from .resnet3d import mmaction_single_path, mmaction_single_path_state
 from .slowfast import mmaction_slowfast
-from .x3d import _mmaction_block_counts, _mmaction_x3d_args, _mmaction_x3d_model, convert_mmaction_x3d
+from .x3d import convert_mmaction_x3d, mmaction_block_counts, mmaction_x3d_args, mmaction_x3d_model
 
 # ------------------------------------------------------------------ mmaction files (the STS paper's)
 # Which convs are STS is not in the weights: the meta's config text or experiment name says it (their configs
@@ -99,8 +99,8 @@ def _sts_image_network(sd: dict, arch: str) -> tuple[str, dict, dict]:
     if "backbone.conv1_s.conv.weight" in sd:
         if "cls_head.fc2.weight" not in sd:  # V3D builds fc1 for model_name 'x3d' (v3d.py:89-94)
             raise CheckpointError("an X3D backbone without V3D's fc1 before its classifier")
-        args = _mmaction_x3d_args("V3D", sd, "STS image X3D")
-        return _mmaction_x3d_model({}, _mmaction_block_counts(sd)), args, convert_mmaction_x3d(sd)
+        args = mmaction_x3d_args("V3D", sd, "STS image X3D")
+        return mmaction_x3d_model({}, mmaction_block_counts(sd)), args, convert_mmaction_x3d(sd)
     num_classes = sd["cls_head.fc_cls.weight"].shape[0]
     if "backbone.slow_path.conv1.conv.weight" in sd:
         name, args, state = mmaction_slowfast(sd, {"exp_name": arch})

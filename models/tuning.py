@@ -124,6 +124,9 @@ def freeze_(module: nn.Module) -> None:
 
 
 STAGE_ENTRIES = ("stem", "blocks")  # the group_matcher entries that name stages (others: in no stage)
+# A group_matcher suffix that merges a match into the group before it: the value of timm's MATCH_PREV_GROUP,
+# which timm keeps in its private _manipulate module (tests/test_private_imports.py checks that they agree).
+MATCH_PREV_GROUP = (99999,)
 
 
 def _patterns(matcher: dict) -> list[re.Pattern]:

@@ -223,7 +223,7 @@ def convert_mmaction_x3d(state_dict: dict) -> dict:
     return out
 
 
-def _mmaction_block_counts(sd: dict) -> tuple:
+def mmaction_block_counts(sd: dict) -> tuple:
     counts = []
     for stage in range(1, 5):
         n = 0
@@ -233,9 +233,9 @@ def _mmaction_block_counts(sd: dict) -> tuple:
     return tuple(counts)
 
 
-def _mmaction_x3d_args(path: str, sd: dict, origin: str) -> dict:
+def mmaction_x3d_args(path: str, sd: dict, origin: str) -> dict:
     """Our X3D arguments for the network in an mmaction X3D file (widths and depths from the shapes)."""
-    counts = _mmaction_block_counts(sd)
+    counts = mmaction_block_counts(sd)
     if 0 in counts:
         raise CheckpointError(f"{path}: {origin} with block counts {counts}: four stages are needed")
     se = [f"backbone.layer{s}.{i}.se_module.fc1.weight" in sd for s in range(1, 5) for i in range(counts[s - 1])]
@@ -283,7 +283,7 @@ def mmaction_sts(meta) -> bool | None:
     return any("sts" in re.split(r"[_.\-]", name.lower()) for name in names)
 
 
-def _mmaction_x3d_model(meta, counts: tuple) -> str:
+def mmaction_x3d_model(meta, counts: tuple) -> str:
     """XS, S and M have the same weights: the config name tells which clips the file was trained on."""
     if counts == _depths(5.0):
         return "x3d_l"
@@ -307,10 +307,10 @@ def mmaction_x3d(ckpt: Checkpoint, overrides: dict) -> Recognized | None:
         heads = sorted({k.rsplit(".", 1)[0] for k in sd if k.startswith("cls_head.")}) or ["none"]
         raise CheckpointError(f"{ckpt.path}: {origin} file without an X3DHead (cls_head.fc1/fc2; found "
                               f"{', '.join(heads)}); only X3DHead files are supported")
-    args = _mmaction_x3d_args(ckpt.path, sd, origin)
+    args = mmaction_x3d_args(ckpt.path, sd, origin)
     if sts is not None:  # a file that does not say leaves the choice to the caller
         args["sts"] = sts
-    name = _mmaction_x3d_model(meta, _mmaction_block_counts(sd))
+    name = mmaction_x3d_model(meta, mmaction_block_counts(sd))
     return Recognized(origin=origin, model=name, model_args=args, state_dict=convert_mmaction_x3d(sd))
 
 

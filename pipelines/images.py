@@ -223,7 +223,7 @@ class ImageLoader:
     def __init__(self, folder: ImageFolder, contract, batch_size: int, training: bool, device_id=None, rank=0,
                  world_size=1, seed=0, num_threads=None, augment: AugmentConfig | None = None, dtype=torch.float32,
                  repeats: int = 1, image_size: int = 0, prefetch: int = 2):
-        from .loader import _dali_dtype
+        from .loader import to_dali_dtype
 
         num_threads = resolve_threads(num_threads, 1)[0]  # None or 0: this rank's share of the cores
         if batch_size < 1 or num_threads < 1 or world_size < 1 or not 0 <= rank < world_size:
@@ -240,7 +240,7 @@ class ImageLoader:
         self.repeats, self.num_threads, self.prefetch, self.device_id = int(repeats), num_threads, prefetch, device_id
         self.opts = GraphOptions(int(image_size or contract.crop_size), tuple(contract.mean), tuple(contract.std),
                                  contract.layout, self.training, augment if augment is not None else AugmentConfig(),
-                                 _dali_dtype(dtype), "cpu" if device_id is None else "mixed")
+                                 to_dali_dtype(dtype), "cpu" if device_id is None else "mixed")
         self.device = torch.device("cpu") if device_id is None else torch.device("cuda", device_id)
         self.labels = torch.as_tensor(folder.labels, device=self.device)
         self.epoch = 0

@@ -36,7 +36,7 @@ PATHS = ("auto", *READERS)
 _DTYPES = ("float32", "float16", "bfloat16")
 
 
-def _dali_dtype(dtype: torch.dtype):
+def to_dali_dtype(dtype: torch.dtype):
     from nvidia.dali import types
 
     if dtype == torch.float32:
@@ -134,7 +134,7 @@ class VideoLoader:
         largest = largest_frame(self.dataset.rows)  # per side, 0 or None: the dataset's largest stored frame
         preallocate = tuple(int(p or d) for p, d in zip(preallocate or (0, 0), largest))
         self.graph = GraphOptions(int(contract.crop_size), tuple(contract.mean), tuple(contract.std),
-                                  contract.layout, self.training, self.augment, _dali_dtype(dtype),
+                                  contract.layout, self.training, self.augment, to_dali_dtype(dtype),
                                   "cpu" if device_id is None else "mixed", float(hw_decoder_load), tuple(preallocate),
                                   eval_crop=self.geometry[1])
         image_decoder_args(self.graph.decoder_device, hw_decoder_load)  # a bad value fails here, not at build
@@ -208,12 +208,13 @@ class VideoLoader:
         return (f"VideoLoader({self.dataset.root!r}, split={self.dataset.split!r}, path={self.path}, "
                 f"training={self.training}, batches={len(self)}, views={self.num_views}, device={self.device})")
 
-    # ------------------------------------------------------------------ internals
-
-    def _source(self, first_epoch: int) -> ClipSource:
+    def clip_source(self, first_epoch: int) -> ClipSource:
+        """What the DALI pipeline reads from `first_epoch` on (bench.stages draws the same clips from it)."""
         return ClipSource(self.dataset, self.plan, self.spec, self.augment, self.reader, self.damage_log,
                           first_epoch, self.clips, self.crops, self.verify, int(self.contract.crop_size),
                           self.twice, self.same_frames, self.geometry)
+
+    # ------------------------------------------------------------------ internals
 
     def _ensure_pipeline(self, epoch: int) -> None:
         stale = self.training and self._pipe_epoch != epoch  # evaluation reads the same plan every epoch
@@ -229,7 +230,7 @@ class VideoLoader:
                      "previous epoch abandoned" if self._mid_epoch else "not the next epoch")
         self.close()
         seed = int(np.random.SeedSequence([self.plan.seed, self.plan.rank]).generate_state(1)[0] % (2**31 - 1))
-        self._pipe = build_pipeline(self._source(epoch), self.graph, self.plan.clips_per_batch, self.num_threads,
+        self._pipe = build_pipeline(self.clip_source(epoch), self.graph, self.plan.clips_per_batch, self.num_threads,
                                     self.py_workers, self.device_id, seed, self.prefetch, self.py_start_method)
         self._iterator = DALIGenericIterator([self._pipe], ["clips", "meta"], auto_reset=False)
         self._pipe_epoch = epoch

@@ -59,7 +59,7 @@ def _crop_box(opts: GraphOptions, params, cropped: bool):
     return opts.augment.layout.values(params, TrainCrop.slot) if cropped else None
 
 
-def _decode_frames(jpeg, params, opts: GraphOptions, cropped: bool):
+def decode_frames(jpeg, params, opts: GraphOptions, cropped: bool):
     """The frame reader's decoder under graph options `opts` (bench.stages times it alone)."""
     return READERS["frames"].decode(jpeg, opts.decoder_device, _decoder_args(opts), _crop_box(opts, params, cropped))
 

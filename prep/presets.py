@@ -11,7 +11,7 @@ import os
 import re
 
 from .lists import read_class_list
-from .tasks import Task, _classes_from_labels, _first_existing, _read_json, kinetics_tasks
+from .tasks import Task, classes_from_labels, first_existing, kinetics_tasks, read_json
 
 SPLIT_IDS = (1, 2, 3)
 
@@ -66,10 +66,10 @@ def diving48_tasks(root: str, videos: str | None = None) -> tuple[list[Task], li
     rows = {split: _diving48_rows(path) for split, path in lists.items() if path}
     vocab = _find_file(root, ["Diving48_vocab.json"])
     if vocab:
-        classes = [" ".join(v) if isinstance(v, list) else str(v) for v in _read_json(vocab)]
+        classes = [" ".join(v) if isinstance(v, list) else str(v) for v in read_json(vocab)]
     else:
-        classes = _classes_from_labels([str(label) for items in rows.values() for _, label in items])
-    vdir = videos or _first_existing(root, ["rgb"]) or root
+        classes = classes_from_labels([str(label) for items in rows.values() for _, label in items])
+    vdir = videos or first_existing(root, ["rgb"]) or root
     tasks = []
     for split, items in rows.items():
         for vid, label in items:
@@ -78,7 +78,7 @@ def diving48_tasks(root: str, videos: str | None = None) -> tuple[list[Task], li
 
 
 def _diving48_rows(path: str) -> list[tuple[str, int]]:
-    items = _read_json(path)
+    items = read_json(path)
     if not isinstance(items, list) or not all(isinstance(x, dict) and {"vid_name", "label"} <= set(x) for x in items):
         raise ValueError(f"{path}: expected a list of objects with 'vid_name' and 'label'")
     return [(str(x["vid_name"]), int(x["label"])) for x in items]
@@ -103,7 +103,7 @@ def ucf101_tasks(root: str, videos: str | None = None, split_id: int = 1) -> tup
     ann = os.path.dirname(ann)
     classes = _ucf101_classes(os.path.join(ann, "classInd.txt"))
     index = {name: i for i, name in enumerate(classes)}
-    vdir = videos or _first_existing(root, ["UCF-101"]) or root
+    vdir = videos or first_existing(root, ["UCF-101"]) or root
     tasks = []
     for split, name, fields in (("train", "trainlist", 2), ("val", "testlist", 1)):
         for rel, *label in _read_fields(os.path.join(ann, f"{name}0{split_id}.txt"), fields):
@@ -136,7 +136,7 @@ def hmdb51_tasks(root: str, videos: str | None = None, split_id: int = 1) -> tup
     """testTrainMulti_7030_splits/<class>_test_split<N>.txt, lines '<video>.avi <flag>' (1 train, 2 test,
     0 unused); videos <root>/<class>/<video>.avi. Classes in alphabetical order, the usual numbering."""
     _check_split_id(split_id)
-    sdir = _first_existing(root, ["testTrainMulti_7030_splits"]) or root
+    sdir = first_existing(root, ["testTrainMulti_7030_splits"]) or root
     if not os.path.isdir(sdir):
         raise ValueError(f"HMDB51 root not found: {root}")
     pattern = re.compile(rf"(.+)_test_split{split_id}\.txt")

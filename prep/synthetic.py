@@ -61,7 +61,7 @@ TEXTURES = ("solid", "stripes", "checker", "noise")
 # argument checks
 
 
-def _check_size(size) -> tuple[int, int]:
+def check_size(size) -> tuple[int, int]:
     if isinstance(size, (int, np.integer)):
         size = (int(size), int(size))
     try:
@@ -314,7 +314,7 @@ _FORWARD = {
 # one sample
 
 
-class _Sample:
+class Sample:
     """All random draws of one video; frame(t) renders forward frame t on demand."""
 
     def __init__(self, pair: str, rng: np.random.Generator, frames: int, size: tuple[int, int],
@@ -359,8 +359,8 @@ def iter_frames(class_index: int | str, rng: np.random.Generator, frames: int, s
     """Yield the frames of one sample of a class one at a time (uint8 (H, W, 3)); bounded memory for long clips.
 
     class_index indexes CLASS_NAMES (or is a class name); class 2k+1 is class 2k's sample played backwards."""
-    index, frames, size = _class_index(class_index), _check_frames(frames), _check_size(size)
-    sample = _Sample(list(PAIRS)[index // 2], rng, frames, size)
+    index, frames, size = _class_index(class_index), _check_frames(frames), check_size(size)
+    sample = Sample(list(PAIRS)[index // 2], rng, frames, size)
     order = range(frames - 1, -1, -1) if index % 2 else range(frames)
     return (sample.frame(t) for t in order)
 
@@ -512,7 +512,7 @@ def generate(root, videos: int = 200, frames: int = 32, size=64, fps=12, codec: 
     default_rng((seed, c, k)) with c the index into CLASS_NAMES, so results do not depend on workers, and a class's
     videos do not change when other classes are added. Returns {"train", "val", "classes", "videos"}."""
     names = pick_classes(classes)
-    frames, size = _check_frames(frames), _check_size(size)
+    frames, size = _check_frames(frames), check_size(size)
     suffix = _check_codec(codec, size)[1]
     fps = _check_fps(fps)
     _encoder_options(codec, crf, gop)  # fail here, not in a worker

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .synthetic import SHAPES, _check_size, _Sample
+from .synthetic import SHAPES, Sample, check_size
 
 __all__ = ["SHAPES", "render_image", "generate_image_folder"]
 
@@ -26,7 +26,7 @@ def render_image(shape: str, rng: np.random.Generator, size) -> np.ndarray:
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}: one of {', '.join(SHAPES)}")
     # the "spin" pair draws the largest objects (a third of the short side), at a random angle
-    return _Sample("spin", rng, 1, _check_size(size), shapes=(shape,), textures=("solid",)).frame(0)
+    return Sample("spin", rng, 1, check_size(size), shapes=(shape,), textures=("solid",)).frame(0)
 
 
 def generate_image_folder(root, per_class: int = 100, val_per_class: int = 20, size=64, seed: int = 0,

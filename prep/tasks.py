@@ -120,7 +120,7 @@ def _list_classes(labels: list[str], classes_file: str | None, num_classes: int 
         if not all(re.fullmatch(r"\d+", x) for x in labels):
             raise ValueError("--num-classes needs numeric labels; the lists hold class names (use --classes)")
         return given, f"--num-classes {num_classes}"
-    classes = _classes_from_labels(labels)
+    classes = classes_from_labels(labels)
     return classes, (f"the {len(classes)} classes inferred from the lists "
                      "(pass --num-classes or --classes if the label is right)")
 
@@ -135,7 +135,7 @@ def _check_numeric_label(path: str, entry, classes: list[str], index: dict) -> N
                         f"and the index of class {classes[int(label)]!r}; write the class name instead")
 
 
-def _classes_from_labels(labels: list[str]) -> list[str]:
+def classes_from_labels(labels: list[str]) -> list[str]:
     """Names as they come, or for numeric labels 0..L where L is the largest label with at least half of 0..L in
     use: a stray label (a typo, 2000000) must not make millions of classes, yet a class without videos may be."""
     if not all(re.fullmatch(r"\d+", x) for x in labels):
@@ -174,10 +174,10 @@ def ssv2_tasks(root: str, videos: str | None = None) -> tuple[list[Task], list[s
     classes = [None] * len(label_index)
     for name, i in label_index.items():
         classes[i] = name
-    vdir = videos or _first_existing(root, ["20bn-something-something-v2", "videos"]) or root
+    vdir = videos or first_existing(root, ["20bn-something-something-v2", "videos"]) or root
     tasks = []
     for split, fname in (("train", "train.json"), ("val", "validation.json")):
-        for item in _read_json(_ssv2_file(root, fname)):
+        for item in read_json(_ssv2_file(root, fname)):
             name = ssv2_template(item["template"])
             path = os.path.join(vdir, f"{item['id']}.webm")
             if name not in label_index:
@@ -185,7 +185,7 @@ def ssv2_tasks(root: str, videos: str | None = None) -> tuple[list[Task], list[s
             else:
                 tasks.append(Task(str(item["id"]), path, split, label_index[name], name))
     test = _ssv2_file(root, "test.json", required=False)
-    for item in _read_json(test) if test else []:
+    for item in read_json(test) if test else []:
         vid = str(item["id"] if isinstance(item, dict) else item)
         tasks.append(Task(vid, os.path.join(vdir, f"{vid}.webm"), "test", None, None))
     return tasks, classes
@@ -264,12 +264,12 @@ def _index_videos(root: str) -> dict[str, str]:
     return out
 
 
-def _read_json(path: str):
+def read_json(path: str):
     if not os.path.isfile(path):
         raise ValueError(f"annotation file not found: {path}")
     with open(path) as f:
         return json.load(f)
 
 
-def _first_existing(root: str, names: list[str]) -> str | None:
+def first_existing(root: str, names: list[str]) -> str | None:
     return next((os.path.join(root, n) for n in names if os.path.isdir(os.path.join(root, n))), None)

@@ -230,7 +230,7 @@ def _call_pickled(blob: bytes, info):
 def test_source_is_picklable_and_stateless(frames_data):
     """One sample per frame: sample k * T + f is frame f of clip k, with the clip's meta and parameters."""
     loader = build_loader(frames_data, "train", NCTHW, 2, True)
-    source = loader._source(first_epoch=4)
+    source = loader.clip_source(first_epoch=4)
     frames = NCTHW.num_frames
     assert source.samples_per_clip == frames and source.num_outputs == 3
     info = SimpleNamespace(idx_in_epoch=3 * frames + 2, epoch_idx=1, idx_in_batch=2, iteration=1)

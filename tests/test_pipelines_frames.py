@@ -70,7 +70,7 @@ def _reference_graph(source, opts, frames: int):
 def _reference_epoch(loader, epoch: int) -> np.ndarray:
     from nvidia.dali import pipeline_def
 
-    source = loader._source(first_epoch=epoch)
+    source = loader.clip_source(first_epoch=epoch)
 
     @pipeline_def(batch_size=loader.plan.batch_size, num_threads=1, device_id=None, seed=0)
     def graph():

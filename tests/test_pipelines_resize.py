@@ -59,14 +59,14 @@ def _frame_path(jpegs, params, augment: AugmentConfig, exact: bool, layout: str 
     from nvidia.dali import fn, pipeline_def, types
 
     from pipelines.augment import train_transform
-    from pipelines.pipeline import _decode_frames
+    from pipelines.pipeline import decode_frames
 
     opts = GraphOptions(CROP, MEAN, STD, "NCTHW", True, augment, types.FLOAT, "cpu", exact_resize=exact)
 
     @pipeline_def(batch_size=len(jpegs), num_threads=1, device_id=None, enable_conditionals=not exact)
     def graph():
         jpeg, vector = fn.external_source(source=lambda: (jpegs, params), num_outputs=2)
-        window = _decode_frames(jpeg, vector, opts, cropped=True)
+        window = decode_frames(jpeg, vector, opts, cropped=True)
         frames, mirror = train_transform(window, vector, CROP, augment, cropped=True, exact_resize=exact)
         return normalize(frames, MEAN, STD, layout, types.FLOAT, mirror)
 

@@ -281,10 +281,10 @@ def test_labels_outside_the_class_list_are_rejected(src, tmp_path, capsys):
 
 
 def test_inferred_class_count_keeps_an_unused_class():
-    from prep.tasks import _classes_from_labels
+    from prep.tasks import classes_from_labels
 
-    assert _classes_from_labels(["0", "1", "3", "4"]) == ["0", "1", "2", "3", "4"]
-    assert len(_classes_from_labels([str(i) for i in range(10)] + ["2000000"])) == 10
+    assert classes_from_labels(["0", "1", "3", "4"]) == ["0", "1", "2", "3", "4"]
+    assert len(classes_from_labels([str(i) for i in range(10)] + ["2000000"])) == 10
 
 
 # --------------------------------------------------------------------------- 8: a run that stores nothing
