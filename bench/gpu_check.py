@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from prep.cli import NON_NEGATIVE_FLOAT
 
@@ -86,7 +87,7 @@ def goal(name: str, value, target: str, met: bool) -> dict:
 
 def gpu_test_files(root: str = "tests") -> list[str]:
     """The test modules holding gpu-marked tests (collecting only those keeps unrelated imports out)."""
-    return sorted(p for p in glob.glob(os.path.join(root, "test_*.py")) if "mark.gpu" in open(p).read())
+    return sorted(p for p in glob.glob(os.path.join(root, "test_*.py")) if "mark.gpu" in Path(p).read_text())
 
 
 def pytest_counts(text: str) -> dict:

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import zlib
+from pathlib import Path
 
 import av
 import numpy as np
@@ -127,7 +128,7 @@ def quality_ffmpeg(videos: list[str], out: str, sample: int) -> tuple[float, flo
     exact, fast = [], []
     for v in videos[:sample]:
         d = os.path.join(out, os.path.splitext(os.path.basename(v))[0])
-        jpegs = [open(os.path.join(d, n), "rb").read() for n in sorted(os.listdir(d))]
+        jpegs = [Path(d, n).read_bytes() for n in sorted(os.listdir(d))]
         e, f = _scores(v, jpegs, "BICUBIC")
         exact, fast = exact + e, fast + f
     return float(np.mean(exact)), float(np.mean(fast))
@@ -260,7 +261,8 @@ def sources(args, height: int) -> tuple[str, str, list[str], str]:
     if not os.path.exists(train):  # generation is seeded: a finished one (lists come last) is reused
         generate(src, videos=args.videos, frames=int(args.seconds * args.fps), size=(height, width), fps=args.fps,
                  codec="h264", val_fraction=0.0, workers=args.workers, progress=False, crf=args.crf)
-    videos = [os.path.join(src, line.rsplit(maxsplit=1)[0]) for line in open(train) if line.strip()]
+    videos = [os.path.join(src, line.rsplit(maxsplit=1)[0]) for line in Path(train).read_text().splitlines()
+              if line.strip()]
     mbps = sum(os.path.getsize(v) for v in videos) * 8 / (len(videos) * args.seconds) / 1e6
     return src, train, videos, (f"{len(videos)} H.264 videos {width}x{height} ({mbps:.1f} Mbit/s on average), "
                                 f"{args.seconds:g} s at {args.fps} fps")

@@ -128,9 +128,10 @@ class LocalS3:
 
     def _answers(self) -> bool:
         try:
-            urllib.request.urlopen(self.endpoint, timeout=1)
-        except urllib.error.HTTPError:
-            pass
+            with urllib.request.urlopen(self.endpoint, timeout=1):
+                pass
+        except urllib.error.HTTPError as err:
+            err.close()
         except (urllib.error.URLError, OSError):
             return False
         return True

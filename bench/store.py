@@ -18,6 +18,7 @@ import io
 import os
 import sys
 import time
+from pathlib import Path
 
 import av
 import numpy as np
@@ -185,7 +186,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.probe_seek:
         src, _ = make_dataset(args.cache, "kinetics", args.videos, args.workers)
-        video = os.path.join(src, open(os.path.join(src, "train.txt")).readline().split()[0])
+        video = os.path.join(src, Path(src, "train.txt").read_text().split()[0])
         for gop, frames, ms in seek_probe(video):
             print(f"keyframe every {gop:>5} frames: frames={frames:<6} {ms:6.1f} ms")
         return 0

@@ -23,6 +23,7 @@ import argparse
 import logging
 import os
 import pickle
+import warnings
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -114,9 +115,12 @@ def _torch_load(path: str):
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{path}: empty file")
     if _is_torchscript(path):  # OpenAI CLIP ships TorchScript archives; loading them runs no Python pickle code
-        return torch.jit.load(path, map_location="cpu").state_dict()
+        return load_torchscript(path).state_dict()
     try:
-        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)), warnings.catch_warnings():
+            # torch's note on a legacy file pickled with another protocol than 2 (asking to file an issue): the file
+            # loads, or fails with the one line below; either way the note is not the user's to act on
+            warnings.filterwarnings("ignore", r"Detected pickle protocol \d+ in the checkpoint", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"{path}: refused: the file holds Python objects other than tensors and plain data, "
@@ -124,6 +128,14 @@ def _torch_load(path: str):
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or damaged "
                               f"({_first_line(err)})") from None
+
+
+def load_torchscript(path: str, **kwargs) -> torch.jit.ScriptModule:
+    """`torch.jit.load` on the CPU, without torch's note that TorchScript is deprecated (a FutureWarning on every
+    load): reading CLIP's archives and checking `models export`'s TorchScript files is what the user asked for."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated", FutureWarning)
+        return torch.jit.load(path, map_location="cpu", **kwargs)
 
 
 def _is_torchscript(path: str) -> bool:

@@ -17,6 +17,8 @@ from torch import nn
 
 from prep.outputs import atomic_path
 
+from .checkpoints import load_torchscript
+
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4
 CONTRACT_KEY = "input_contract"
@@ -82,7 +84,7 @@ def run_exported(fmt: str, path: str, x: torch.Tensor) -> torch.Tensor:
 
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
         return torch.from_numpy(session.run(None, {"clip": x.numpy()})[0])
-    return torch.jit.load(path, map_location="cpu")(x)
+    return load_torchscript(path)(x)
 
 
 def read_contract(fmt: str, path: str) -> dict:
@@ -93,5 +95,5 @@ def read_contract(fmt: str, path: str) -> dict:
         props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
         return json.loads(props[CONTRACT_KEY])
     files = {f"{CONTRACT_KEY}.json": ""}
-    torch.jit.load(path, map_location="cpu", _extra_files=files)
+    load_torchscript(path, _extra_files=files)
     return json.loads(files[f"{CONTRACT_KEY}.json"])

@@ -484,12 +484,11 @@ class RandAugment(AugmentUnit):
         are separate samples on the frame path and must share them."""
         from nvidia.dali import fn, types
         from nvidia.dali.auto_aug.core import select, signed_bin
-        from nvidia.dali.auto_aug.rand_augment import get_rand_augment_suite
 
         n = self.rand_augment
         if not n:
             return clip
-        suite = get_rand_augment_suite()
+        suite = rand_augment_suite()
         if len(suite) != RAND_AUGMENT_OPS:
             raise RuntimeError(f"this DALI's RandAugment suite has {len(suite)} operations, not {RAND_AUGMENT_OPS}")
         ops = fn.cast(values.span(0, n), dtype=types.INT32)
@@ -499,6 +498,27 @@ class RandAugment(AugmentUnit):
             clip = select(suite, ops[level], data=clip, magnitude_bin=magnitudes[level], num_magnitude_bins=31,
                           fill_value=128, interp_type=None)
         return clip
+
+
+def rand_augment_suite() -> list:
+    """DALI's RandAugment suite (`get_rand_augment_suite()`), with its sharpness and equalize calling `fn.filter`
+    and `fn.equalize`: DALI 2.4's suite still calls their deprecated `fn.experimental` aliases, and DALI prints
+    that deprecation to stderr each time a pipeline is built, whatever the warning filters say. The same
+    operators with the same parameters: the pixels are identical (tests/test_warning_hygiene.py)."""
+    from nvidia.dali import fn
+    from nvidia.dali.auto_aug.core import augmentation
+    from nvidia.dali.auto_aug.rand_augment import get_rand_augment_suite
+
+    def sharpness(data, kernel):
+        return fn.filter(data, kernel)
+
+    def equalize(data, _):
+        return fn.equalize(data)
+
+    current = {"sharpness": sharpness, "equalize": equalize}
+    return [augmentation(current[aug.name], mag_range=aug.mag_range, randomly_negate=aug.randomly_negate,
+                         mag_to_param=aug.mag_to_param, param_device=aug.param_device, name=aug.name)
+            if aug.name in current else aug for aug in get_rand_augment_suite()]
 
 
 def rand_augment_choices(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from .augment import AugmentConfig, normalize
+from .augment_units import rand_augment_suite
 from .pipeline import GraphOptions
 from .resources import image_decoder_args, resolve_threads
 
@@ -157,10 +158,11 @@ def _train_image(jpegs, opts: GraphOptions):
                                                                                 opts.hw_decoder_load))
     image = fn.resize(image, size=(opts.crop_size, opts.crop_size), interp_type=types.INTERP_CUBIC,
                       antialias=True)
-    if aug.rand_augment:
-        from nvidia.dali.auto_aug import rand_augment
+    if aug.rand_augment:  # as DALI's rand_augment.rand_augment(image, n, m), without its deprecated aliases
+        from nvidia.dali.auto_aug.rand_augment import apply_rand_augment
 
-        image = rand_augment.rand_augment(image, n=aug.rand_augment, m=aug.rand_augment_m)
+        image = apply_rand_augment(rand_augment_suite(), image, n=aug.rand_augment, m=aug.rand_augment_m,
+                                   fill_value=128, interp_type=None)
     mirror = fn.random.coin_flip(probability=0.5) if aug.flip else 0
     return image, mirror, {}
 

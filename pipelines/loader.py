@@ -203,6 +203,8 @@ class VideoLoader:
         self.close()
         if getattr(self, "_feed", None) is not None:
             self._feed.close()
+        if getattr(self, "_tmp", None) is not None:  # said, not left to its finaliser's "implicitly cleaning up"
+            self._tmp.cleanup()
 
     def __repr__(self) -> str:
         return (f"VideoLoader({self.dataset.root!r}, split={self.dataset.split!r}, path={self.path}, "
