@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,7 +95,7 @@ def damage_video(root: str, video: int, split: str = "train") -> None:
     ds = open_dataset(root, split)
     row = ds.record(video)
     path = os.path.join(root, "shards", row["shard"])
-    raw = bytearray(open(path, "rb").read())
+    raw = bytearray(Path(path).read_bytes())
     for jpeg in set(ds.frames(video, range(row["num_frames"]))):  # a still scene repeats frames
         at = raw.find(jpeg)
         assert at >= 0, "a stored frame is not contiguous in the shard file"

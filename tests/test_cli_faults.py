@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,7 +37,7 @@ def _modules_with_parsers() -> list[str]:
     found = []
     for package in PACKAGES:
         for name in sorted(os.listdir(os.path.join(ROOT, package))):
-            if name.endswith(".py") and "ArgumentParser(" in open(os.path.join(ROOT, package, name)).read():
+            if name.endswith(".py") and "ArgumentParser(" in Path(os.path.join(ROOT, package, name)).read_text():
                 found.append(f"{package}.{name[:-3]}")
     return found
 
@@ -220,10 +221,10 @@ def test_a_torn_manifest_is_one_line_naming_file_and_line(stores, tmp_path, caps
     """Old code: "Expecting value: line 1 column 172" (naming no file) or a traceback."""
     data = _copy(stores["lmdb"], tmp_path)
     manifest = os.path.join(data, "manifest.jsonl")
-    text = open(manifest).read()
+    text = Path(manifest).read_text()
     lines = text.splitlines(keepends=True)
     ckpt = _checkpoint(tmp_path / "best.pt", data) if command in ("eval", "features") else ""
-    open(manifest, "w").write("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    Path(manifest).write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
     if ckpt:
         code = _main(command)(_eval_argv(ckpt, data, tmp_path / "out"))
     else:
@@ -253,10 +254,10 @@ def _shard_of(data: str, split: str) -> str:
 
 
 def _flip(path: str, offsets) -> None:
-    raw = bytearray(open(path, "rb").read())
+    raw = bytearray(Path(path).read_bytes())
     for at in offsets:
         raw[at] ^= 0xFF
-    open(path, "wb").write(raw)
+    Path(path).write_bytes(raw)
 
 
 def damage_lmdb_version(data: str, shard: str) -> None:
@@ -268,7 +269,7 @@ def damage_arrow_identity(data: str, shard: str) -> None:
     """A byte of the shard identity in the Arrow schema's metadata, every copy (not valid UTF-8 any more)."""
     path = os.path.join(data, "shards", shard)
     identity = next(r["shard_id"] for r in open_dataset(data).rows if r["shard"] == shard).encode()
-    raw = open(path, "rb").read()
+    raw = Path(path).read_bytes()
     places = [i for i in range(len(raw)) if raw.startswith(identity, i)]  # the schema at the start and in the footer
     _flip(path, [i + len(identity) - 1 for i in places])
 
@@ -277,7 +278,7 @@ def damage_arrow_batch(data: str, shard: str) -> None:
     """The first byte of a video's key inside its record batch (not valid UTF-8 any more)."""
     path = os.path.join(data, "shards", shard)
     key = next(r["key"] for r in open_dataset(data).rows if r["shard"] == shard).encode()
-    raw = open(path, "rb").read()
+    raw = Path(path).read_bytes()
     _flip(path, [raw.index(key, 8)])
 
 
@@ -356,10 +357,10 @@ def test_verify_compares_the_manifest_with_the_shards_both_ways(stores, tmp_path
     """Old code: a manifest without a whole row passed (exit 0); a row naming no stored video was a DAMAGED line."""
     data = _copy(stores[fmt], tmp_path)
     manifest = os.path.join(data, "manifest.jsonl")
-    rows = [json.loads(line) for line in open(manifest)]
+    rows = [json.loads(line) for line in Path(manifest).read_text().splitlines()]
     dropped = rows.pop(3)
     ghost = dict(rows[0], id="ghost.mp4", key="99999999")
-    open(manifest, "w").write("".join(json.dumps(r) + "\n" for r in rows + [ghost]))
+    Path(manifest).write_text("".join(json.dumps(r) + "\n" for r in rows + [ghost]))
     assert prep_main(["verify", data, "--workers", "1"]) == 1
     out = capsys.readouterr().out.splitlines()
     assert f"UNLISTED {dropped['id']} ({dropped['shard']}): stored in the shard, but manifest.jsonl does not list it" \

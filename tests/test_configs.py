@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,7 +41,7 @@ def test_recipe_loads_builds_its_model_and_its_optimizer(path):
     assert {id(p) for g in optimizer.param_groups for p in g["params"]} == trained
     assert build_scheduler(cfg, optimizer, steps_per_epoch=10) is not None
     build_loss(cfg, build_mixup(cfg, 10))
-    lines = open(os.path.join(ROOT, path)).read().splitlines()
+    lines = Path(os.path.join(ROOT, path)).read_text().splitlines()
     header = " ".join(line.lstrip("#").strip() for line in lines[:next(i for i, t in enumerate(lines) if t[:1] != "#")])
     assert "Intentional differences" in header or "Not a paper recipe" in header, path
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,9 +28,9 @@ def test_damaged_val_video_is_listed_and_left_out(data, tmp_path):
     assert summary["videos"] == len(val) - 1
     assert [d["id"] for d in summary["damaged"]] == [val.rows[2]["id"]]
     assert summary["damaged"][0]["reason"]
-    saved = json.load(open(tmp_path / "out" / "metrics.json"))
+    saved = json.loads(Path(tmp_path / "out" / "metrics.json").read_text())
     assert saved["damaged"] == summary["damaged"]
-    preds = json.load(open(tmp_path / "out" / "predictions.json"))
+    preds = json.loads(Path(tmp_path / "out" / "predictions.json").read_text())
     assert len(preds) == len(val) - 1 and val.rows[2]["id"] not in {p["id"] for p in preds}
 
 
@@ -45,7 +46,7 @@ def test_subset_of_checkpoint_classes_is_scored_by_name(data, tmp_path):
     ckpt = tsn_checkpoint(tmp_path / "best.pt", data, wider)
     summary = evaluate(ckpt, CPU, batch_size=4, py_workers=1, progress=False, out_dir=str(tmp_path / "out"))
     assert summary["videos"] == len(open_dataset(data, "val"))
-    preds = json.load(open(tmp_path / "out" / "predictions.json"))
+    preds = json.loads(Path(tmp_path / "out" / "predictions.json").read_text())
     assert all(t["class"] in classes for p in preds for t in p["top"])
 
 
@@ -86,7 +87,7 @@ def test_scores_dump_and_ensemble(data, tmp_path):
     assert eval_main(["ensemble", *outs, "--weights", "3", "1", "--out", str(fused_dir)]) == 0
     fused, _ = load_scores(str(fused_dir))
     np.testing.assert_allclose(fused, (3 * a + b) / 4, atol=1e-6)
-    metrics = json.load(open(fused_dir / "metrics.json"))
+    metrics = json.loads(Path(fused_dir / "metrics.json").read_text())
     expected_top1 = 100 * np.mean(((3 * a + b) / 4).argmax(1) == np.array(index["labels"]))
     assert abs(metrics["top1"] - expected_top1) < 1e-6 and (fused_dir / "confusion.png").exists()
     assert (fused_dir / "confusion.csv").read_text().startswith("true \\ predicted,")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ COMMON = ["--device", "cpu", "--batch-size", "4", "--py-workers", "1", "--no-pro
 
 
 def _features(out) -> tuple[np.ndarray, dict]:
-    return np.load(out / "features.npy", allow_pickle=False), json.load(open(out / "features_index.json"))
+    return np.load(out / "features.npy", allow_pickle=False), json.loads(Path(out / "features_index.json").read_text())
 
 
 @pytest.fixture(scope="module")

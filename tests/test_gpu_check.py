@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -76,7 +77,7 @@ def test_exit_status_names_each_missed_goal(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "goal missed: data: ratio: 0.5 (goal >= 0.8)" in out
     assert "goal missed: images: images step runs: ZeroDivisionError" in out
-    saved = json.load(open(os.path.join(cache, "results", "images.json")))
+    saved = json.loads(Path(os.path.join(cache, "results", "images.json")).read_text())
     assert saved["machine"] == {"gpu": "fake"} and not saved["goals"][0]["met"]
 
 

@@ -4,6 +4,7 @@ behind a command exists in that command's parser, unless the literal names the o
 import ast
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -38,7 +39,7 @@ def _options(parser) -> set[str]:
 
 def _literals(path: str):
     """(line, text) of every string literal outside docstrings; an f-string's text parts joined."""
-    tree = ast.parse(open(os.path.join(ROOT, path)).read())
+    tree = ast.parse(Path(os.path.join(ROOT, path)).read_text())
     docstrings = {id(node.body[0].value) for node in ast.walk(tree)
                   if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and node.body
                   and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}

@@ -243,7 +243,7 @@ def test_eval_cli_protocol_options_reach_the_model(data, tmp_path, monkeypatch, 
     (shape, contract), = seen
     assert tuple(shape[1:]) == (3, 3, 48, 48)  # NTCHW: 3 frames, crops of the 48 px short side
     assert (contract.sampling, contract.frame_stride) == ("dense", 2)
-    protocol = json.load(open(tmp_path / "out" / "metrics.json"))["protocol"]
+    protocol = json.loads(Path(tmp_path / "out" / "metrics.json").read_text())["protocol"]
     assert protocol == {"protocol": "vidkit", "zoo_key": None, "source": "the run's config", "frames": 3,
                         "sampling": "dense", "frame_stride": 2, "short_side": 48, "crop": 48, "min_frames": 0,
                         "frames_per_group": 1}

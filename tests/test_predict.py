@@ -7,6 +7,7 @@ import json
 import multiprocessing as mp
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,22 +56,22 @@ def test_unlabelled_split_gets_submissions_and_no_accuracy(videos, tsn_tiny_ckpt
     assert eval_main(["--ckpt", tsn_tiny_ckpt, "--data", str(out), "--split", "test", "--out", str(report),
                       "--clips", "2", "--py-workers", "1", "--device", "cpu", "--no-progress"]) == 0
     assert "no accuracy" in capsys.readouterr().out
-    metrics = json.load(open(report / "metrics.json"))
+    metrics = json.loads(Path(report / "metrics.json").read_text())
     assert metrics["top1"] is None and metrics["top5"] is None and metrics["videos"] == len(VIDEOS)
     assert not (report / "per_class.csv").exists() and not (report / "confusion.png").exists()
     scores, index = load_scores(str(report))
     assert index["labels"] == [None] * len(VIDEOS) and index["classes"] == CLASSES
     ranked = [[CLASSES[c] for c in np.argsort(-row)] for row in scores]
-    rows = list(csv.reader(open(report / "submission.csv")))
+    rows = list(csv.reader(Path(report / "submission.csv").read_text().splitlines()))
     assert rows[0] == ["id", "top1", "top2", "top3", "top4"]
     assert rows[1:] == [[vid, *names] for vid, names in zip(index["ids"], ranked)]
-    lines = open(report / "submission_ssv2.csv").read().splitlines()
+    lines = Path(report / "submission_ssv2.csv").read_text().splitlines()
     assert lines == [f"{vid};{names[0]}" for vid, names in zip(index["ids"], ranked)]
-    assert [p["label"] for p in json.load(open(report / "predictions.json"))] == [None] * len(VIDEOS)
+    assert [p["label"] for p in json.loads(Path(report / "predictions.json").read_text())] == [None] * len(VIDEOS)
     # an ensemble of unlabelled dumps is a submission too: here of one dump with itself, so the same answers
     assert eval_main(["ensemble", str(report), str(report), "--out", str(tmp_path / "fused")]) == 0
-    assert open(tmp_path / "fused" / "submission.csv").read() == open(report / "submission.csv").read()
-    assert json.load(open(tmp_path / "fused" / "metrics.json"))["top1"] is None
+    assert Path(tmp_path / "fused" / "submission.csv").read_text() == Path(report / "submission.csv").read_text()
+    assert json.loads(Path(tmp_path / "fused" / "metrics.json").read_text())["top1"] is None
 
 
 def test_training_on_an_unlabelled_split_is_refused(videos, tmp_path, capsys):
@@ -223,7 +224,7 @@ def test_predict_twice_scores_twice_the_views(videos, tsn_tiny_ckpt, tmp_path, c
         results[name] = json.loads(capsys.readouterr().out)
     once, twice = results["once"], results["twice"]
     assert (once["views"], once["twice_sample"], twice["views"], twice["twice_sample"]) == (1, False, 2, True)
-    metrics = json.load(open(tmp_path / "twice" / "eval" / "metrics.json"))
+    metrics = json.loads(Path(tmp_path / "twice" / "eval" / "metrics.json").read_text())
     assert (metrics["views"], metrics["twice_sample"], metrics["videos"]) == (2, True, 2)
 
     def probabilities(result):
@@ -273,9 +274,9 @@ def test_predict_in_chunks_gives_the_unchunked_output(videos, tsn_tiny_ckpt, tmp
     assert sorted(os.listdir(parts)) == ["chunk-000", "chunk-001", "chunk-002", "eval"]
     assert sorted(os.listdir(whole)) == ["eval", "store"]
     for name in ("submission.csv", "submission_ssv2.csv", "predictions.json", "scores_index.json"):
-        assert open(parts / "eval" / name).read() == open(whole / "eval" / name).read(), name
+        assert Path(parts / "eval" / name).read_text() == Path(whole / "eval" / name).read_text(), name
     np.testing.assert_array_equal(load_scores(str(parts / "eval"))[0], load_scores(str(whole / "eval"))[0])
-    merged, single = (json.load(open(d / "eval" / "metrics.json")) for d in (parts, whole))
+    merged, single = (json.loads(Path(d / "eval" / "metrics.json").read_text()) for d in (parts, whole))
     assert merged["chunks"] == [str(parts / f"chunk-00{k}" / "store") for k in (0, 1)]  # chunk 2: nothing stored
     skip = ("data", "chunks", "submission")
     assert {k: v for k, v in merged.items() if k not in skip} == {k: v for k, v in single.items() if k not in skip}

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import av
 import numpy as np
@@ -128,7 +129,8 @@ def test_manifest_rows_and_rejects(prepped, src):
         assert set(r) >= {"id", "split", "label", "label_name", "num_frames", "fps", "orig_size", "size",
                           "shard", "checksum"}
         assert ds.classes[r["label"]] == r["label_name"]
-    rejects = {(r["id"], r["split"]): r["reason"] for r in map(json.loads, open(out / "rejects.jsonl"))}
+    rejected = map(json.loads, Path(out / "rejects.jsonl").read_text().splitlines())
+    rejects = {(r["id"], r["split"]): r["reason"] for r in rejected}
     assert rejects[("v/empty.mp4", "train")] == "zero-length file"
     assert rejects[("v/missing.mp4", "train")] == "missing file"
     assert rejects[("v/text.mp4", "train")].startswith("unreadable")

@@ -15,6 +15,7 @@ import sys
 import time
 import tracemalloc
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -229,7 +230,8 @@ def test_parts_lock_only_themselves(src, tmp_path, writer, capsys):
 
 
 def _rejects(out) -> dict:
-    return {(r["id"], r["split"]): r["reason"] for r in map(json.loads, open(out / "rejects.jsonl"))}
+    rows = map(json.loads, Path(out / "rejects.jsonl").read_text().splitlines())
+    return {(r["id"], r["split"]): r["reason"] for r in rows}
 
 
 def test_entries_outside_root_are_rejected(src, tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -37,7 +38,7 @@ def test_ssv2_preset(tmp_path):
     assert {(ds.record(i)["id"], ds.record(i)["label"]) for i in range(len(ds))} == {("11", 0), ("12", 2)}
     val_ds = open_dataset(str(out), split="val")
     assert val_ds.record(0)["label_name"] == "Pushing something from right to left"
-    rejects = [json.loads(x) for x in open(out / "rejects.jsonl")]
+    rejects = [json.loads(x) for x in Path(out / "rejects.jsonl").read_text().splitlines()]
     assert [(r["id"], r["reason"]) for r in rejects] == [("13", "unknown label 'Dancing with something'")]
 
 
@@ -60,5 +61,5 @@ def test_kinetics400_preset(tmp_path):
     assert train.classes == ["abseiling", "zumba"]
     assert sorted((r["id"], r["label"]) for r in train.rows) == [("aaa_000010_000020", 0), ("bbb_000000_000010", 1)]
     assert [r["id"] for r in open_dataset(str(out), split="val").rows] == ["ddd_000030_000040"]
-    reasons = {r["id"]: r["reason"] for r in map(json.loads, open(out / "rejects.jsonl"))}
+    reasons = {r["id"]: r["reason"] for r in map(json.loads, Path(out / "rejects.jsonl").read_text().splitlines())}
     assert reasons == {"ccc_000005_000015": "missing file", "eee_000001_000011": "unknown label 'bowling'"}

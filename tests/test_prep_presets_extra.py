@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import av
 import numpy as np
@@ -46,7 +47,7 @@ def _stored(out):
 
 
 def _rejects(out):
-    return {r["id"]: r["reason"] for r in map(json.loads, open(out / "rejects.jsonl"))}
+    return {r["id"]: r["reason"] for r in map(json.loads, Path(out / "rejects.jsonl").read_text().splitlines())}
 
 
 def test_kinetics700_preset(tmp_path):

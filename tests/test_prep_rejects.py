@@ -3,6 +3,7 @@ above --max-rejected."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,7 +48,7 @@ def test_the_first_rejected_are_listed_in_words_and_the_share_fails_the_run(src,
     assert len(lines) == 8 and lines[6] == f"  all 7 with their reasons: {out / 'rejects.jsonl'}"
     assert lines[7].startswith("prep: error: 63.6% of the videos rejected, more than --max-rejected 5%")
     assert "Errno" not in err
-    reasons = [json.loads(line)["reason"] for line in open(out / "rejects.jsonl")]
+    reasons = [json.loads(line)["reason"] for line in Path(out / "rejects.jsonl").read_text().splitlines()]
     assert not any("Errno" in r for r in reasons)
 
 

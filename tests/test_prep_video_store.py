@@ -3,6 +3,7 @@
 import io
 import json
 import os
+from pathlib import Path
 
 import av
 import numpy as np
@@ -66,7 +67,7 @@ def test_stream_facts_and_refusals(streams):
         assert info["pix_fmt"] == pix_fmt and info["bit_depth"] == (10 if "10" in pix_fmt else 8)
         why = refusal(info)
         assert (why is None) if refused is None else (refused in why), (name, info, why)
-    assert stream_info(open(streams / "videos" / "av1.mp4", "rb").read())["codec"] == "av1"  # not the decoder's name
+    assert stream_info(Path(streams / "videos" / "av1.mp4").read_bytes())["codec"] == "av1"  # not the decoder's name
 
 
 def test_refusal_rules_from_manifest_facts():
@@ -84,7 +85,8 @@ def test_refusal_rules_from_manifest_facts():
 def test_store_video_records_facts_and_rejects_what_nvdec_cannot_decode(streams, tmp_path):
     out = prep_store(str(streams), [f"train={streams / 'train.txt'}"], str(tmp_path / "video"), "video")
     rows = {r["id"]: r for r in open_dataset(out).rows}
-    rejects = {r["id"]: r["reason"] for r in map(json.loads, open(os.path.join(out, "rejects.jsonl")))}
+    rejected = map(json.loads, Path(out, "rejects.jsonl").read_text().splitlines())
+    rejects = {r["id"]: r["reason"] for r in rejected}
     for name, _, pix_fmt, _, refused in STREAMS:
         key = f"videos/{name}"
         if refused is None:
@@ -104,7 +106,7 @@ def test_reencode_stores_every_readable_video_as_short_gop_h264(streams, tmp_pat
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["merged"]["max_size"] == [86, 64]  # the largest stored frame: nvJPEG's preallocation hint
     ds = open_dataset(out)
-    assert len(ds) == len(STREAMS) and not open(os.path.join(out, "rejects.jsonl")).read()
+    assert len(ds) == len(STREAMS) and not Path(os.path.join(out, "rejects.jsonl")).read_text()
     for i, row in enumerate(ds.rows):
         assert (row["codec"], row["profile"], row["pix_fmt"], row["bit_depth"]) == ("h264", "High", "yuv420p", 8)
         assert row["size"] == [86, 64] and row["orig_size"] == [192, 144] and row["num_frames"] == 12

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,7 +236,7 @@ def test_pretrain_lowers_the_loss_then_fine_tunes_on_video(learnable_images, dat
          "--ema", "--ema-decay", "0.5", "--augment.area", "[0.8, 1.0]", "--augment.flip", "true",
          "--eval-every", "5")
     run = tmp_path / "img"
-    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    rows = [json.loads(line) for line in Path(run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, 6)) and "val_top1" in rows[-1]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.05
     state = torch.load(run / "best.pt", weights_only=False)
@@ -299,5 +300,5 @@ def test_image_pretraining_under_ddp(images, tmp_path):
            "--repeated-aug", "2", "--optimizer", "adamw", "--lr", "0.001"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in open(tmp_path / "ddp" / "metrics.jsonl")]
+    rows = [json.loads(line) for line in Path(tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["steps"] == 9 and rows[0]["clips"] == 36 and "val_top1" in rows[0]  # 72 images / (2 x 4)

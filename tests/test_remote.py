@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from contextlib import redirect_stdout
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
@@ -63,7 +64,7 @@ def test_prep_uploads_the_manifest_last_and_reads_back_the_same_frames(s3_env, s
                                                                                              recursive=True))]
     assert "manifest.jsonl" in names and "objects.json" in names and any(n.startswith("shards/") for n in names)
     assert not any(n.startswith(("parts/", "source/")) for n in names)  # the staging folder's own files stay home
-    log = json.load(open(os.path.join(store["staging"], "uploaded.json")))
+    log = json.loads(Path(os.path.join(store["staging"], "uploaded.json")).read_text())
     assert list(log)[-1] == "manifest.jsonl"  # uploaded (and logged) last
     local = open_dataset(store["staging"], "val")
     remote_ds = open_dataset(store["url"], "val")
@@ -120,7 +121,7 @@ def test_eval_on_the_s3_store_gives_the_local_metrics(s3_env, store, tmp_path):
                              out_dir=str(tmp_path / name))
     for key in ("top1", "top5", "mean_class_acc", "videos"):
         assert got["s3"][key] == got["local"][key]
-    preds = [json.load(open(tmp_path / n / "predictions.json")) for n in ("local", "s3")]
+    preds = [json.loads(Path(tmp_path / n / "predictions.json").read_text()) for n in ("local", "s3")]
     assert preds[0] == preds[1] and len(preds[0]) == len(open_dataset(store["staging"], "val"))
 
 
@@ -223,7 +224,7 @@ def test_concurrent_processes_download_each_shard_once(s3_env, store):
 
 
 def test_cache_limit_refuses_a_split_too_large_and_evicts_unused_shards(s3_env, store, tmp_path, monkeypatch):
-    size = sum(o["size"] for o in json.load(open(os.path.join(store["staging"], "objects.json"))).values())
+    size = sum(o["size"] for o in json.loads(Path(os.path.join(store["staging"], "objects.json")).read_text()).values())
     monkeypatch.setenv("VIDKIT_CACHE_LIMIT", str(size - 1))
     with pytest.raises(RemoteStoreError, match="more than the cache limit"):
         open_dataset(store["url"])

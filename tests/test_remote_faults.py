@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections import Counter
 from contextlib import redirect_stdout
+from pathlib import Path
 
 import pytest
 
@@ -137,7 +138,7 @@ def test_two_training_runs_sharing_a_cache_dir_both_finish_downloading_each_shar
         p.stdout.close()
         p.stderr.close()
     assert all(rc == 0 for rc, _ in results), [err[-2000:] for _, err in results]
-    fetched = Counter(open(log).read().split())
+    fetched = Counter(Path(log).read_text().split())
     train_shards = {r["shard"] for r in open_dataset(store["staging"], "train").rows}
     assert train_shards <= set(fetched) and set(fetched.values()) == {1}  # each shard once for the node
     a, b = (torch.load(tmp_path / n / "last.pt", map_location="cpu", weights_only=True) for n in ("a", "b"))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections import Counter
 from contextlib import redirect_stdout
+from pathlib import Path
 
 import pytest
 
@@ -67,5 +68,5 @@ def test_two_nodes_fetch_disjoint_shares_and_train_every_video_once(s3_env, tmp_
         assert fetched[n] == {names[s] for s in plans[n].node_shards(0)}
     seen = Counter(int(v) for p in plans for v in p.order(0)[:p.num_batches * batch])
     assert set(seen) == set(range(len(ds))) and sum(seen.values()) - len(ds) == plans[0].repeated <= 1
-    metrics = [json.loads(line) for line in open(tmp_path / "runs" / "two" / "metrics.jsonl")]
+    metrics = [json.loads(line) for line in Path(tmp_path / "runs" / "two" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["clips"] == batch and metrics[-1]["steps"] == 1  # rank 0 trained its one full batch

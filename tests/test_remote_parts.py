@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from contextlib import redirect_stdout
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
@@ -92,8 +93,8 @@ def test_parts_on_two_machines_are_merged_on_the_server_and_an_interrupted_part_
     _on(monkeypatch, tmp_path, "reader")
     assert len(open_dataset(url)) == merged["videos"]
     assert report(url, workers=1, progress=False) == 0  # every frame of both parts decodes and checks
-    runs = {json.load(open(os.path.join(tmp_path, m, "staging", os.listdir(tmp_path / m / "staging")[0],
-                                         "prep.json")))["run"] for m in ("machine0", "machine1")}
+    runs = {json.loads(Path(os.path.join(tmp_path, m, "staging", os.listdir(tmp_path / m / "staging")[0],
+                                         "prep.json")).read_text())["run"] for m in ("machine0", "machine1")}
     assert len(runs) == 1  # the parts agreed on one run identity
 
 

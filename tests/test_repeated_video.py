@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,7 +194,7 @@ def _train(data, out, *extra):
 @pytest.mark.slow
 def test_repeated_training_resumes_exactly_and_evaluates_twice(data, tmp_path):
     a = _train(data, tmp_path / "a", "--eval-every", "1", "--eval-twice-sample")  # validation reads no training RNG
-    rows = [json.loads(x) for x in open(tmp_path / "a" / "run" / "metrics.jsonl")]
+    rows = [json.loads(x) for x in Path(tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["clips"] for r in rows] == [56, 56]  # 30 videos: 7 batches of 4 videos x 2 copies
     assert all(r["val_videos"] == 10 for r in rows)  # validation checks every video was scored twice
     assert _train(data, tmp_path / "b", "--max-steps", "5")["step"] == 5  # stopped in the first epoch

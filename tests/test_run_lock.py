@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -99,7 +100,7 @@ def _claim_on_rank(rank: int, run_dir: str, init: str, said) -> None:
     try:
         with claim_run_folder(run_dir, Dist(rank, 2, rank, torch.device("cpu"))):
             dist.barrier()  # both have claimed: the lock's record is rank 0's
-            record = json.loads(open(os.path.join(run_dir, RUN_LOCK)).read())
+            record = json.loads(Path(os.path.join(run_dir, RUN_LOCK)).read_text())
             dist.barrier()  # both have read it before rank 0 releases it
             said.put((rank, f"claimed: locked by {record['pid']} (rank 0: {os.getpid() if rank == 0 else ''})"))
     except ValueError as e:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,7 +38,7 @@ def test_train_checkpoint_eval(data, tmp_path):
     run = tmp_path / "run"
     for name in ("best.pt", "last.pt", "config.yaml", "metrics.jsonl", "curves.png"):
         assert (run / name).exists(), name
-    rows = [json.loads(x) for x in open(run / "metrics.jsonl")]
+    rows = [json.loads(x) for x in Path(run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(0 <= r["data_wait_pct"] <= 100 and r["clips_per_s"] > 0 for r in rows)
     assert rows[0]["clips"] == 28  # 30 train videos in batches of 4: the partial batch is dropped
@@ -79,7 +80,7 @@ def test_kill_and_resume_matches_uninterrupted(data, tmp_path):
     for key, value in a["model"].items():
         assert torch.allclose(value.float(), b["model"][key].float(), atol=1e-5), key
     assert a["scheduler"] == b["scheduler"]
-    rows = [json.loads(x) for x in open(tmp_path / "b" / "run" / "metrics.jsonl")]
+    rows = [json.loads(x) for x in Path(tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
 
 
@@ -92,7 +93,7 @@ def test_ddp_two_processes_on_cpu(data, tmp_path):
            "--eval-clips", "1", "--eval-crops", "3"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(x) for x in open(run / "metrics.jsonl")]
+    rows = [json.loads(x) for x in Path(run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and "val_top1" in rows[0]  # validation checks every video was scored 3 times
     assert rows[0]["clips"] == 12  # per rank: 15 videos, 3 full batches of 4
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "eval",

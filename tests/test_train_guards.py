@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,11 +231,11 @@ def _flip_tensor_byte(path) -> None:
     """Flip one byte inside the largest tensor record: torch.load reads such a file without complaint."""
     with zipfile.ZipFile(path) as z:
         info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
-    raw = bytearray(open(path, "rb").read())
+    raw = bytearray(Path(path).read_bytes())
     name_len, extra_len = (int.from_bytes(raw[info.header_offset + o:info.header_offset + o + 2], "little")
                            for o in (26, 28))
     raw[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0x40
-    open(path, "wb").write(raw)
+    Path(path).write_bytes(raw)
 
 
 @pytest.mark.parametrize("damage", ["flipped", "truncated", "empty"])
@@ -290,7 +291,8 @@ def test_a_signal_checkpoints_mid_epoch_and_the_resumed_run_matches(data, tmp_pa
     assert resumed.step == whole.step == 14
     for k, v in whole.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
-    rows = [[json.loads(x) for x in open(p / "run" / "metrics.jsonl")] for p in (tmp_path / "a", tmp_path / "b")]
+    rows = [[json.loads(x) for x in Path(p / "run" / "metrics.jsonl").read_text().splitlines()]
+            for p in (tmp_path / "a", tmp_path / "b")]
     assert [r["epoch"] for r in rows[1]] == [1, 2]
     assert [(r["train_loss"], r["clips"]) for r in rows[0]] == [(r["train_loss"], r["clips"]) for r in rows[1]]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,7 +150,7 @@ def kept_run(data, tmp_path_factory):
 
 
 def test_keep_best_keeps_the_two_best_epochs_and_save_every_every_second(kept_run):
-    rows = [json.loads(line) for line in open(kept_run / "metrics.jsonl")]
+    rows = [json.loads(line) for line in Path(kept_run / "metrics.jsonl").read_text().splitlines()]
     ranked = sorted(rows, key=lambda r: (-r["val_top1"], r["epoch"]))[:2]
     expected = {ckpt.kept_name(r["epoch"], r["val_top1"]) for r in ranked}
     assert {p.name for p in kept_run.glob("best_e*.pt")} == expected

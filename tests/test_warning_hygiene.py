@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _rand_augment_pixels(suite, images: list[np.ndarray], ops: list[int], signs: list[int]) -> np.ndarray:
     """Each image through operation ops[i] of `suite` at magnitude 9 with sign signs[i], as augment_units runs it."""
-    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import fn, pipeline_def
     from nvidia.dali.auto_aug.core import select, signed_bin
 
     @pipeline_def(batch_size=len(images), num_threads=1, device_id=None, seed=0, enable_conditionals=True)
