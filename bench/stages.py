@@ -48,7 +48,7 @@ def _photo_frames(count: int, phase: float):
     from matplotlib import cbook
     from PIL import Image
 
-    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as image:
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:  # PIL closes what it opens
         photo = image.convert("RGB")
     width, height = photo.size
     for t in range(count):

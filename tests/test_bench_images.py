@@ -33,7 +33,8 @@ def test_both_sides_read_the_same_cached_images(tmp_path):
     first = os.path.join(root, "train", SHAPES[0], f"{SHAPES[0]}_00000.JPEG")
     stamp = os.stat(first).st_mtime_ns
     assert make_folder(str(tmp_path), 32, 90, per_class=2) == root  # reused, not rewritten
-    assert os.stat(first).st_mtime_ns == stamp and Image.open(first).size == (43, 32)
+    with Image.open(first) as image:
+        assert os.stat(first).st_mtime_ns == stamp and image.size == (43, 32)
     ours, theirs = training_sets(root, per_class=2, samples=30, rand_augment=0)  # 12 distinct, replayed to 36
     assert len(ours) == len(theirs) == 36 and len(set(ours.files)) == 12
     assert all(int(f.split("_")[-1].split(".")[0]) < 2 for f in ours.files)  # the cache's third image is left out

@@ -29,7 +29,7 @@ def _photo_jpegs(count: int) -> list[np.ndarray]:
     interpolation filters differ most."""
     from matplotlib import cbook
 
-    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as image:
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:  # PIL closes what it opens
         photo = image.convert("RGB")
     out = []
     for k in range(count):
