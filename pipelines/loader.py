@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
+import weakref
 
 import numpy as np
 import torch
@@ -143,8 +145,10 @@ class VideoLoader:
         cuda = device_id is not None or torch.cuda.is_initialized()
         self.py_start_method = py_start_method or ("spawn" if cuda else "fork")
         self.device = torch.device("cpu") if device_id is None else torch.device("cuda", device_id)
-        self._tmp = tempfile.TemporaryDirectory(prefix="pipelines-")
-        self.damage_log = DamageLog(os.path.join(self._tmp.name, "damaged.jsonl"))
+        scratch = tempfile.mkdtemp(prefix="pipelines-")
+        # removed with the loader, as a TemporaryDirectory would be, without its "implicitly cleaning up" warning
+        weakref.finalize(self, shutil.rmtree, scratch, ignore_errors=True)
+        self.damage_log = DamageLog(os.path.join(scratch, "damaged.jsonl"))
         self.epoch = 0
         self._pipe = self._iterator = None
         self._pipe_epoch = 0  # the epoch the pipeline's next DALI epoch will read
@@ -203,8 +207,6 @@ class VideoLoader:
         self.close()
         if getattr(self, "_feed", None) is not None:
             self._feed.close()
-        if getattr(self, "_tmp", None) is not None:  # said, not left to its finaliser's "implicitly cleaning up"
-            self._tmp.cleanup()
 
     def __repr__(self) -> str:
         return (f"VideoLoader({self.dataset.root!r}, split={self.dataset.split!r}, path={self.path}, "

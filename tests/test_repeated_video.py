@@ -85,7 +85,7 @@ def test_copies_depend_only_on_seed_epoch_video_and_copy(frames_data):
 
 def test_same_frames_copies_read_one_frame_sample(frames_data):
     def jpegs(loader, copy):  # the frames path's sample: T JPEG buffers, meta, params
-        out = loader._source(0).sample(3, copy, 0)
+        out = loader.clip_source(0).sample(3, copy, 0)
         return [bytes(j) for j in out[:-2]], out[-1]
 
     own, shared = _loader(frames_data, repeats=2), _loader(frames_data, repeats=2, same_frames=True)
@@ -109,7 +109,7 @@ def test_two_ranks_shard_videos_and_repeat_them_locally(frames_data):
 def test_frames_per_group_reads_ibms_grouped_frames(frames_data):
     loader = _loader(frames_data, frames_per_group=2)
     data = loader.dataset
-    jpegs = loader._source(0).sample(6, 0, 0)[:-2]
+    jpegs = loader.clip_source(0).sample(6, 0, 0)[:-2]
     n = data.rows[6]["num_frames"]
     expected = grouped_indices(n, 2, 2, sample_rng(5, 0, 6, 0))
     assert [bytes(j) for j in jpegs] == [bytes(j) for j in data.frames(6, expected)]
@@ -128,7 +128,7 @@ def test_twice_adds_the_segment_start_views(frames_data):
     assert sorted(zip(out["index"].tolist(), out["view"].tolist())) == [(v, w) for v in range(4) for w in range(6)]
     data = loader.dataset
     n = data.rows[1]["num_frames"]
-    starts = loader._source(0).sample(1, 3, 0)[:-2]  # view 3: clip 1 (the starts), crop 0
+    starts = loader.clip_source(0).sample(1, 3, 0)[:-2]  # view 3: clip 1 (the starts), crop 0
     assert [bytes(j) for j in starts] == [bytes(j) for j in data.frames(1, tsn_indices(n, 4, clip=1, twice=True))]
     assert tsn_indices(n, 4, clip=1, twice=True).tolist() == [0, n // 4, n // 2, 3 * n // 4]
 
