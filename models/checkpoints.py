@@ -118,8 +118,8 @@ def _torch_load(path: str):
         return load_torchscript(path).state_dict()
     try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)), warnings.catch_warnings():
-            # torch's note on a legacy file pickled with another protocol than 2 (asking to file an issue): the file
-            # loads, or fails with the one line below; either way the note is not the user's to act on
+            # torch's note on a file pickled with a protocol other than 2, asking to file an issue with torch: such a
+            # file fails with the one line below (torch 2.14 reads none); the note is not the user's to act on
             warnings.filterwarnings("ignore", r"Detected pickle protocol \d+ in the checkpoint", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
