@@ -52,7 +52,7 @@ def test_the_damaged_videos_of_every_rank_are_counted_and_named_once(data, tmp_p
     assert len(said) == 1, proc.stderr[-3000:]
     assert said[0].startswith("train: 2 damaged stored videos were replaced by readable ones in ")
     assert all(name in said[0] for name in names)
-    metrics = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["damaged_videos"], sorted(r["damaged_ids"])) for r in metrics] == [(2, names), (2, names)]
     # each video is trained on once in each epoch, by one rank: 4 samples served by a replacement in all
     assert [r["replaced_samples"] for r in metrics] == [2, 2] and "in 4 samples" in said[0]
