@@ -245,7 +245,7 @@ class ImageLoader:
                                  to_dali_dtype(dtype), "cpu" if device_id is None else "mixed")
         self.device = torch.device("cpu") if device_id is None else torch.device("cuda", device_id)
         self.labels = torch.as_tensor(folder.labels, device=self.device)
-        self.epoch = 0
+        self.epoch, self._skip = 0, 0
         self._pipe = self._iterator = None
         self._finished = False  # the last pass read its epoch to the end, so the reader can be reset
         if self.training and len(self) == 0:
@@ -269,8 +269,11 @@ class ImageLoader:
     def stats(self) -> dict:
         return {"rejected_files": len(self.folder.rejected)}
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """As VideoLoader's; DALI's file reader cannot start mid-epoch, so the skipped batches are read and dropped."""
+        if not 0 <= skip_batches <= len(self):
+            raise ValueError(f"cannot skip {skip_batches} batches of an epoch of {len(self)}")
+        self.epoch, self._skip = int(epoch), int(skip_batches)
 
     def close(self) -> None:
         self._iterator = self._pipe = None
@@ -278,9 +281,11 @@ class ImageLoader:
 
     def __iter__(self):
         self._start_epoch()
-        self._finished = False
-        for _ in range(len(self)):
+        self._finished, skip, self._skip = False, self._skip, 0
+        for number in range(len(self)):
             out = next(self._iterator)[0]
+            if number < skip:
+                continue
             index = out["index"].reshape(-1).long()
             clips = out["clips"].to(torch.bfloat16) if self.dtype == torch.bfloat16 else out["clips"]
             yield {"clips": clips, "labels": self.labels[index], "index": index,

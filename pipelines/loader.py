@@ -149,7 +149,7 @@ class VideoLoader:
         # removed with the loader, as a TemporaryDirectory would be, without its "implicitly cleaning up" warning
         weakref.finalize(self, shutil.rmtree, scratch, ignore_errors=True)
         self.damage_log = DamageLog(os.path.join(scratch, "damaged.jsonl"))
-        self.epoch = 0
+        self.epoch, self._skip = 0, 0
         self._pipe = self._iterator = None
         self._pipe_epoch = 0  # the epoch the pipeline's next DALI epoch will read
         self._mid_epoch = self._ended = False
@@ -192,8 +192,12 @@ class VideoLoader:
     def stats(self) -> dict:
         return self.damage_log.stats()
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """The epoch the next pass reads; `skip_batches`: it starts after that many batches of the epoch (a resumed
+        run's), which are never read: the plan is a function of the position, so nothing before it is decoded."""
+        if not 0 <= skip_batches <= len(self):
+            raise ValueError(f"cannot skip {skip_batches} batches of an epoch of {len(self)}")
+        self.epoch, self._skip = int(epoch), int(skip_batches)
 
     def __iter__(self):
         return self._epoch_batches()
@@ -212,17 +216,18 @@ class VideoLoader:
         return (f"VideoLoader({self.dataset.root!r}, split={self.dataset.split!r}, path={self.path}, "
                 f"training={self.training}, batches={len(self)}, views={self.num_views}, device={self.device})")
 
-    def clip_source(self, first_epoch: int) -> ClipSource:
-        """What the DALI pipeline reads from `first_epoch` on (bench.stages draws the same clips from it)."""
+    def clip_source(self, first_epoch: int, skip_positions: int = 0) -> ClipSource:
+        """What the DALI pipeline reads from `first_epoch` on, that epoch from position `skip_positions` (bench.stages
+        draws the same clips from it)."""
         return ClipSource(self.dataset, self.plan, self.spec, self.augment, self.reader, self.damage_log,
                           first_epoch, self.clips, self.crops, self.verify, int(self.contract.crop_size),
-                          self.twice, self.same_frames, self.geometry)
+                          self.twice, self.same_frames, self.geometry, skip_positions)
 
     # ------------------------------------------------------------------ internals
 
-    def _ensure_pipeline(self, epoch: int) -> None:
+    def _ensure_pipeline(self, epoch: int, skip: int = 0) -> None:
         stale = self.training and self._pipe_epoch != epoch  # evaluation reads the same plan every epoch
-        if self._pipe is not None and not stale and not self._mid_epoch:
+        if self._pipe is not None and not stale and not self._mid_epoch and not skip:
             if self._ended:  # reset only now, so nothing is read ahead past the last epoch asked for
                 self._iterator.reset()
                 self._ended = False
@@ -230,11 +235,12 @@ class VideoLoader:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
         if self._pipe is not None:
-            log.info("rebuilding the DALI pipeline for epoch %d (%s)", epoch,
-                     "previous epoch abandoned" if self._mid_epoch else "not the next epoch")
+            log.info("rebuilding the DALI pipeline for epoch %d (%s)", epoch, "previous epoch abandoned"
+                     if self._mid_epoch else "starting after batch %d" % skip if skip else "not the next epoch")
         self.close()
         seed = int(np.random.SeedSequence([self.plan.seed, self.plan.rank]).generate_state(1)[0] % (2**31 - 1))
-        self._pipe = build_pipeline(self.clip_source(epoch), self.graph, self.plan.clips_per_batch, self.num_threads,
+        source = self.clip_source(epoch, skip * self.plan.clips_per_batch)
+        self._pipe = build_pipeline(source, self.graph, self.plan.clips_per_batch, self.num_threads,
                                     self.py_workers, self.device_id, seed, self.prefetch, self.py_start_method)
         self._iterator = DALIGenericIterator([self._pipe], ["clips", "meta"], auto_reset=False)
         self._pipe_epoch = epoch
@@ -242,13 +248,16 @@ class VideoLoader:
     def _epoch_batches(self):
         if len(self) == 0:
             return
-        epoch = self.epoch
+        epoch, skip, self._skip = self.epoch, self._skip, 0
+        if skip == len(self):  # the whole epoch was read before
+            self.epoch = epoch + 1
+            return
         if self._feed is not None:  # before the pipeline: DALI reads its first batches when it is built
-            self._feed.start(epoch)
-        self._ensure_pipeline(epoch)
+            self._feed.start(epoch, skip * self.plan.clips_per_batch)
+        self._ensure_pipeline(epoch, skip)
         self._mid_epoch = True
-        left = self.plan.num_samples
-        for number in range(len(self)):
+        left = self.plan.num_samples - skip * self.plan.clips_per_batch
+        for number in range(skip, len(self)):
             out = self._next_batch(number)
             if number == len(self) - 1:
                 self._finish_epoch(epoch)

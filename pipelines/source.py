@@ -98,6 +98,7 @@ class ClipSource:
     twice: bool = False  # evaluation: mmaction's twice_sample, 2 x clips temporal views
     same_frames: bool = False  # training with repeats: the copies share copy 0's frames
     geometry: tuple = (0, 0)  # evaluation: (short side, crop side) of the test protocol's views
+    skip_positions: int = 0  # the first epoch starts here (a resumed epoch: the positions trained before)
     _flip_map: dict | None = field(default=None, repr=False)
     _orders: dict = field(default_factory=dict, repr=False)
     _last: tuple = field(default=(None, None), repr=False)  # ((epoch, position), resolved clip) of the last read
@@ -121,6 +122,8 @@ class ClipSource:
         if os.getpid() != self._owner:  # in a DALI worker: do not outlive a trainer killed with SIGKILL
             die_with_parent(self._owner)
         position, frame = divmod(sample_info.idx_in_epoch, self.samples_per_clip)
+        if sample_info.epoch_idx == 0:
+            position += self.skip_positions
         if position >= self.plan.num_positions:
             raise StopIteration
         epoch = self.first_epoch + sample_info.epoch_idx

@@ -250,18 +250,20 @@ class Trainer:
         """(stats, whether the epoch ran to its end); resumes mid-epoch from `self.progress`."""
         cfg, d = self.cfg, self.d
         self.net.train()
-        self.train_loader.set_epoch(self.epoch)
-        if hasattr(self.model, "set_epoch"):  # models with per-epoch schedules of their own (ILA)
-            self.model.set_epoch(self.epoch)
         meter, done = StepMeter(d.device), self.progress
         usable = self.steps_per_epoch * cfg.grad_accum  # a trailing partial accumulation is not trained on
+        complete = done.batches >= usable
+        # a resumed epoch's loader starts after the batches trained before: they are not read again
+        skip = 0 if complete else done.batches
+        self.train_loader.set_epoch(self.epoch, skip_batches=skip)
+        if hasattr(self.model, "set_epoch"):  # models with per-epoch schedules of their own (ILA)
+            self.model.set_epoch(self.epoch)
         bar = tqdm(total=usable, initial=done.batches, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not (cfg.progress and d.main), dynamic_ncols=True)
         loss_sum = torch.full((), done.loss_sum, device=d.device)
-        complete = done.batches >= usable
         meter.start()
-        for i, batch in enumerate(self.train_loader if not complete else ()):
-            if i < done.batches or i >= usable:  # trained before the checkpoint resumed from / left over
+        for i, batch in enumerate(self.train_loader if not complete else (), start=skip):
+            if i >= usable:  # left over
                 meter.start()
                 continue
             meter.data_ready()
