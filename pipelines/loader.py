@@ -6,6 +6,12 @@ epoch is asked for, not when one ends, so nothing is read past the last epoch an
 epoch boundaries. `set_epoch` with any other epoch, or a new pass after an epoch
 was abandoned half way, rebuilds the pipeline: DALI cannot rewind a parallel source mid-epoch.
 
+A worker killed by a signal while it read a video (a damaged LMDB page: SIGBUS, see worker_watch.py) does not end
+the run: the video is logged, counted and replaced like a damaged one from then on, and the pipeline is rebuilt
+to go on from the batch it was making. A death that names no video, or more than `MAX_WORKER_DEATHS` of them, is
+a DamagedShard naming the shard, so that the command's one line points to `python -m prep verify`. Not recoverable:
+DALI's pool deadlocking after the death (worker_watch.StuckPool): the process says so in one line and exits 1.
+
 Repeated augmentation (`repeats` R, training; PySlowFast's AUG.NUM_SAMPLE, mmaction's RepeatAugDataset): a
 batch holds `batch_size` videos x R copies, copies of a video next to each other and labels repeated; an epoch
 keeps its number of batches (every video of the rank's slice once, in R copies). Evaluation views: `clips`
@@ -13,16 +19,18 @@ keeps its number of batches (every video of the rank's slice once, in R copies).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import weakref
 
 import numpy as np
 import torch
 
-from prep import PreppedDataset, open_dataset
+from prep import DamagedEntry, DamagedShard, PreppedDataset, open_dataset
 
 from . import protocols
 from .augment import EVAL_CROPS, AugmentConfig
@@ -32,9 +40,11 @@ from .resources import HW_DECODER_LOAD, image_decoder_args, largest_frame, resol
 from .sampling import ClipSpec
 from .shard_plan import ShardFeed, ShardPlan, plan_for
 from .source import ClipSource, DamageLog
+from .worker_watch import StuckPool, WorkerDeath, WorkerWatch
 
 log = logging.getLogger("pipelines")
 PATHS = ("auto", *READERS)
+MAX_WORKER_DEATHS = 8  # per loader: more videos that kill their reader means a badly damaged store
 _DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -149,6 +159,9 @@ class VideoLoader:
         # removed with the loader, as a TemporaryDirectory would be, without its "implicitly cleaning up" warning
         weakref.finalize(self, shutil.rmtree, scratch, ignore_errors=True)
         self.damage_log = DamageLog(os.path.join(scratch, "damaged.jsonl"))
+        self._watch = WorkerWatch(scratch)
+        self._unreadable: dict[int, str] = {}  # video index -> why: reading it killed a worker
+        self._stuck = StuckPool(self._watch, functools.partial(death_line, self.dataset))  # not self: no cycle
         self.epoch, self._skip = 0, 0
         self._pipe = self._iterator = None
         self._pipe_epoch = 0  # the epoch the pipeline's next DALI epoch will read
@@ -209,6 +222,8 @@ class VideoLoader:
 
     def __del__(self):
         self.close()
+        if getattr(self, "_stuck", None) is not None:
+            self._stuck.close()
         if getattr(self, "_feed", None) is not None:
             self._feed.close()
 
@@ -216,12 +231,13 @@ class VideoLoader:
         return (f"VideoLoader({self.dataset.root!r}, split={self.dataset.split!r}, path={self.path}, "
                 f"training={self.training}, batches={len(self)}, views={self.num_views}, device={self.device})")
 
-    def clip_source(self, first_epoch: int, skip_positions: int = 0) -> ClipSource:
-        """What the DALI pipeline reads from `first_epoch` on, that epoch from position `skip_positions` (bench.stages
-        draws the same clips from it)."""
+    def clip_source(self, first_epoch: int, skip: int = 0) -> ClipSource:
+        """What the DALI pipeline reads from `first_epoch` on, less its first `skip` samples (bench.stages draws the
+        same clips from it)."""
         return ClipSource(self.dataset, self.plan, self.spec, self.augment, self.reader, self.damage_log,
                           first_epoch, self.clips, self.crops, self.verify, int(self.contract.crop_size),
-                          self.twice, self.same_frames, self.geometry, skip_positions)
+                          self.twice, self.same_frames, self.geometry, watch=self._watch,
+                          unreadable=dict(self._unreadable), skip=skip)
 
     # ------------------------------------------------------------------ internals
 
@@ -232,18 +248,24 @@ class VideoLoader:
                 self._iterator.reset()
                 self._ended = False
             return
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator
-
         if self._pipe is not None:
             log.info("rebuilding the DALI pipeline for epoch %d (%s)", epoch, "previous epoch abandoned"
                      if self._mid_epoch else "starting after batch %d" % skip if skip else "not the next epoch")
         self.close()
+        self._build(epoch, skip)
+
+    def _build(self, epoch: int, first_batch: int) -> None:
+        """A pipeline whose first DALI epoch is `epoch` from batch `first_batch` on."""
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
         seed = int(np.random.SeedSequence([self.plan.seed, self.plan.rank]).generate_state(1)[0] % (2**31 - 1))
-        source = self.clip_source(epoch, skip * self.plan.clips_per_batch)
-        self._pipe = build_pipeline(source, self.graph, self.plan.clips_per_batch, self.num_threads,
-                                    self.py_workers, self.device_id, seed, self.prefetch, self.py_start_method)
-        self._iterator = DALIGenericIterator([self._pipe], ["clips", "meta"], auto_reset=False)
+        skip = first_batch * self.plan.clips_per_batch * self.reader.samples_per_clip(self.spec.num_frames)
+        self._pipe = build_pipeline(self.clip_source(epoch, skip), self.graph, self.plan.clips_per_batch,
+                                    self.num_threads, self.py_workers, self.device_id, seed, self.prefetch,
+                                    self.py_start_method)
         self._pipe_epoch = epoch
+        with self._stuck.in_dali():  # the iterator reads its first batches now
+            self._iterator = DALIGenericIterator([self._pipe], ["clips", "meta"], auto_reset=False)
 
     def _epoch_batches(self):
         if len(self) == 0:
@@ -254,11 +276,14 @@ class VideoLoader:
             return
         if self._feed is not None:  # before the pipeline: DALI reads its first batches when it is built
             self._feed.start(epoch, skip * self.plan.clips_per_batch)
-        self._ensure_pipeline(epoch, skip)
+        try:
+            self._ensure_pipeline(epoch, skip)
+        except Exception:  # noqa: BLE001 - a worker killed while DALI read ahead: rebuilt by _batch_surviving
+            self._after_worker_death()
         self._mid_epoch = True
         left = self.plan.num_samples - skip * self.plan.clips_per_batch
         for number in range(skip, len(self)):
-            out = self._next_batch(number)
+            out = self._batch_surviving(epoch, number)
             if number == len(self) - 1:
                 self._finish_epoch(epoch)
             batch = self._to_batch(out["clips"], out["meta"], min(left, self.plan.clips_per_batch))
@@ -267,15 +292,53 @@ class VideoLoader:
 
     def _next_batch(self, number: int):
         if self._feed is None:
-            return next(self._iterator)[0]
+            with self._stuck.in_dali():
+                return next(self._iterator)[0]
         self._feed.advance(number * self.plan.clips_per_batch)
         try:
-            return next(self._iterator)[0]
+            with self._stuck.in_dali():
+                return next(self._iterator)[0]
         except Exception:
             if self._feed.error() is not None:  # a worker waited for a shard the prefetcher could not fetch
                 self.close()
                 raise self._feed.error() from None
             raise
+
+    def _batch_surviving(self, epoch: int, number: int):
+        """Batch `number`; a worker killed reading a video: that video is unreadable from now on, and a pipeline is
+        built again from this batch on."""
+        while True:
+            try:
+                if self._pipe is None:
+                    self._build(epoch, number)
+                    self._mid_epoch = True
+                return self._next_batch(number)
+            except StopIteration:
+                raise
+            except Exception:  # noqa: BLE001 - re-raised unless a worker's death explains it
+                self._after_worker_death()
+
+    def _after_worker_death(self) -> None:
+        """Called with a DALI failure on its way: re-raises it unless a worker was killed by a signal; else stops
+        the other workers and the pipeline and marks the video it read, or raises DamagedShard."""
+        death = self._watch.death()
+        if death is None:
+            damage = _damage_in_worker(sys.exc_info()[1])
+            if damage is not None:
+                raise damage from None
+            if self._watch.lost_one():  # killed from outside: the others must not keep DALI's pool waiting
+                self._watch.stop_workers()
+                self.close()
+            raise  # noqa: PLE0704 - the failure being handled
+        self._watch.stop_workers()
+        self.close()
+        line = death_line(self.dataset, death)
+        if len(self._unreadable) >= MAX_WORKER_DEATHS:
+            raise DamagedShard(f"{line}; {len(self._unreadable)} other videos killed their reader before") from None
+        if death.video is None or death.video in self._unreadable:
+            raise DamagedShard(line) from None
+        log.warning("%s: it is left out from now on", line)
+        self._unreadable[death.video] = line
 
     def _finish_epoch(self, epoch: int) -> None:
         """Called on the last batch: DALI must now end the epoch."""
@@ -302,6 +365,24 @@ class VideoLoader:
             clips = clips.to(torch.bfloat16)
         return {"clips": clips, "labels": meta[:, 0].contiguous(), "index": meta[:, 1].contiguous(),
                 "view": meta[:, 2].contiguous()}
+
+
+def death_line(dataset: PreppedDataset, death: WorkerDeath) -> str:
+    if death.video is None:
+        return f"{dataset.root}: a data worker was killed by {death.signal} between reads"
+    row = dataset.rows[death.video]
+    shard = os.path.join(dataset.reader.dir, row["shard"])
+    return f"{shard}: damaged shard: reading video {row['id']} killed a data worker ({death.signal})"
+
+
+def _damage_in_worker(e: BaseException) -> DamagedEntry | None:
+    """The DamagedEntry a worker raised, from DALI's wrapper: an Exception holding the worker's traceback, from a
+    RuntimeError holding only the message (DALI's workers send back no other exception type)."""
+    last = str(e).strip().rsplit("\n", 1)[-1]
+    for kind in (DamagedShard, DamagedEntry):
+        if last.startswith(f"{kind.__module__}.{kind.__name__}: ") and e.__cause__ is not None:
+            return kind(str(e.__cause__))
+    return None
 
 
 def build_loader(data, split, contract, batch_size, training, clips=1, crops=1, device_id=None, rank=0,

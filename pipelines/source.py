@@ -18,7 +18,8 @@ and only its augmentation is its own.
 
 A damaged or missing stored entry is replaced by the next readable video of the split, which keeps its own
 label and index; every replacement is logged and appended to a `DamageLog` file that all workers share (once per
-clip: by the sample that carries the clip's first frame).
+clip: by the sample that carries the clip's first frame). A video whose read killed a worker (worker_watch.py) is
+in `unreadable` from then on: it is replaced like a damaged one, without being read again.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from .augment_units import Flip
 from .orphans import die_with_parent, ignore_interrupts
 from .readers import ClipReader
 from .sampling import ClipSpec, EpochPlan, sample_rng, view_of
+from .worker_watch import WorkerWatch
 
 log = logging.getLogger("pipelines")
 # what a damaged, missing or unreadable stored entry raises (OSError: a shard file gone or unreadable)
@@ -98,7 +100,9 @@ class ClipSource:
     twice: bool = False  # evaluation: mmaction's twice_sample, 2 x clips temporal views
     same_frames: bool = False  # training with repeats: the copies share copy 0's frames
     geometry: tuple = (0, 0)  # evaluation: (short side, crop side) of the test protocol's views
-    skip_positions: int = 0  # the first epoch starts here (a resumed epoch: the positions trained before)
+    watch: WorkerWatch | None = None  # in a worker, each read is recorded there first
+    unreadable: dict = field(default_factory=dict)  # video index -> why: its read killed a worker
+    skip: int = 0  # samples of the first DALI epoch delivered before (a resumed epoch, a pipeline rebuilt)
     _flip_map: dict | None = field(default=None, repr=False)
     _orders: dict = field(default_factory=dict, repr=False)
     _last: tuple = field(default=(None, None), repr=False)  # ((epoch, position), resolved clip) of the last read
@@ -121,9 +125,8 @@ class ClipSource:
     def __call__(self, sample_info):
         if os.getpid() != self._owner:  # in a DALI worker: do not outlive a trainer killed with SIGKILL
             die_with_parent(self._owner)
-        position, frame = divmod(sample_info.idx_in_epoch, self.samples_per_clip)
-        if sample_info.epoch_idx == 0:
-            position += self.skip_positions
+        skip = self.skip if sample_info.epoch_idx == 0 else 0
+        position, frame = divmod(sample_info.idx_in_epoch + skip, self.samples_per_clip)
         if position >= self.plan.num_positions:
             raise StopIteration
         epoch = self.first_epoch + sample_info.epoch_idx
@@ -158,7 +161,7 @@ class ClipSource:
         for step in range(n):
             index = (video + step) % n
             try:
-                out = self._read(index, view, epoch)
+                out = self._read_watched(index, view, epoch)
             except STORAGE_ERRORS as e:
                 damaged.append(index)
                 reason = reason or f"{type(e).__name__}: {e}"
@@ -168,7 +171,20 @@ class ClipSource:
             if not self.plan.training:
                 out = _placeholder(out, video, _label(self.data.rows[video]))
             return out, (index, damaged, reason)
-        raise RuntimeError(f"every video of {self.data!r} is damaged ({reason})")
+        # a DamagedEntry, which the loader takes out of DALI's wrapper: the command's one line, not a traceback
+        raise DamagedEntry(f"every video of split {self.data.split!r} of {self.data.root} is damaged or unreadable, "
+                           f"e.g. {reason}")
+
+    def _read_watched(self, index: int, view: int, epoch: int) -> tuple:
+        if index in self.unreadable:
+            raise DamagedEntry(self.unreadable[index])
+        if self.watch is None or os.getpid() == self._owner:  # the loader's own process keeps its faulthandler
+            return self._read(index, view, epoch)
+        self.watch.reading(index)
+        try:
+            return self._read(index, view, epoch)
+        finally:
+            self.watch.done()
 
     def _flip_labels(self) -> dict[int, int]:
         if self._flip_map is None:
