@@ -106,9 +106,9 @@ def measure(videos: int, frames: int, size: int, shard_size: str, delay: float, 
             ds = open_dataset(url, "train", stream=True)
             rates, loader = _epochs(ds, rank, batch)
             out["s3"].append(rates)
-            out["bytes"].append(loader._feed.prefetcher.fetched_bytes)
+            out["bytes"].append(loader.shard_feed.prefetcher.fetched_bytes)
             out["share"] = sum(w.size for w in ds.gate.wanted.values()) / 2
-            loader._feed.close()
+            loader.shard_feed.close()
         proxy.close()
         return out
 

@@ -205,6 +205,11 @@ class VideoLoader:
     def stats(self) -> dict:
         return self.damage_log.stats()
 
+    @property
+    def shard_feed(self) -> ShardFeed | None:
+        """A split streamed from object storage: what feeds its shards to the node cache (None otherwise)."""
+        return self._feed
+
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """The epoch the next pass reads; `skip_batches`: it starts after that many batches of the epoch (a resumed
         run's), which are never read: the plan is a function of the position, so nothing before it is decoded."""
