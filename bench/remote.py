@@ -182,9 +182,15 @@ def main(argv=None) -> int:
     p.add_argument("--shard-size", default="4M")
     p.add_argument("--epochs", action="store_true", help="training epochs from S3 (streamed, 2 simulated nodes, "
                    "20 ms per request through a delaying proxy) against local disk: bench/remote_epochs.py")
+    p.add_argument("--prefetch", action="store_true", help="the streaming prefetcher alone: shards per second with 4 "
+                   "and with its default number of downloads at once, through the same proxy")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=8)
     add_debug_option(p)
     args = p.parse_args(argv)
+    if args.prefetch:
+        rates = remote_epochs.prefetch_rates(args.videos, args.frames, args.size, args.shard_size, LATENCY_S)
+        print(remote_epochs.prefetch_report(rates, LATENCY_S))
+        return 0
     if args.epochs:
         out = remote_epochs.measure(args.videos, args.frames, args.size, args.shard_size, LATENCY_S, args.batch_size)
         print(remote_epochs.report(out, LATENCY_S))

@@ -12,12 +12,13 @@ import os
 import tempfile
 import threading
 import time
-from contextlib import redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 
 import pyarrow.fs as pafs
 
 from bench.s3server import LocalS3
 from prep import open_dataset, remote_upload
+from prep.remote_stream import PARALLEL, Prefetcher
 from prep.__main__ import main as prep_main
 
 BUCKET = "bench"
@@ -70,6 +71,30 @@ class DelayProxy:
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
 
 
+@contextmanager
+def _environ_kept():
+    """The server's credentials and endpoint, the proxy's, the caches: set in os.environ for pyarrow's S3 client,
+    which reads the process environment, and put back as they were after."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _prepped_on(s3, tmp: str, videos: int, frames: int, size: int, shard_size: str) -> str:
+    """A synthetic store prepped onto the server (its staging copy stays in `tmp`'s cache)."""
+    os.environ.update(s3.env)
+    os.environ["VIDKIT_CACHE_DIR"] = os.path.join(tmp, "prep")
+    pafs.S3FileSystem(endpoint_override=s3.endpoint, allow_bucket_creation=True).create_dir(BUCKET)
+    url = f"s3://{BUCKET}/store"
+    with redirect_stdout(io.StringIO()):
+        assert prep_main(["synthetic", "--out", url, "--videos", str(videos), "--frames", str(frames), "--size",
+                          str(size), "--shard-size", shard_size, "--no-progress"]) == 0
+    return url
+
+
 def _epochs(data, rank: int, batch: int) -> tuple[list[float], object]:
     from models.registry import InputContract
     from pipelines import build_loader
@@ -86,15 +111,9 @@ def _epochs(data, rank: int, batch: int) -> tuple[list[float], object]:
 
 
 def measure(videos: int, frames: int, size: int, shard_size: str, delay: float, batch: int) -> dict:
-    with LocalS3() as s3, tempfile.TemporaryDirectory(prefix="bench-remote-") as tmp:
-        os.environ.update(s3.env)
-        os.environ["VIDKIT_CACHE_DIR"] = os.path.join(tmp, "prep")
+    with _environ_kept(), LocalS3() as s3, tempfile.TemporaryDirectory(prefix="bench-remote-") as tmp:
         os.environ["LOCAL_WORLD_SIZE"] = "1"  # two nodes of one rank
-        pafs.S3FileSystem(endpoint_override=s3.endpoint, allow_bucket_creation=True).create_dir(BUCKET)
-        url = f"s3://{BUCKET}/store"
-        with redirect_stdout(io.StringIO()):
-            assert prep_main(["synthetic", "--out", url, "--videos", str(videos), "--frames", str(frames), "--size",
-                              str(size), "--shard-size", shard_size, "--no-progress"]) == 0
+        url = _prepped_on(s3, tmp, videos, frames, size, shard_size)
         local = open_dataset(remote_upload.staging_dir(url), "train")
         proxy = DelayProxy(int(s3.endpoint.rsplit(":", 1)[1]), delay)
         os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{proxy.port}"
@@ -111,6 +130,41 @@ def measure(videos: int, frames: int, size: int, shard_size: str, delay: float, 
             loader.shard_feed.close()
         proxy.close()
         return out
+
+
+def prefetch_rates(videos: int, frames: int, size: int, shard_size: str, delay: float,
+                   parallels=(4, PARALLEL), rounds: int = 3) -> dict:
+    """Shards per second the prefetcher alone downloads through the delaying proxy with `parallel` downloads at once:
+    every shard of the split as windows of 4, the reader never moving; each round into an empty cache, the settings
+    taking turns so that the machine's load falls on all of them."""
+    rates = {p: [] for p in parallels}
+    with _environ_kept(), LocalS3() as s3, tempfile.TemporaryDirectory(prefix="bench-prefetch-") as tmp:
+        url = _prepped_on(s3, tmp, videos, frames, size, shard_size)
+        proxy = DelayProxy(int(s3.endpoint.rsplit(":", 1)[1]), delay)
+        os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{proxy.port}"
+        for turn in range(rounds):
+            for parallel in parallels:
+                os.environ["VIDKIT_CACHE_DIR"] = os.path.join(tmp, f"cache-{turn}-{parallel}")
+                gate = open_dataset(url, "train", stream=True).gate
+                names = sorted(gate.wanted)
+                prefetcher = Prefetcher(gate, ahead=len(names), parallel=parallel)
+                start = time.perf_counter()
+                prefetcher.start([names[i:i + 4] for i in range(0, len(names), 4)])
+                while not all(os.path.exists(gate.marker(n)) for n in names) and prefetcher.error is None:
+                    time.sleep(0.005)
+                rates[parallel].append(len(names) / (time.perf_counter() - start))
+                prefetcher.close()
+        proxy.close()
+    return rates
+
+
+def prefetch_report(rates: dict, delay: float) -> str:
+    base = min(rates)
+    median = {p: sorted(r)[len(r) // 2] for p, r in rates.items()}
+    for p, r in rates.items():
+        print(f"{p} downloads at once: {', '.join(f'{x:.1f}' for x in r)} shards/s")
+    return f"prefetch at {delay * 1000:.0f} ms: " + "; ".join(
+        f"{p} at once {median[p]:.1f} shards/s ({median[p] / median[base]:.2f}x {base})" for p in rates)
 
 
 def report(out: dict, delay: float) -> str:

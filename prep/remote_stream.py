@@ -35,7 +35,7 @@ _POLL_S = 0.02
 # every read cost 0.7 ms of a 0.9 ms read (80 shards); the disk space of a shard evicted meanwhile is freed up
 # to this much later
 _SWEEP_S = 1.0
-_PARALLEL = 8  # downloads at once: each waits two round trips (HEAD, GET), so 8 measured 1.75x the shards per second of 4
+PARALLEL = 8  # downloads at once: each waits two round trips (HEAD, GET); python -m bench.remote --prefetch
 
 
 class ShardGate:
@@ -97,8 +97,8 @@ class Prefetcher:
     """A thread that keeps the window being read and the next `ahead` windows in the cache, in use by this process,
     and lets go of the windows before. `windows`: the shard names of each window, in read order."""
 
-    def __init__(self, gate: ShardGate, ahead: int = 1):
-        self.gate, self.ahead = gate, ahead
+    def __init__(self, gate: ShardGate, ahead: int = 1, parallel: int = PARALLEL):
+        self.gate, self.ahead, self.parallel = gate, ahead, parallel
         self.cache = Cache(gate.url)
         self.error: RemoteStoreError | None = None
         self.fetched = self.fetched_bytes = 0  # downloads this process made
@@ -157,7 +157,7 @@ class Prefetcher:
         return list(dict.fromkeys(keep)), (id(self._windows), self._current, self._reach)
 
     def _run(self) -> None:
-        pool = ThreadPoolExecutor(_PARALLEL, thread_name_prefix="shard-get")
+        pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="shard-get")
         try:
             while (state := self._wanted_now()) is not None:
                 keep, _ = state
@@ -179,7 +179,7 @@ class Prefetcher:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _submit(self, pool: ThreadPoolExecutor, keep: list[str], state: tuple) -> bool:
-        """Downloads `keep` in order, _PARALLEL at a time, each started as soon as one ends (a batch that waits for
+        """Downloads `keep` in order, `parallel` at a time, each started as soon as one ends (a batch that waits for
         its slowest download leaves the others idle); False when the reader moved on meanwhile."""
         for shard in keep:
             if shard in self._cached or shard in self._pending:
@@ -189,7 +189,7 @@ class Prefetcher:
             hold_in_use(self.cache, shard)
             self._held.add(shard)
             self._pending[shard] = pool.submit(self._fetch, shard)
-            if len(self._pending) >= _PARALLEL:
+            if len(self._pending) >= self.parallel:
                 self._collect(return_when=FIRST_COMPLETED)
         return True
 

@@ -171,11 +171,10 @@ def test_a_read_checks_its_own_shard_not_every_shard_opened_and_evicted_handles_
 
 
 def test_a_slow_download_does_not_hold_back_the_next_ones(s3_env, small_shards, monkeypatch):
-    """Downloads start as soon as one ends: batches of _PARALLEL that each waited for their slowest left the other
+    """Downloads start as soon as one ends: batches of `parallel` that each waited for their slowest left the other
     connections idle behind it."""
     from prep import remote, remote_stream
 
-    monkeypatch.setattr(remote_stream, "_PARALLEL", 2)
     ds = open_dataset(small_shards, "train", stream=True)
     slow, *others = sorted(ds.gate.wanted)[:5]
     others_done = threading.Event()
@@ -187,7 +186,7 @@ def test_a_slow_download_does_not_hold_back_the_next_ones(s3_env, small_shards, 
         return real(cache, fd, w)
 
     monkeypatch.setattr(remote.Cache, "_download_into", download)
-    prefetcher = remote_stream.Prefetcher(ds.gate, ahead=0)
+    prefetcher = remote_stream.Prefetcher(ds.gate, ahead=0, parallel=2)
     prefetcher.start([[slow, *others]])
     deadline = time.monotonic() + 30
     while not all(os.path.exists(ds.gate.marker(s)) for s in others) and time.monotonic() < deadline:
