@@ -8,12 +8,9 @@ import os
 
 import torch
 
-from pipelines.augment import AugmentConfig
-
 from .dump import FEATURES, FEATURES_INDEX, save_features
 from .plan import ViewOptions, plan_frames, settle
-from .run import (check_out_dir, damaged_rows, default_out_dir, evaluated_set, load_model, open_with_data,
-                  split_loader)
+from .run import check_out_dir, damaged_rows, default_out_dir, load_model, open_with_data, views_loader
 from .score import average_views, autocast, check_coverage
 
 log = logging.getLogger("eval")
@@ -51,10 +48,7 @@ def extract_features(ckpt_path: str, d, data: str = "", split: str = "val", clip
     out_dir = out_dir or default_out_dir(ckpt_path, "features", split, plan)
     check_out_dir(out_dir, (FEATURES, FEATURES_INDEX), [("--ckpt", ckpt_path)], "--out")  # before the embedding, not after
     contract = plan.contract(model.input_contract)
-    dataset, short = evaluated_set(dataset, plan.min_frames)
-    loader = split_loader(cfg, dataset, contract, split, plan, batch_size, d, py_workers,
-                     AugmentConfig(**{**(cfg.get("augment") or {}), **(augment or {})}))
-    loader.set_epoch(0)
+    dataset, short, loader = views_loader(cfg, dataset, contract, split, plan, batch_size, d, py_workers, augment)
     views = loader.num_views
     result = average_views(embedder(model, d.device, amp), loader, len(dataset), model.num_features, d.device,
                            progress and d.main, keep_views=views if per_view else 0)

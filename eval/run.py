@@ -79,10 +79,7 @@ def evaluate(ckpt_path: str, d: Dist, data: str = "", split: str = "val", clips:
     out_dir = out_dir or default_out_dir(ckpt_path, "eval", split, plan)
     check_out_dir(out_dir, REPORT_FILES, [("--ckpt", ckpt_path)], out_option)  # before the scoring, not after it
     contract = plan.contract(model.input_contract)
-    dataset, short = evaluated_set(dataset, plan.min_frames)
-    loader = split_loader(cfg, dataset, contract, split, plan, batch_size, d, py_workers,
-                     AugmentConfig(**{**(cfg.get("augment") or {}), **(augment or {})}))
-    loader.set_epoch(0)
+    dataset, short, loader = views_loader(cfg, dataset, contract, split, plan, batch_size, d, py_workers, augment)
     views = loader.num_views
     result = score_videos(model, loader, len(dataset), model.num_classes, d.device, amp,
                           progress=progress and d.main, keep_views=views if save_views else 0)
@@ -186,6 +183,17 @@ def _open_split(cfg: dict, data: str, split: str, classes, progress: bool):
     if cfg.get("task", "video") == "image":
         return open_image_folder(data, split, classes=classes, progress=progress)
     return open_dataset(data, split)
+
+
+def views_loader(cfg: dict, dataset, contract, split, plan: TestPlan, batch_size, d: Dist, py_workers,
+                 augment: dict | None):
+    """(the videos evaluated, those left out as too short, the loader of their test views): what `python -m eval`
+    and `eval features` read, with the run's augmentation settings under the command line's."""
+    dataset, short = evaluated_set(dataset, plan.min_frames)
+    loader = split_loader(cfg, dataset, contract, split, plan, batch_size, d, py_workers,
+                          AugmentConfig(**{**(cfg.get("augment") or {}), **(augment or {})}))
+    loader.set_epoch(0)
+    return dataset, short, loader
 
 
 def split_loader(cfg: dict, dataset, contract, split, plan: TestPlan, batch_size, d: Dist, py_workers,
