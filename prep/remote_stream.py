@@ -17,8 +17,10 @@ A worker drops its handles of shards that were evicted since it read them, so th
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import threading
 import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -31,6 +33,7 @@ log = logging.getLogger("prep.remote")
 DOWN_LIMIT_ENV = "VIDKIT_S3_DOWN_LIMIT"  # seconds a server may stay silent before a streamed run stops
 WAIT_S = 1800.0  # a worker's longest wait for one shard: past the SDK's retries of a download gone wrong
 _POLL_S = 0.02
+_ASK_POLL_S = 0.05  # how often an idle prefetcher looks for a worker's ask
 # how often a reader looks for evicted shards among those it opened: a look stats every one of them, which on
 # every read cost 0.7 ms of a 0.9 ms read (80 shards); the disk space of a shard evicted meanwhile is freed up
 # to this much later
@@ -60,6 +63,11 @@ class ShardGate:
     def marker(self, shard: str) -> str:
         return os.path.join(self.root, "shards", shard + ".ok")
 
+    @property
+    def asks(self) -> str:
+        """Where this rank's workers ask for a shard they wait for (the name of an empty file)."""
+        return os.path.join(self.root, "locks", f"asks-{self.owner}")
+
     def ready(self, shard: str) -> None:
         """Returns once `shard` is in the cache."""
         if not os.path.exists(self.marker(shard)):
@@ -72,6 +80,21 @@ class ShardGate:
         self._forget_evicted(shard)
 
     def _wait(self, shard: str) -> None:
+        """Waits for the prefetcher to bring `shard`, and asks it for the shard: DALI may read further ahead than
+        the windows the loader tells the prefetcher (its queues' depths are the loader's estimate), and a worker
+        waiting for a shard outside them waited for ever, the prefetcher idle."""
+        if os.path.exists(self.marker(shard)):
+            return
+        ask = os.path.join(self.asks, shard)
+        os.makedirs(self.asks, exist_ok=True)
+        open(ask, "a").close()
+        try:
+            self._wait_marker(shard)
+        finally:
+            with contextlib.suppress(FileNotFoundError):  # another worker's wait for the same shard ended too
+                os.remove(ask)
+
+    def _wait_marker(self, shard: str) -> None:
         deadline = time.monotonic() + WAIT_S
         while not os.path.exists(self.marker(shard)):
             if os.path.exists(self.error_file):
@@ -111,6 +134,7 @@ class Prefetcher:
         self._closed = False
         if os.path.exists(gate.error_file):
             os.remove(gate.error_file)
+        shutil.rmtree(gate.asks, ignore_errors=True)  # a previous loader's in this process
         self._thread = threading.Thread(target=self._run, name="shard-prefetch", daemon=True)
         self._thread.start()
 
@@ -153,8 +177,16 @@ class Prefetcher:
             return None if self._closed else self._wanted_locked()
 
     def _wanted_locked(self) -> tuple:
-        keep = [s for w in self._windows[self._current:self._reach + 1 + self.ahead] for s in w]
-        return list(dict.fromkeys(keep)), (id(self._windows), self._current, self._reach)
+        """The shards a worker asked for first (it waits), then the windows' in read order."""
+        asked = self._asked()
+        keep = asked + [s for w in self._windows[self._current:self._reach + 1 + self.ahead] for s in w]
+        return list(dict.fromkeys(keep)), (id(self._windows), self._current, self._reach, tuple(asked))
+
+    def _asked(self) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(self.gate.asks) if n in self.gate.wanted)
+        except FileNotFoundError:
+            return []
 
     def _run(self) -> None:
         pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="shard-get")
@@ -170,7 +202,7 @@ class Prefetcher:
                     self._collect(return_when=ALL_COMPLETED)
                     with self._changed:
                         while not self._closed and self._wanted_locked() == state:
-                            self._changed.wait()
+                            self._changed.wait(_ASK_POLL_S)  # a worker's ask comes as a file, not a notify
         except RemoteStoreError as e:
             self._fail(e)
         except Exception as e:  # noqa: BLE001 - a reader must not wait for ever on a thread that died

@@ -196,3 +196,24 @@ def test_a_slow_download_does_not_hold_back_the_next_ones(s3_env, small_shards, 
     ds.gate.ready(slow)
     prefetcher.close()
     assert ready == [True] * 4 and prefetcher.fetched == 5 and prefetcher.error is None
+
+
+def test_a_reader_waiting_for_a_shard_outside_the_prefetchers_windows_gets_it(s3_env, small_shards, monkeypatch):
+    """DALI can read further ahead than the windows the loader hands the prefetcher (seen: 6 batches ahead where
+    the loader counted 4): the waiting worker asks for its shard, and the prefetcher fetches it. Before, the worker
+    waited for ever (WAIT_S) and the prefetcher sat idle: a training run hung."""
+    from prep import remote_stream
+
+    monkeypatch.setattr(remote_stream, "WAIT_S", 20.0)
+    ds = open_dataset(small_shards, "train", stream=True)
+    in_window, outside = sorted(ds.gate.wanted)[:2]
+    prefetcher = remote_stream.Prefetcher(ds.gate, ahead=0)
+    ds.gate.prefetcher = prefetcher  # reads now wait for the prefetcher, as a DALI worker's do
+    prefetcher.start([[in_window], [outside]])  # the reader is at window 0: the second is not fetched yet
+    ds.gate.ready(in_window)
+    started = time.monotonic()
+    ds.gate.ready(outside)
+    waited = time.monotonic() - started
+    prefetcher.close()
+    assert os.path.exists(ds.gate.marker(outside)) and waited < 15
+    assert not os.listdir(ds.gate.asks)  # the ask is withdrawn once answered
