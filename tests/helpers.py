@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +170,23 @@ def ordinary_scheduling():
         if os.sched_getscheduler(0) != os.SCHED_OTHER:
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
+
+def stores_per_format(tmp_path_factory, *extra: str) -> dict:
+    """20 synthetic videos (10 train, 10 val) at 32 px, one prepped store per format (lmdb, arrow); `extra`: more
+    `prep synthetic` options (`--shard-size 20K`: several shards)."""
+    from prep.__main__ import main as prep_main
+
+    outs = {}
+    for fmt in ("lmdb", "arrow"):
+        out = tmp_path_factory.mktemp(fmt)
+        assert prep_main(["synthetic", "--out", str(out), "--videos", "20", "--frames", "8", "--size", "32",
+                          "--format", fmt, *extra, "--workers", "1", "--no-progress"]) == 0
+        outs[fmt] = out
+    return outs
+
+
+def copy_store(store, tmp_path, name: str = "data") -> str:
+    """A writable copy of a shared prepped store (without its lock files), to damage."""
+    out = tmp_path / name
+    shutil.copytree(store, out, ignore=shutil.ignore_patterns("*-lock"))
+    return str(out)

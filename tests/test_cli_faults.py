@@ -8,7 +8,6 @@ import argparse
 import importlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pytest
 import torch
 
 import models
+from helpers import copy_store, stores_per_format
 from procs import children
 from prep import open_dataset
 from prep.__main__ import main as prep_main
@@ -154,19 +154,7 @@ def test_values_out_of_range_are_refused_at_parse_time(module, argv, option, tmp
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     """20 synthetic videos (10 train, 10 val) in small shards, one store per format."""
-    outs = {}
-    for fmt in ("lmdb", "arrow"):
-        out = tmp_path_factory.mktemp(fmt)
-        assert prep_main(["synthetic", "--out", str(out), "--videos", "20", "--frames", "8", "--size", "32",
-                          "--format", fmt, "--shard-size", "20K", "--workers", "1", "--no-progress"]) == 0
-        outs[fmt] = out
-    return outs
-
-
-def _copy(store, tmp_path, name="data") -> str:
-    out = tmp_path / name
-    shutil.copytree(store, out, ignore=shutil.ignore_patterns("*-lock"))
-    return str(out)
+    return stores_per_format(tmp_path_factory, "--shard-size", "20K")
 
 
 def _checkpoint(path, data) -> str:
@@ -219,7 +207,7 @@ def _only_line(err: str, prefix: str) -> str:
 @pytest.mark.parametrize("command", ["verify", "train", "eval", "features"])
 def test_a_torn_manifest_is_one_line_naming_file_and_line(stores, tmp_path, capsys, command):
     """Old code: "Expecting value: line 1 column 172" (naming no file) or a traceback."""
-    data = _copy(stores["lmdb"], tmp_path)
+    data = copy_store(stores["lmdb"], tmp_path)
     manifest = os.path.join(data, "manifest.jsonl")
     text = Path(manifest).read_text()
     lines = text.splitlines(keepends=True)
@@ -236,7 +224,7 @@ def test_a_torn_manifest_is_one_line_naming_file_and_line(stores, tmp_path, caps
 
 
 def test_debug_adds_the_traceback(stores, tmp_path, capsys, monkeypatch):
-    data = _copy(stores["lmdb"], tmp_path)
+    data = copy_store(stores["lmdb"], tmp_path)
     with open(os.path.join(data, "manifest.jsonl"), "a") as f:
         f.write('{"id": "x", "spl')
     assert prep_main(["verify", data, "--debug"]) == 2
@@ -290,7 +278,7 @@ DAMAGES = {"lmdb-version": ("lmdb", damage_lmdb_version), "arrow-identity": ("ar
 def test_verify_lists_a_damaged_shard_and_its_videos(stores, tmp_path, capsys, damage):
     """Old code: lmdb.Error "LMDB data format v254 is not supported", UnicodeDecodeError: tracebacks."""
     fmt, damage_fn = DAMAGES[damage]
-    data = _copy(stores[fmt], tmp_path)
+    data = copy_store(stores[fmt], tmp_path)
     shard = _shard_of(data, "val")
     damage_fn(data, shard)
     assert prep_main(["verify", data, "--workers", "1"]) == 1
@@ -308,7 +296,7 @@ def test_verify_lists_a_damaged_shard_and_its_videos(stores, tmp_path, capsys, d
 def test_eval_and_features_leave_out_the_videos_of_a_damaged_shard(stores, tmp_path, capsys, command, damage):
     """Old code: a traceback from the pipeline's workers (the damage raised a ValueError or crashed the reader)."""
     fmt, damage_fn = DAMAGES[damage]
-    data = _copy(stores[fmt], tmp_path)
+    data = copy_store(stores[fmt], tmp_path)
     shard = _shard_of(data, "val")
     damage_fn(data, shard)
     assert _run(command, data, tmp_path) == 0
@@ -323,7 +311,7 @@ def test_eval_and_features_leave_out_the_videos_of_a_damaged_shard(stores, tmp_p
 @pytest.mark.slow
 def test_training_replaces_the_videos_of_a_damaged_shard_and_says_so(stores, tmp_path, capsys):
     """Old code: the first read of the shard raised UnicodeDecodeError in a data worker: the run died."""
-    data = _copy(stores["arrow"], tmp_path)
+    data = copy_store(stores["arrow"], tmp_path)
     shard = _shard_of(data, "train")
     damage_arrow_batch(data, shard)
     assert _run("train", data, tmp_path) == 0
@@ -340,7 +328,7 @@ def test_a_shard_truncated_while_in_use_is_a_damaged_shard(stores, tmp_path):
     from prep import DamagedShard
 
     for fmt in ("lmdb", "arrow"):
-        data = _copy(stores[fmt], tmp_path, fmt)
+        data = copy_store(stores[fmt], tmp_path, fmt)
         ds = open_dataset(data)
         ds.frames(0, [0])  # the shard is open and checked
         path = os.path.join(data, "shards", ds.rows[0]["shard"])
@@ -355,7 +343,7 @@ def test_a_shard_truncated_while_in_use_is_a_damaged_shard(stores, tmp_path):
 @pytest.mark.parametrize("fmt", ["lmdb", "arrow"])
 def test_verify_compares_the_manifest_with_the_shards_both_ways(stores, tmp_path, capsys, fmt):
     """Old code: a manifest without a whole row passed (exit 0); a row naming no stored video was a DAMAGED line."""
-    data = _copy(stores[fmt], tmp_path)
+    data = copy_store(stores[fmt], tmp_path)
     manifest = os.path.join(data, "manifest.jsonl")
     rows = [json.loads(line) for line in Path(manifest).read_text().splitlines()]
     dropped = rows.pop(3)
@@ -386,7 +374,7 @@ def test_a_yaml_syntax_error_is_one_line_naming_file_and_line(tmp_path, capsys):
 def test_a_torn_metrics_log_is_dropped_on_resume_and_a_damaged_one_named(stores, tmp_path, capsys):
     """A kill mid-append leaves half a last line: the resume leaves it out. Damage elsewhere: one line naming the
     file and line. Old code: "Unterminated string starting at: line 1 column 181" or a traceback."""
-    data = _copy(stores["lmdb"], tmp_path)
+    data = copy_store(stores["lmdb"], tmp_path)
     train = _main("train")
     assert train(_train_argv(data, tmp_path / "runs", "--batch-size", "4")) == 0  # one epoch: 2 steps
     metrics = tmp_path / "runs" / "run" / "metrics.jsonl"
@@ -407,7 +395,7 @@ def test_a_torn_metrics_log_is_dropped_on_resume_and_a_damaged_one_named(stores,
 @pytest.mark.slow
 def test_ctrl_c_during_eval_is_one_line_and_exit_130(stores, tmp_path):
     """Old code: about 100 lines, the main process's KeyboardInterrupt traceback and one per DALI worker."""
-    data = _copy(stores["lmdb"], tmp_path)
+    data = copy_store(stores["lmdb"], tmp_path)
     ckpt = _checkpoint(tmp_path / "best.pt", data)
     argv = _eval_argv(ckpt, data, tmp_path / "out", "--clips", "50", "--crops", "10", "--batch-size", "2",
                       "--py-workers", "2")

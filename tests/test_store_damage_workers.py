@@ -4,7 +4,6 @@ line. The runs that could hang on the old code run in a subprocess with a timeou
 import importlib
 import json
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -13,14 +12,13 @@ import textwrap
 
 import pytest
 
-from helpers import tsn_checkpoint
+from helpers import copy_store, stores_per_format, tsn_checkpoint
 from models.registry import InputContract
 from pipelines import build_loader
 from pipelines.loader import MAX_WORKER_DEATHS
 from pipelines.readers import FrameReader
 from pipelines.source import ClipSource
 from prep import DamagedShard, open_dataset
-from prep.__main__ import main as prep_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F_BIGDATA = 1  # LMDB node flag: the value is on overflow pages, the node holds its size and first page
@@ -29,19 +27,7 @@ F_BIGDATA = 1  # LMDB node flag: the value is on overflow pages, the node holds 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     """20 synthetic videos (10 train, 10 val) in one shard, one store per format."""
-    outs = {}
-    for fmt in ("lmdb", "arrow"):
-        out = tmp_path_factory.mktemp(fmt)
-        assert prep_main(["synthetic", "--out", str(out), "--videos", "20", "--frames", "8", "--size", "32",
-                          "--format", fmt, "--workers", "1", "--no-progress"]) == 0
-        outs[fmt] = out
-    return outs
-
-
-def _copy(store, tmp_path) -> str:
-    out = tmp_path / "data"
-    shutil.copytree(store, out, ignore=shutil.ignore_patterns("*-lock"))
-    return str(out)
+    return stores_per_format(tmp_path_factory)
 
 
 def damage_value_size(data: str, split: str, video: int) -> str:
@@ -78,7 +64,7 @@ LOADER = textwrap.dedent("""
 def test_a_video_that_kills_its_reader_is_replaced_and_the_epoch_goes_on(stores, tmp_path, workers):
     """Old code: "RuntimeError: Worker data receiving interrupted" (a traceback naming nothing), and with two workers
     often a hang: DALI's pool waited forever for the worker it had sent SIGTERM to."""
-    data = _copy(stores["lmdb"], tmp_path)
+    data = copy_store(stores["lmdb"], tmp_path)
     victim = 3
     damage_value_size(data, "train", victim)
     script = tmp_path / "epoch.py"
@@ -95,7 +81,7 @@ def test_a_video_that_kills_its_reader_is_replaced_and_the_epoch_goes_on(stores,
 
 def test_eval_leaves_out_a_video_that_kills_its_reader(stores, tmp_path):
     """Old code: "eval: error: Worker data receiving interrupted" (exit 2, naming nothing), or a hang."""
-    data = _copy(stores["lmdb"], tmp_path)
+    data = copy_store(stores["lmdb"], tmp_path)
     victim = damage_value_size(data, "val", 5)
     ckpt = tsn_checkpoint(tmp_path / "best.pt", data, open_dataset(data).classes)
     proc = subprocess.run([sys.executable, "-m", "eval", "--ckpt", ckpt, "--data", data, "--out", str(tmp_path / "out"),
@@ -112,7 +98,7 @@ def test_eval_leaves_out_a_video_that_kills_its_reader(stores, tmp_path):
 def test_a_split_with_nothing_readable_is_one_line(stores, tmp_path, capsys, command):
     """The split's only shard is truncated. Old code: a traceback ending in "RuntimeError: every video of
     PreppedDataset(...) is damaged" (DALI hands a worker's exception back wrapped)."""
-    data = _copy(stores["arrow"], tmp_path)
+    data = copy_store(stores["arrow"], tmp_path)
     path = os.path.join(data, "shards", open_dataset(data).rows[0]["shard"])
     os.truncate(path, os.path.getsize(path) // 2)
     main = importlib.import_module(f"{command}.__main__").main
@@ -135,7 +121,7 @@ def test_a_split_with_nothing_readable_is_one_line(stores, tmp_path, capsys, com
 def test_training_goes_on_past_a_video_that_kills_its_reader(stores, tmp_path):
     """`python -m train` with two workers. Old code: a traceback, then a hang: a forked worker inherits the
     trainer's SIGTERM handler (which only records the signal), so DALI's pool waited forever for it to end."""
-    data = _copy(stores["lmdb"], tmp_path)
+    data = copy_store(stores["lmdb"], tmp_path)
     victim = damage_value_size(data, "train", 0)
     proc = subprocess.run([sys.executable, "-m", "train", "--model", "tsn_tiny", "--data", data, "--output",
                            str(tmp_path / "runs"), "--name", "run", "--batch-size", "2", "--py-workers", "2",
@@ -171,14 +157,14 @@ def _epoch(data):
 
 def test_a_worker_killed_between_reads_is_a_damaged_shard_line(stores, tmp_path, monkeypatch):
     """No video to leave out: the run stops, in one line (DamagedShard) pointing to the store."""
-    data = _copy(stores["lmdb"], tmp_path)
+    data = copy_store(stores["lmdb"], tmp_path)
     _dying_in_workers(monkeypatch, FrameReader, "sample")  # after the read: the worker's slot is blank
     with pytest.raises(DamagedShard, match=f"^{data}: a data worker was killed by SIGBUS between reads$"):
         _epoch(data)
 
 
 def test_too_many_videos_killing_their_reader_stop_the_run(stores, tmp_path, monkeypatch):
-    data = _copy(stores["lmdb"], tmp_path)
+    data = copy_store(stores["lmdb"], tmp_path)
     _dying_in_workers(monkeypatch, ClipSource, "_read")  # every video kills its reader
     with pytest.raises(DamagedShard, match=f"killed a data worker \\(SIGBUS\\); {MAX_WORKER_DEATHS} other videos"):
         _epoch(data)
@@ -214,7 +200,7 @@ def test_a_worker_killed_from_outside_does_not_hang_the_run(stores, tmp_path):
     and lived on, and the process hung at exit joining it. Now the other workers are killed: the error comes out."""
     script = tmp_path / "oom.py"
     script.write_text(OOM_KILLED)
-    proc = subprocess.run([sys.executable, str(script), _copy(stores["lmdb"], tmp_path)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, str(script), copy_store(stores["lmdb"], tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 0 and proc.stdout.startswith("raised "), proc.stderr[-3000:]
 
